@@ -1,0 +1,82 @@
+"""The `palimix` command line.
+
+Each subcommand lives in its own module `palimix/commands/<module>.py` that defines
+
+    HELP = "one line for `palimix --help`"
+    def configure(parser: argparse.ArgumentParser) -> None: ...   # add flags
+    def run(args: argparse.Namespace) -> int: ...                  # exit code
+
+Command modules import heavy libraries (TensorFlow, JAX) inside `run`, so that
+building the parser for `--help` stays fast. To add a command, write the module and
+add one row to COMMANDS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from palimix.errors import PalimixError
+
+# command name -> module in palimix.commands
+COMMANDS = {
+    "demo": "demo",
+    "languages": "languages",
+    "prompts": "prompts",
+    "vocab": "vocab",
+    "list": "list_tasks",
+    "show": "show",
+    "stats": "stats",
+    "train": "train",
+    "eval": "eval",
+    "infer": "infer",
+    "gin-path": "gin_path",
+}
+
+
+def _load(module_name: str):
+    try:
+        return importlib.import_module(f"palimix.commands.{module_name}")
+    except ModuleNotFoundError as e:
+        if e.name == f"palimix.commands.{module_name}":
+            return None  # Not built yet: the command is left out of the parser.
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from palimix import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="palimix",
+        description="Multilingual multimodal task mixtures (the PaLI recipe) on SeqIO and T5X.",
+    )
+    parser.add_argument("--version", action="version", version=f"palimix {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = _load(module_name)
+        if module is None:
+            continue
+        sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
+        module.configure(sub)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except PalimixError as e:
+        print(f"palimix {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

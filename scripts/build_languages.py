@@ -1,0 +1,123 @@
+"""Generates palimix/data/languages.tsv, the languages table.
+
+Which languages palimix covers is the only thing typed here (the groups below, from
+the mT5 and Crossmodal-3600 papers, plus widely used extras); every field of each
+entry comes from well-kept data:
+  - English name, autonym and likely script: langcodes / language_data (CLDR).
+  - direction: the Unicode bidi class of the language's exemplar letters (gflanguages).
+  - other scripts in current use: gflanguages' non-historical <lang>_<Script> entries.
+  - segmentation: whether the script separates words with spaces (table below).
+
+Run:  python scripts/build_languages.py   (deterministic; rewrites the TSV)
+"""
+
+import csv
+import pathlib
+import unicodedata
+
+import babel
+import gflanguages
+import langcodes
+
+OUT = pathlib.Path(__file__).resolve().parent.parent / "palimix" / "data" / "languages.tsv"
+
+# mC4's 101 languages (mT5 paper, Table 6), by their standard codes (mC4's iw = he).
+MC4 = """af am ar az be bg bn ca ceb co cs cy da de el en eo es et eu fa fi fil fr fy ga
+gd gl gu ha haw he hi hmn ht hu hy id ig is it ja jv ka kk km kn ko ku ky la lb lo lt
+lv mg mi mk ml mn mr ms mt my ne nl no ny pa pl ps pt ro ru sd si sk sl sm sn so sq sr
+st su sv sw ta te tg th tr uk ur uz vi xh yi yo zh zu""".split()
+
+# Crossmodal-3600's 36 languages (Thapliyal et al. 2022).
+XM3600 = """ar bn cs da de el en es fa fi fil fr he hi hr hu id it ja ko mi nl no pl pt
+quz ro ru sv sw te th tr uk vi zh""".split()
+
+# Widely used languages beyond those two (scripts and regions mC4 misses), so that
+# WebLI-scale and regional data sets find their language here.
+EXTRA = """as bo bs ckb dv fo gn ay qu ln lg om or rw sa ti tk tt ug wo ak ee tn ts ve
+nso ba cv ce os br oc ast an sc fur wa kl ff bm ki kab""".split()
+
+GROUPS = {"mc4": MC4, "xm3600": XM3600, "extra": EXTRA}
+
+# Scripts written without spaces between words: metrics tokenize them by character
+# by default, or with a word segmenter where one is a well-kept library.
+SCRIPTS_WITHOUT_SPACES = {"Hans", "Hant", "Hani", "Jpan", "Thai", "Laoo", "Khmr", "Mymr", "Tibt"}
+WORD_SEGMENTERS = {"zh": "jieba", "ja": "fugashi", "th": "pythainlp"}
+
+RTL_BIDI_CLASSES = {"R", "AL"}
+
+
+def _direction(code: str, gf_entry, script: str) -> str:
+    """CLDR's character order where babel knows the locale, else the bidi class of
+    the exemplar letters that gflanguages lists."""
+    try:
+        return "rtl" if babel.Locale.parse(code).character_order == "right-to-left" else "ltr"
+    except (babel.UnknownLocaleError, ValueError):
+        pass
+    letters = ""
+    if gf_entry is not None:
+        letters = gf_entry.exemplar_chars.base or gf_entry.sample_text.tester
+    letters = [ch for ch in letters if unicodedata.category(ch).startswith("L")]
+    if not letters:
+        raise ValueError(f"no exemplar letters to tell the direction of script {script}")
+    rtl = sum(unicodedata.bidirectional(ch) in RTL_BIDI_CLASSES for ch in letters)
+    return "rtl" if rtl > len(letters) / 2 else "ltr"
+
+
+def build_rows():
+    gf = gflanguages.LoadLanguages()
+    codes = sorted({c for group in GROUPS.values() for c in group})
+    rows = []
+    for code in codes:
+        tag = langcodes.standardize_tag(code)
+        if tag != code:
+            raise ValueError(f"{code!r} is not a standard tag (standard: {tag!r})")
+        lang = langcodes.Language.get(code)
+        primary_script = lang.maximize().script
+        gf_key = f"{lang.language}_{primary_script}"
+        gf_entry = gf.get(gf_key)
+        other_scripts = sorted(
+            key.split("_", 1)[1]
+            for key, entry in gf.items()
+            # Other scripts with a living population (gflanguages lists historical,
+            # regional and constructed variants too; skip those).
+            if key.split("_")[0] == lang.language
+            and key.count("_") == 1
+            and key != gf_key
+            and not entry.historical
+            and entry.population > 0
+        )
+        scripts = [primary_script] + other_scripts
+        if code in WORD_SEGMENTERS:
+            segmentation = WORD_SEGMENTERS[code]
+        elif primary_script in SCRIPTS_WITHOUT_SPACES:
+            segmentation = "char"
+        else:
+            segmentation = "space"
+        rows.append(
+            {
+                "code": code,
+                "name": lang.display_name("en"),
+                "autonym": lang.autonym(),
+                "scripts": ",".join(scripts),
+                "direction": _direction(code, gf_entry, primary_script),
+                "segmentation": segmentation,
+                "groups": ",".join(g for g, members in GROUPS.items() if code in members),
+                "sample_text": gf_key if gf_entry is not None and gf_entry.sample_text.tester else "",
+            }
+        )
+    return rows
+
+
+def main():
+    rows = build_rows()
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    with open(OUT, "w", encoding="utf-8", newline="") as f:
+        f.write("# Generated by scripts/build_languages.py from langcodes/CLDR and gflanguages. Do not edit by hand.\n")
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {len(rows)} languages to {OUT}")
+
+
+if __name__ == "__main__":
+    main()
