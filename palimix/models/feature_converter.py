@@ -1,0 +1,145 @@
+"""Task features -> model features for PaLI: seqio's encoder-decoder converter plus the image.
+
+`PaliFeatureConverter` does everything `seqio.EncDecFeatureConverter` does to the text
+(`inputs` -> `encoder_input_tokens`, `targets` -> `decoder_target_tokens`,
+`decoder_input_tokens`, `decoder_loss_weights`) and adds
+
+    image      float32 [S, S, 3]  ->  encoder_images      float32 [S, S, 3]
+    has_image  int32   []         ->  encoder_image_mask  int32   []
+
+`TASK_FEATURE_LENGTHS` must name `image` with the image side `S` (e.g.
+`{"inputs": 32, "targets": 32, "image": 224}`): that is how t5x and seqio learn the
+image shape, and the converter checks every image against it instead of padding or
+cropping a wrongly sized image in silence. `has_image` is optional: a task without it
+is taken to have real images only (mask 1).
+
+Image examples are never packed (see `PACKING_ERROR`). This module must not import
+t5x: the embedded runner (`palimix.runner`) uses it without T5X installed.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import seqio
+import tensorflow as tf
+
+from palimix.errors import UsageError
+
+FeatureSpec = seqio.FeatureConverter.FeatureSpec
+
+PACKING_ERROR = (
+    "PaliFeatureConverter cannot pack examples (pack=True): packing concatenates "
+    "several examples' token sequences into one row, but every example carries its "
+    "own image, whose image tokens the encoder prepends to that one example's prompt. "
+    "A packed row would need several images and a block-diagonal image-to-text "
+    "attention mask, which seqio packing (rank-1 features only) cannot build. Use "
+    "pack=False; in gin: `train/utils.DatasetConfig.pack = False` and "
+    "`train_eval/utils.DatasetConfig.pack = False` (palimix's runs/*.gin already do)."
+)
+
+
+class PaliFeatureConverter(seqio.EncDecFeatureConverter):
+    """`seqio.EncDecFeatureConverter` that also feeds the image and its mask to the model.
+
+    Usage (what t5x does with `model.FEATURE_CONVERTER_CLS`):
+
+        converter = PaliFeatureConverter(pack=False)
+        model_ds = converter(task_ds, {"inputs": 32, "targets": 32, "image": 224})
+    """
+
+    TASK_FEATURES = {
+        **seqio.EncDecFeatureConverter.TASK_FEATURES,
+        "image": FeatureSpec(dtype=tf.float32, rank=3),
+    }
+    MODEL_FEATURES = {
+        **seqio.EncDecFeatureConverter.MODEL_FEATURES,
+        "encoder_images": FeatureSpec(dtype=tf.float32, rank=3),
+        "encoder_image_mask": FeatureSpec(dtype=tf.int32, rank=0),
+    }
+    # The text features that are trimmed/padded to their length; the image is checked.
+    TEXT_FEATURES = ("inputs", "targets")
+
+    def __init__(self, pack: bool = False, **kwargs):
+        # Default pack=False (seqio defaults to True): image examples are never packed.
+        if pack:
+            raise UsageError(PACKING_ERROR)
+        super().__init__(pack=False, **kwargs)
+
+    def __call__(
+        self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
+    ) -> tf.data.Dataset:
+        # seqio's own check would only say that the feature sets differ.
+        _image_size(task_feature_lengths or {})
+        if "image" not in ds.element_spec:
+            raise UsageError(
+                "the dataset has no 'image' feature (it has "
+                f"{sorted(ds.element_spec)}): PaLI tasks need one; language-only tasks "
+                "give a blank image with has_image=0 (see palimix.features)."
+            )
+        return super().__call__(ds, task_feature_lengths)
+
+    def _convert_features(
+        self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
+    ) -> tf.data.Dataset:
+        image_size = _image_size(task_feature_lengths)
+        _check_static_image_shape(ds.element_spec["image"].shape, image_size)
+        text_lengths = {k: task_feature_lengths[k] for k in self.TEXT_FEATURES}
+        ds = seqio.utils.trim_and_pad_dataset(ds, text_lengths)
+        expected_shape = tf.constant([image_size, image_size, 3], dtype=tf.int32)
+
+        def convert(features):
+            converted = dict(self._convert_example(features))
+            image = features["image"]
+            check = tf.debugging.assert_equal(
+                tf.shape(image),
+                expected_shape,
+                message=(
+                    f"an example's image does not have the shape [{image_size}, "
+                    f"{image_size}, 3] that TASK_FEATURE_LENGTHS['image'] asks for"
+                ),
+            )
+            with tf.control_dependencies([check]):
+                image = tf.identity(image)
+            image.set_shape([image_size, image_size, 3])
+            converted["encoder_images"] = image
+            has_image = features.get("has_image")
+            if has_image is None:
+                has_image = tf.constant(1, tf.int32)
+            converted["encoder_image_mask"] = tf.reshape(tf.cast(has_image, tf.int32), [])
+            return converted
+
+        return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def get_model_feature_lengths(
+        self, task_feature_lengths: Mapping[str, int]
+    ) -> Mapping[str, int]:
+        lengths = dict(super().get_model_feature_lengths(task_feature_lengths))
+        lengths["encoder_images"] = _image_size(task_feature_lengths)
+        # A scalar per example: seqio's length checks skip rank-0 features, but every
+        # model feature must be listed here.
+        lengths["encoder_image_mask"] = 1
+        return lengths
+
+
+def _image_size(task_feature_lengths: Mapping[str, int]) -> int:
+    size = task_feature_lengths.get("image")
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        raise UsageError(
+            "TASK_FEATURE_LENGTHS['image'] must be the image side in pixels (an int such "
+            f"as 224), got {size!r}; e.g. {{'inputs': 32, 'targets': 32, 'image': 224}}."
+        )
+    return size
+
+
+def _check_static_image_shape(shape: tf.TensorShape, image_size: int) -> None:
+    """Raise now, not deep inside tf.data, when the task's images are known to misfit."""
+    expected = [image_size, image_size, 3]
+    for dim, want in zip(shape.as_list(), expected):
+        if dim is not None and dim != want:
+            raise UsageError(
+                f"the task's images have shape {shape.as_list()} but "
+                f"TASK_FEATURE_LENGTHS['image'] = {image_size} asks for {expected}: set "
+                "TASK_FEATURE_LENGTHS['image'] to the task's image_size (or register "
+                "the task with image_size=" + str(image_size) + ")."
+            )
