@@ -1,0 +1,163 @@
+"""Text preprocessors: tokenizing the text features, T5 span corruption, prefix LM.
+
+Span corruption and prefix-LM splitting work on *units* of text: words for languages
+written with spaces, characters for those that are not (zh, ja, th, km, ...; the
+`segmentation` column of the languages table). Working on strings rather than token
+ids keeps `inputs_pretokenized` / `targets_pretokenized` readable and lets the prompt
+template wrap the noised text; the sentinels are written `<extra_id_0>`,
+`<extra_id_1>`, ..., which seqio's SentencePieceVocabulary encodes as its extra ids
+(the highest ids, as T5 numbers them).
+
+The noise follows T5 (Raffel et al. 2020, sec. 3.1.4): `round(n * noise_density)`
+units are masked in `round(num_noise / mean_noise_span_length)` spans whose lengths
+(and the lengths of the kept runs between them) are random. Randomness comes from
+seqio's per-example seeds (`seqio.map_over_dataset(num_seeds=1)`), so a dataset
+built with a seed is reproducible.
+"""
+
+from __future__ import annotations
+
+import seqio
+import tensorflow as tf
+
+from palimix.features import TEXT_FEATURES
+
+SENTINEL_PREFIX = "<extra_id_"
+# Unit separators by segmentation kind: "space" languages join words with a space.
+_SPACE = "space"
+
+
+def tokenize_text(dataset: tf.data.Dataset, output_features, copy_pretokenized: bool = True) -> tf.data.Dataset:
+    """seqio.preprocessors.tokenize restricted to `inputs` and `targets`.
+
+    seqio's tokenize would also run the image through a pass-through vocabulary and
+    copy it to `image_pretokenized`; the image is never tokenized here. EOS is added
+    later by `seqio.preprocessors.append_eos_after_trim`, after trimming.
+    """
+    text_features = {k: output_features[k] for k in TEXT_FEATURES if k in output_features}
+    return seqio.preprocessors.tokenize(dataset, text_features, copy_pretokenized=copy_pretokenized, with_eos=False)
+
+
+def split_units(text: tf.Tensor, segmentation: str) -> tf.Tensor:
+    """1-D string tensor of the words ("space") or characters (other) of `text`."""
+    text = tf.strings.strip(text)
+    if segmentation == _SPACE:
+        return tf.strings.split(text)
+    chars = tf.strings.unicode_split(text, "UTF-8")
+    return tf.boolean_mask(chars, tf.logical_not(tf.strings.regex_full_match(chars, r"\s")))
+
+
+def join_units(units: tf.Tensor, segmentation: str) -> tf.Tensor:
+    return tf.strings.reduce_join(units, separator=" " if segmentation == _SPACE else "")
+
+
+def _random_segment_lengths(num_items, num_segments, seed):
+    """Lengths of `num_segments` non-empty segments that a random split of
+    `num_items` items gives (num_items >= num_segments >= 1)."""
+    # Choose num_segments - 1 of the num_items - 1 gaps as segment boundaries.
+    is_boundary = tf.range(num_items - 1) < num_segments - 1
+    is_boundary = tf.random.experimental.stateless_shuffle(is_boundary, seed=seed)
+    segment_id = tf.concat([[0], tf.cumsum(tf.cast(is_boundary, tf.int32))], axis=0)
+    return tf.math.unsorted_segment_sum(tf.ones_like(segment_id), segment_id, num_segments)
+
+
+def random_spans_noise_mask(length, noise_density: float, mean_noise_span_length: float, seed) -> tf.Tensor:
+    """Boolean [length] mask of T5-style noise spans; needs length >= 2.
+
+    At least one unit is noise and at least one is kept; noise never starts the text
+    (the kept run comes first), as in T5.
+    """
+    length = tf.cast(length, tf.int32)
+    lengthf = tf.cast(length, tf.float32)
+    num_noise = tf.cast(tf.round(lengthf * noise_density), tf.int32)
+    num_noise = tf.clip_by_value(num_noise, 1, length - 1)
+    num_spans = tf.cast(tf.round(tf.cast(num_noise, tf.float32) / mean_noise_span_length), tf.int32)
+    num_spans = tf.clip_by_value(num_spans, 1, tf.minimum(num_noise, length - num_noise))
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    noise_lengths = _random_segment_lengths(num_noise, num_spans, seeds[0])
+    kept_lengths = _random_segment_lengths(length - num_noise, num_spans, seeds[1])
+    # Interleave: kept, noise, kept, noise, ...
+    run_lengths = tf.reshape(tf.stack([kept_lengths, noise_lengths], axis=1), [-1])
+    run_index = tf.repeat(tf.range(2 * num_spans), run_lengths)
+    return tf.equal(run_index % 2, 1)
+
+
+def _sentinel_strings(count):
+    return tf.strings.join([SENTINEL_PREFIX, tf.strings.as_string(tf.range(count)), ">"])
+
+
+def _replace_spans_with_sentinels(units, span_mask):
+    """Units with each masked run replaced by the next sentinel (<extra_id_0>, ...)."""
+    previous = tf.concat([[False], span_mask[:-1]], axis=0)
+    first_of_span = tf.logical_and(span_mask, tf.logical_not(previous))
+    span_index = tf.cumsum(tf.cast(first_of_span, tf.int32)) - 1
+    sentinels = tf.gather(_sentinel_strings(tf.maximum(tf.reduce_max(span_index) + 1, 1)), tf.maximum(span_index, 0))
+    replaced = tf.where(first_of_span, sentinels, units)
+    keep = tf.logical_or(tf.logical_not(span_mask), first_of_span)
+    return tf.boolean_mask(replaced, keep)
+
+
+def span_corruption(
+    dataset: tf.data.Dataset,
+    *,
+    segmentation: str = _SPACE,
+    text_key: str = "text",
+    noise_density: float = 0.15,
+    mean_noise_span_length: float = 3.0,
+) -> tf.data.Dataset:
+    """T5 span corruption of `text_key` into `noised_text` and `targets` (strings).
+
+    `noised_text` keeps the unmasked units with one sentinel per masked span; the
+    target lists each sentinel followed by the units it replaced. Examples with fewer
+    than two units cannot be corrupted and are dropped (count them with `palimix stats`).
+    """
+
+    @seqio.map_over_dataset(num_seeds=1)
+    def corrupt(example, seed):
+        example = dict(example)
+        units = split_units(example[text_key], segmentation)
+        mask = random_spans_noise_mask(tf.size(units), noise_density, mean_noise_span_length, seed)
+        # Both sides number their spans from 0 in order, so the same sentinel
+        # marks a span in the input and introduces it in the target.
+        example["noised_text"] = join_units(_replace_spans_with_sentinels(units, mask), segmentation)
+        example["targets"] = join_units(_replace_spans_with_sentinels(units, tf.logical_not(mask)), segmentation)
+        return example
+
+    dataset = dataset.filter(lambda ex: tf.size(split_units(ex[text_key], segmentation)) >= 2)
+    return corrupt(dataset)
+
+
+def prefix_lm_split(
+    dataset: tf.data.Dataset,
+    *,
+    segmentation: str = _SPACE,
+    text_key: str = "text",
+    max_target_units: int | None = None,
+    random: bool = True,
+) -> tf.data.Dataset:
+    """Splits `text_key` into `prefix` and `targets` (the continuation) at a unit boundary.
+
+    With `random`, the split point is uniform over the boundaries that leave at
+    least one unit on each side (and at most `max_target_units` in the target);
+    otherwise it is the latest such boundary's mirror: the text's middle, which
+    makes eval splits deterministic. Texts of fewer than two units are dropped.
+    """
+
+    @seqio.map_over_dataset(num_seeds=1)
+    def split(example, seed):
+        example = dict(example)
+        units = split_units(example[text_key], segmentation)
+        n = tf.size(units)
+        lowest = 1
+        if max_target_units:
+            lowest = tf.maximum(1, n - int(max_target_units))
+        if random:
+            cut = tf.random.stateless_uniform([], seed, minval=lowest, maxval=n, dtype=tf.int32)
+        else:
+            cut = tf.maximum(lowest, n // 2)
+        example["prefix"] = join_units(units[:cut], segmentation)
+        example["targets"] = join_units(units[cut:], segmentation)
+        return example
+
+    dataset = dataset.filter(lambda ex: tf.size(split_units(ex[text_key], segmentation)) >= 2)
+    return split(dataset)

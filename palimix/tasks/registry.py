@@ -1,0 +1,266 @@
+"""`add_task`: one seqio task per language, plus a mixture over them.
+
+    from palimix import sources, tasks
+    tasks.add_task(
+        "xm3600", kind="caption",
+        source=sources.Xm3600("captions.jsonl", "images"),
+        languages=languages.codes("xm3600"), image_size=224)
+    # -> seqio tasks xm3600_ar, xm3600_bn, ..., and the mixture xm3600
+
+Each task's pipeline: read records (the source) -> decode the image (or give a blank
+one to language-only kinds) -> build prompt and target (preprocessors.prompts) ->
+tokenize `inputs` and `targets` -> append EOS. Output features: palimix.features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping, Sequence
+
+import seqio
+
+from palimix import features
+from palimix import languages as languages_lib
+from palimix.errors import UsageError
+from palimix.mixtures import add_mixture, check_new_name
+from palimix.preprocessors import prompts as prompt_preprocessors
+from palimix.preprocessors import text as text_preprocessors
+
+# Shuffle buffers hold decoded images ([S, S, 3] float32, 600 kB at 224 px): small
+# ones for image tasks (record sources shuffle all records before reading images).
+IMAGE_SHUFFLE_BUFFER = 64
+TEXT_SHUFFLE_BUFFER = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInfo:
+    """What palimix knows about a task it registered (for `palimix list/show/stats`)."""
+
+    name: str
+    group: str  # The add_task name: the mixture over the group's languages.
+    kind: str
+    language: str
+    image_size: int
+    prompt_style: str
+    images: bool  # Whether examples carry real images (else a blank one).
+    source: str  # repr of the source, for listings.
+
+
+_TASKS: dict[str, TaskInfo] = {}
+_GROUPS: dict[str, list[str]] = {}
+
+
+def task_info(name: str) -> TaskInfo | None:
+    """The TaskInfo of a task add_task registered, or None (e.g. a plain seqio task)."""
+    return _TASKS.get(name)
+
+
+def groups() -> dict[str, list[str]]:
+    """{add_task name: [its task names]}."""
+    return {group: list(names) for group, names in _GROUPS.items()}
+
+
+def task_name(name: str, language: str) -> str:
+    """`<name>_<lang>`, with '-' in the language tag as '_' (zh-Hant -> zh_Hant)."""
+    return f"{name}_{language.replace('-', '_')}"
+
+
+def add_task(
+    name: str,
+    *,
+    kind: str,
+    source,
+    languages: Sequence[str] | str,
+    prompt_style: str = "pali",
+    image_size: int = features.DEFAULT_IMAGE_SIZE,
+    metrics=None,
+    overwrite: bool = False,
+    vocabulary: seqio.Vocabulary | None = None,
+    images: bool | None = None,
+    classes=None,
+    source_language: str | None = None,
+    strict_images: bool = False,
+    noise_density: float = 0.15,
+    mean_noise_span_length: float = 3.0,
+    max_target_units: int | None = None,
+    shuffle_buffer_size: int | None = None,
+    rate="examples",
+    temperature: float = 1.0,
+    max_rate: float | None = None,
+    unimax=None,
+):
+    """Registers `<name>_<lang>` for each language and the mixture `<name>` over them.
+
+    Args:
+      name: the task group's name (the mixture's name, and the tasks' prefix).
+      kind: caption, vqa, ocr, classification, translation, span_corruption, prefix_lm.
+      source: a seqio DataSource yielding palimix records (`palimix.sources`): one
+        with `for_language(code)` (each task reads its language), a dict
+        {language: source}, or any source when `languages` has one language.
+      languages: language codes (aliases accepted: "iw" -> "he"), or a group name of
+        `palimix.languages.codes` ("mc4", "xm3600").
+      prompt_style: "pali" ("caption de") or "natural" (localized sentences).
+      image_size: the image side the task resizes to (TASK_FEATURE_LENGTHS["image"]).
+      metrics: seqio metric functions; None: the kind's standard metrics
+        (`palimix.metrics.metrics_for_kind`); [] for none.
+      overwrite: replace tasks and the mixture registered under these names before.
+      vocabulary: the text vocabulary; default palimix's.
+      images: whether records carry images to decode. Default: yes for caption, vqa,
+        ocr, classification and prefix_lm; no (a blank image) for translation and
+        span_corruption.
+      classes: classification: the labels to list in the prompt: a list (every
+        language), {language: list}, or True (the source's `class_names(language)`);
+        None asks an open question.
+      source_language: translation: the language of the records' `text`.
+      strict_images: stop at the first unreadable image instead of dropping it.
+      noise_density, mean_noise_span_length: span corruption.
+      max_target_units: prefix LM: the most words (characters) in a target.
+      shuffle_buffer_size: per task; default 64 for image tasks, 1000 for text.
+      rate, temperature, max_rate, unimax: the mixture over the languages
+        (palimix.mixtures.add_mixture).
+    Returns the mixture `<name>`.
+    """
+    kind = prompt_preprocessors.check_kind(kind)
+    codes = _languages(languages)
+    images = (kind not in prompt_preprocessors.LANGUAGE_ONLY_KINDS) if images is None else bool(images)
+    features.check_image_size(image_size)
+    if kind == "translation":
+        if not source_language:
+            raise UsageError(f"{name}: translation tasks need source_language= (the language of `text`).")
+        source_language = languages_lib.normalize(source_language)
+    names = {code: task_name(name, code) for code in codes}
+
+    # Check every name before registering anything, so an error leaves no half group.
+    old = set(_GROUPS.get(name, [])) if overwrite else set()
+    for new in [name, *names.values()]:
+        if new not in old:
+            check_new_name(new, overwrite)
+    for stale in old:
+        seqio.TaskRegistry.remove(stale)
+        _TASKS.pop(stale, None)
+
+    output_features = features.output_features(image_size, vocabulary)
+    _check_source_fields(name, kind, source)
+    registered = []
+    for code, full_name in names.items():
+        language = languages_lib.get(code)
+        task_source = _source_for(name, source, code, codes)
+        if images:
+            image_step = functools.partial(_decode_image, image_size=image_size, strict=strict_images, task_name=full_name)
+        else:
+            image_step = functools.partial(prompt_preprocessors.add_blank_image, image_size=image_size)
+        build = functools.partial(
+            prompt_preprocessors.build_example,
+            kind=kind,
+            language=code,
+            style=prompt_style,
+            classes=_classes_for(name, classes, source, code),
+            source_language=source_language,
+            segmentation=language.segmentation,
+            noise_density=noise_density,
+            mean_noise_span_length=mean_noise_span_length,
+            max_target_units=max_target_units,
+        )
+        task = seqio.Task(
+            full_name,
+            source=task_source,
+            output_features=output_features,
+            preprocessors=[
+                image_step,
+                build,
+                text_preprocessors.tokenize_text,
+                seqio.preprocessors.append_eos_after_trim,
+            ],
+            postprocess_fn=prompt_preprocessors.postprocess_fn(kind),
+            metric_fns=list(metrics) if metrics is not None else _standard_metrics(kind, code),
+            shuffle_buffer_size=shuffle_buffer_size or (IMAGE_SHUFFLE_BUFFER if images else TEXT_SHUFFLE_BUFFER),
+        )
+        seqio.TaskRegistry.add_provider(full_name, task)
+        _TASKS[full_name] = TaskInfo(full_name, name, kind, code, image_size, prompt_style, images, _describe(task_source))
+        registered.append(full_name)
+    _GROUPS[name] = registered
+    return add_mixture(name, registered, rate=rate, temperature=temperature, max_rate=max_rate, unimax=unimax,
+                       overwrite=overwrite)
+
+
+def remove(name: str) -> None:
+    """Unregisters a group that add_task registered: its tasks and its mixture."""
+    for task in _GROUPS.pop(name, []):
+        seqio.TaskRegistry.remove(task)
+        _TASKS.pop(task, None)
+    seqio.MixtureRegistry.remove(name)
+
+
+def _decode_image(dataset, *, image_size, strict, task_name):
+    # Imported here: the image module pulls in Pillow plugins, not needed to list tasks.
+    from palimix.preprocessors import image
+
+    return image.decode_image(dataset, image_size=image_size, strict=strict, task_name=task_name)
+
+
+def _languages(languages) -> list[str]:
+    if isinstance(languages, str):
+        if languages in languages_lib.GROUPS:
+            return languages_lib.codes(languages)
+        languages = [languages]
+    codes = [languages_lib.normalize(code) for code in languages]
+    if not codes:
+        raise UsageError("languages= is empty: name at least one language.")
+    duplicates = sorted({c for c in codes if codes.count(c) > 1})
+    if duplicates:
+        raise UsageError(f"languages= names {duplicates} more than once (after resolving aliases).")
+    return codes
+
+
+def _source_for(name, source, code, codes):
+    if isinstance(source, Mapping):
+        by_code = {languages_lib.normalize(k): v for k, v in source.items()}
+        if code not in by_code:
+            raise UsageError(f"{name}: the source dict has no entry for language {code!r}.")
+        return by_code[code]
+    if hasattr(source, "for_language"):
+        return source.for_language(code)
+    if len(codes) == 1:
+        return source
+    raise UsageError(
+        f"{name}: {source!r} cannot be split by language (no for_language); pass one language "
+        "or a dict {language: source}.")
+
+
+def _check_source_fields(name, kind, source):
+    """Catch a source that lacks the kind's fields at registration, not deep in tf.data."""
+    sample = next(iter(source.values())) if isinstance(source, Mapping) else source
+    fields = getattr(sample, "fields", None)
+    if fields is None:
+        return  # A plain seqio DataSource: its records are checked when read.
+    missing = [f for f in prompt_preprocessors.REQUIRED_FIELDS[kind] if f not in fields]
+    if missing:
+        raise UsageError(f"{name}: {kind} tasks need the record fields {list(prompt_preprocessors.REQUIRED_FIELDS[kind])}; "
+                         f"{sample!r} yields {list(fields)} (missing {missing}).")
+
+
+def _classes_for(name, classes, source, code):
+    if classes is None or classes is False:
+        return None
+    if classes is True:
+        if not hasattr(source, "class_names"):
+            raise UsageError(f"{name}: classes=True needs a source with class_names(language) (e.g. ImageFolder).")
+        return list(source.class_names(code))
+    if isinstance(classes, Mapping):
+        by_code = {languages_lib.normalize(k): v for k, v in classes.items()}
+        if code not in by_code:
+            raise UsageError(f"{name}: classes= has no class list for language {code!r}.")
+        return list(by_code[code])
+    return list(classes)
+
+
+def _standard_metrics(kind: str, language: str):
+    from palimix import metrics as metrics_lib
+
+    return list(metrics_lib.metrics_for_kind(kind, language))
+
+
+def _describe(source) -> str:
+    text = repr(source)
+    return text if len(text) <= 120 else text[:117] + "..."
