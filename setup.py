@@ -37,6 +37,12 @@ INSTALL_REQUIRES = [
     "pythainlp>=5.0",
     "fugashi>=1.3",
     "unidic-lite>=1.0.8",
+    # Metrics: sparse n-gram algebra for vectorized CIDEr/BLEU (palimix.metrics._ngrams).
+    "scipy>=1.11",
+    # Metrics: Unicode classes and grapheme clusters for the PTB and character tokenizers.
+    "regex>=2023.0",
+    # Metrics: C edit distance for ANLS.
+    "editdistance>=0.6",
 ]
 
 EXTRAS_REQUIRE = {

@@ -1,0 +1,49 @@
+"""Evaluation metrics with seqio's `fn(targets, predictions, **options) -> dict` shape.
+
+Every score is on a 0-100 scale. Caption metrics take a list of reference captions per
+example, VQA the human answers of each question, ANLS the accepted answers; a plain
+string target counts as a one-element list. Tokenization for caption metrics follows
+the language (`palimix.metrics.tokenize.tokenize(text, language, tokenizer)`).
+
+| function | keys | agrees with |
+|---|---|---|
+| `cider` | cider | pycocoevalcap CIDEr-D (x100) |
+| `bleu` | bleu1..bleu4 | pycocoevalcap BLEU |
+| `rouge_l` | rouge_l | pycocoevalcap ROUGE-L |
+| `vqa_accuracy` | vqa_accuracy | the official VQA evaluation |
+| `anls` | anls | ST-VQA / DocVQA ANLS |
+| `exact_match`, `accuracy`, `relaxed_accuracy` | one key each | their definitions |
+| `sacrebleu_bleu`, `chrf` | bleu, chrf | sacrebleu (chrF++) |
+
+`metrics_for_kind(kind, language)` gives the functions a task of each kind reports,
+`primary_metric(kind)` the key to show first, and `summarize` the per-language table
+and macro average of a mixture's evaluation.
+"""
+
+from palimix.metrics.aggregate import LanguageReport, summarize
+from palimix.metrics.anls import anls
+from palimix.metrics.bleu import bleu
+from palimix.metrics.cider import cider
+from palimix.metrics.kinds import KINDS, metrics_for_kind, primary_metric
+from palimix.metrics.rouge import rouge_l
+from palimix.metrics.text import accuracy, chrf, exact_match, relaxed_accuracy, sacrebleu_bleu
+from palimix.metrics.vqa import normalize_answer, vqa_accuracy
+
+__all__ = [
+    "KINDS",
+    "LanguageReport",
+    "accuracy",
+    "anls",
+    "bleu",
+    "chrf",
+    "cider",
+    "exact_match",
+    "metrics_for_kind",
+    "normalize_answer",
+    "primary_metric",
+    "relaxed_accuracy",
+    "rouge_l",
+    "sacrebleu_bleu",
+    "summarize",
+    "vqa_accuracy",
+]
