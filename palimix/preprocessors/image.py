@@ -109,7 +109,7 @@ def reset_dropped_image_counts(task_name: str | None = None) -> None:
 
 
 def _file_exists(path: str) -> bool:
-    if ".tar:" in path:  # A WebDataset member ("shard.tar:key.jpg"): it exists, it is empty.
+    if image_files.is_member_path(path):  # Inside a tar shard or TFDS: it exists, it is empty.
         return True
     try:
         return tf.io.gfile.exists(path)

@@ -55,6 +55,16 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 
+def member_path(container: str, member: str) -> str:
+    """`image/path` of an image stored inside another file (a tar shard, a TFDS split):
+    "shard-000.tar[0001.jpg]". Error messages name it; it is never opened as a file."""
+    return f"{container}[{member}]"
+
+
+def is_member_path(path: str) -> bool:
+    return path.endswith("]") and "[" in path
+
+
 class ImageDecodeError(PalimixError, ValueError):
     """An image that cannot be used; `reason` is a key of REASONS, `path` the file."""
 
