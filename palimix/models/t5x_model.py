@@ -1,0 +1,371 @@
+"""PaLI inside T5X: `PaliModel`, partitioning and Adafactor rules, mT5 warm start.
+
+`PaliModel` is a `t5x.models.EncoderDecoderModel` whose module is palimix's network
+(`palimix.models.pali.Pali`): the same loss, metrics, scoring and decoding functions
+as t5x's T5, with the image (`encoder_images`, float32 [B, S, S, 3]) and its mask
+(`encoder_image_mask`, int32 [B]) passed to the network wherever t5x passes
+`encoder_input_tokens`. Nothing of t5x is patched, so `python -m t5x.train|eval|infer`
+run it from gin (`palimix/gin/models/pali.gin`).
+
+Decoding (any t5x `decode_fn`: `decoding.beam_search`, `decoding.temperature_sample`,
+greedy = `temperature_sample` with `temperature=0.0`) encodes image + prompt once,
+initialises the decoder cache from those encodings (so cross-attention sees the image
+tokens), then runs one decoder step per output token.
+
+Warm start from a text-only mT5 T5X checkpoint: `MT5_WARM_START_ASSIGNMENT_MAP` with
+`fallback_to_scratch=True` restores every text parameter (palimix's text side uses
+t5x's T5 1.1 parameter names) and initialises the image side (ViT and projection) and
+its optimizer state fresh. `runs/pretrain.gin` binds it when `INITIAL_CHECKPOINT_PATH`
+is set.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Mapping, MutableMapping, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+from flax import core as flax_core
+from t5x import adafactor, decoding, models, partitioning
+
+from palimix.models.feature_converter import PaliFeatureConverter
+
+PyTree = Any
+
+# The network's image submodules (`palimix.models.pali.Pali`): the ViT and the
+# projection to the text width. Everything else has t5x's T5 1.1 / mT5 names.
+IMAGE_MODULES = ("img", "img_proj")
+
+# Mesh axes for the ViT's logical axes (t5x's standard rules cover the text side):
+# like the text side, shard MLP and heads over 'model', replicate the rest.
+VIT_LOGICAL_AXIS_RULES = (
+    ("vit_embed", None),
+    ("vit_mlp", "model"),
+    ("vit_heads", "model"),
+    ("vit_kv", None),
+    ("vit_patch", None),
+    ("vit_channels", None),
+    ("vit_tokens", None),
+    ("vit_posemb_batch", None),
+)
+
+# Adafactor factorisation of the ViT's parameters: the width is the row, the other
+# dims of a matrix are columns (patch kernel [p, p, 3, width] -> rows: width, columns:
+# p*p*3; position embeddings [1, tokens, width] -> the leading 1 is a batch dim).
+VIT_FACTOR_RULES = {
+    "vit_embed": "row",
+    "vit_mlp": "column",
+    "vit_heads": "column",
+    "vit_kv": "column",
+    "vit_patch": "column",
+    "vit_channels": "column",
+    "vit_tokens": "column",
+    "vit_posemb_batch": "batch",
+}
+
+# Flattened t5x state keys (e.g. 'target/img/embedding/kernel',
+# 'state/param_states/img/...') of the image side: everything a text-only checkpoint
+# lacks. `IMAGE_MODULES` names the network's image submodules.
+IMAGE_PARAM_PATTERN = r"(.*/)?(%s)(/.*)?" % "|".join(IMAGE_MODULES)
+MT5_WARM_START_ASSIGNMENT_MAP = ((IMAGE_PARAM_PATTERN, None),)
+
+
+def mt5_warm_start_assignment_map():
+    """`RestoreCheckpointConfig.assignment_map` for a text-only (mT5) checkpoint.
+
+    Every parameter and optimizer slot of the image side matches `IMAGE_PARAM_PATTERN`
+    and is skipped (None); with `fallback_to_scratch=True` t5x initialises those
+    fresh and restores everything else by its own name.
+    """
+    return MT5_WARM_START_ASSIGNMENT_MAP
+
+
+def pali_logical_axis_rules(
+    activation_partitioning_dims: int = 1,
+    parameter_partitioning_dims: int = 1,
+    additional_rules=None,
+):
+    """t5x's standard logical axis rules plus the ViT's axes (for `PjitPartitioner`)."""
+    return partitioning.standard_logical_axis_rules(
+        activation_partitioning_dims=activation_partitioning_dims,
+        parameter_partitioning_dims=parameter_partitioning_dims,
+        additional_rules=[*VIT_LOGICAL_AXIS_RULES, *(additional_rules or ())],
+    )
+
+
+def pali_logical_factor_rules():
+    """Adafactor's standard factor rules plus the ViT's axes.
+
+    Adafactor factors the second moment of a matrix into row and column statistics;
+    it needs to know which named axis is which, or it refuses the parameter.
+    """
+    factor_dims = {
+        name: adafactor.factor_name_to_factordim(kind)
+        for name, kind in VIT_FACTOR_RULES.items()
+    }
+    return flax_core.freeze({**adafactor.standard_logical_factor_rules(), **factor_dims})
+
+
+class PaliModel(models.EncoderDecoderModel):
+    """`EncoderDecoderModel` for palimix's PaLI network (ViT tokens ++ prompt -> mT5).
+
+    Constructed exactly like `EncoderDecoderModel` (module, vocabularies, optimizer,
+    decode_fn, ...); the module must have palimix's PaLI interface:
+    `__call__(encoder_images, encoder_image_mask, encoder_input_tokens,
+    decoder_input_tokens, decoder_target_tokens, enable_dropout=..., decode=...)`,
+    `encode(encoder_images, encoder_image_mask, encoder_input_tokens, ...)` and
+    `decode(encoded, encoder_image_mask, encoder_input_tokens, decoder_input_tokens,
+    decoder_target_tokens, ..., decode=..., max_decode_length=...)`.
+    """
+
+    FEATURE_CONVERTER_CLS = PaliFeatureConverter
+
+    def get_initial_variables(
+        self,
+        rng: jax.Array,
+        input_shapes: Mapping[str, Any],
+        input_types: Optional[Mapping[str, jnp.dtype]] = None,
+    ) -> flax_core.scope.FrozenVariableDict:
+        """Initialise the network; the image is a float32 input (tokens are int32).
+
+        `input_shapes` comes from the model features; t5x.eval leaves out rank-0
+        features, so the image mask defaults to one entry per example. Without
+        `encoder_images` the network is initialised text-only (no ViT parameters): an
+        mT5 in PaLI's clothes, for language-only training and the step benchmark.
+        """
+        input_types = dict(input_types or {})
+        encoder_shape = tuple(input_shapes["encoder_input_tokens"])
+        decoder_shape = tuple(input_shapes["decoder_input_tokens"])
+        images = image_mask = None
+        if "encoder_images" in input_shapes:
+            image_type = input_types.get("encoder_images", jnp.float32)
+            images = jnp.zeros(tuple(input_shapes["encoder_images"]), image_type)
+            mask_shape = tuple(input_shapes.get("encoder_image_mask", encoder_shape[:1]))
+            image_mask = jnp.ones(mask_shape, jnp.int32)
+        return flax_core.freeze(
+            self.module.init(
+                rng,
+                images,
+                image_mask,
+                jnp.ones(encoder_shape, jnp.int32),
+                jnp.ones(decoder_shape, jnp.int32),
+                jnp.ones(decoder_shape, jnp.int32),
+                enable_dropout=False,
+            )
+        )
+
+    def _compute_logits(  # pytype: disable=signature-mismatch
+        self,
+        params: PyTree,
+        batch: Mapping[str, jnp.ndarray],
+        dropout_rng: Optional[jax.Array] = None,
+        mutable=False,
+        other_variables: Optional[PyTree] = None,
+    ):
+        """Teacher-forced logits [B, T, V]; used by t5x's `loss_fn` and `score_batch`."""
+        _refuse_packed(batch)
+        rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+        return self.module.apply(
+            {"params": params, **(other_variables or {})},
+            batch.get("encoder_images"),
+            _image_mask(batch),
+            batch["encoder_input_tokens"],
+            batch["decoder_input_tokens"],
+            batch["decoder_target_tokens"],
+            enable_dropout=rngs is not None,
+            rngs=rngs,
+            mutable=mutable,
+        )
+
+    def _encode(self, params: PyTree, batch: Mapping[str, jnp.ndarray]) -> jnp.ndarray:
+        """Image tokens ++ prompt tokens through the encoder: [B, N_image + L, D]."""
+        return self.module.apply(
+            {"params": params},
+            batch.get("encoder_images"),
+            _image_mask(batch),
+            batch["encoder_input_tokens"],
+            enable_dropout=False,
+            method=self.module.encode,
+        )
+
+    def _compute_logits_from_slice(  # pytype: disable=signature-mismatch
+        self,
+        decoding_state: decoding.DecodingState,
+        params: PyTree,
+        encoded_inputs: jnp.ndarray,
+        encoder_image_mask: jnp.ndarray,
+        encoder_input_tokens: jnp.ndarray,
+        max_decode_length: int,
+    ) -> Tuple[jnp.ndarray, Mapping[str, jnp.ndarray]]:
+        """One decoder step for [batch * num_decodes, 1] tokens, with the cache."""
+        flat_ids = decoding_state.cur_token
+        flat_logits, new_vars = self.module.apply(
+            {"params": params, "cache": decoding_state.cache},
+            encoded_inputs,
+            encoder_image_mask,
+            encoder_input_tokens,  # only for the cross-attention mask
+            flat_ids,
+            flat_ids,
+            enable_dropout=False,
+            decode=True,
+            max_decode_length=max_decode_length,
+            mutable=["cache"],
+            method=self.module.decode,
+        )
+        return jnp.squeeze(flat_logits, axis=1), new_vars["cache"]
+
+    def _compute_kv_cache(  # pytype: disable=signature-mismatch
+        self,
+        params: PyTree,
+        encoded_inputs: jnp.ndarray,
+        encoder_image_mask: jnp.ndarray,
+        encoder_input_tokens: jnp.ndarray,
+        decoder_input_tokens: jnp.ndarray,
+        prefill_decoder_prompt: bool = False,
+    ) -> Tuple[PyTree, Optional[jnp.ndarray]]:
+        """The decoder cache, created from the real image+prompt encodings.
+
+        Creating it through `decode` (not `__call__` on dummy inputs as t5x's T5 does)
+        skips a second ViT + encoder pass, and lets a network that caches the
+        cross-attention keys/values fill them from the actual image tokens.
+        """
+        _, variables = self.module.apply(
+            {"params": params},
+            encoded_inputs,
+            encoder_image_mask,
+            encoder_input_tokens,
+            jnp.ones_like(decoder_input_tokens),
+            jnp.ones_like(decoder_input_tokens),
+            enable_dropout=False,
+            decode=True,
+            max_decode_length=decoder_input_tokens.shape[1],
+            mutable=["cache"],
+            method=self.module.decode,
+        )
+        cache = variables["cache"]
+        if not prefill_decoder_prompt:
+            return cache, None
+        # As in t5x: the only 0 tokens of a prompt are BOS at the start and padding.
+        inputs_lengths = jnp.sum(decoder_input_tokens != 0, axis=1)
+        _, variables = self.module.apply(
+            {"params": params, "cache": cache},
+            encoded_inputs,
+            encoder_image_mask,
+            encoder_input_tokens,
+            decoder_input_tokens,
+            jnp.ones_like(decoder_input_tokens),
+            enable_dropout=False,
+            mutable=["cache"],
+            prefill=True,
+            prefill_lengths=inputs_lengths,
+            method=self.module.decode,
+        )
+        return variables["cache"], inputs_lengths
+
+    def predict_batch_with_aux(
+        self,
+        params: PyTree,
+        batch: Mapping[str, jnp.ndarray],
+        rng: Optional[jax.Array] = None,
+        decoder_params: Optional[MutableMapping[str, Any]] = None,
+        return_all_decodes: bool = None,
+        num_decodes: int = None,
+        prompt_with_targets: bool = False,
+    ) -> Tuple[jnp.ndarray, Mapping[str, jnp.ndarray]]:
+        """Decode with `self.decode_fn`; same arguments and outputs as t5x's T5.
+
+        Returns `(decodes [B, T], {"scores": [B]})`, or with `return_all_decodes`
+        `(decodes [B, num_decodes, T], {"scores": [B, num_decodes]})` sorted by
+        increasing score.
+        """
+        if return_all_decodes is None:
+            return_all_decodes = self._default_decoder_params.return_all_decodes
+        if num_decodes is None:
+            num_decodes = self._default_decoder_params.num_decodes
+        decoder_params = dict(decoder_params or {})
+
+        encoder_input_tokens = batch["encoder_input_tokens"]
+        decoder_input_tokens = batch["decoder_input_tokens"]
+        encoder_image_mask = _image_mask(batch)
+        if prompt_with_targets:
+            # Strip EOS so decoding does not stop right after the forced prompt.
+            decoder_prompt_inputs = decoder_input_tokens * (
+                decoder_input_tokens != self.output_vocabulary.eos_id
+            )
+        else:
+            decoder_prompt_inputs = jnp.zeros_like(decoder_input_tokens)
+
+        encoded_inputs = self._encode(params, batch)
+        prefill = self._can_prefill()
+        cache, initial_index = self._compute_kv_cache(
+            params,
+            encoded_inputs=encoded_inputs,
+            encoder_image_mask=encoder_image_mask,
+            encoder_input_tokens=encoder_input_tokens,
+            decoder_input_tokens=decoder_prompt_inputs,
+            prefill_decoder_prompt=prefill,
+        )
+        # Beam search / sampling work on [batch * num_decodes, ...], each example
+        # repeated in place; the cache is expanded inside the decode function.
+        tokens_ids_to_logits = functools.partial(
+            self._compute_logits_from_slice,
+            params=params,
+            encoded_inputs=decoding.flat_batch_beam_expand(encoded_inputs, num_decodes),
+            encoder_image_mask=(
+                None
+                if encoder_image_mask is None
+                else decoding.flat_batch_beam_expand(encoder_image_mask, num_decodes)
+            ),
+            encoder_input_tokens=decoding.flat_batch_beam_expand(encoder_input_tokens, num_decodes),
+            max_decode_length=decoder_input_tokens.shape[1],
+        )
+        if initial_index is not None:
+            decoder_params["initial_index"] = initial_index
+        if rng is not None:
+            if decoder_params.get("decode_rng") is not None:
+                raise ValueError(
+                    "Got an RNG both as `rng` and as decoder_params['decode_rng']; pass one."
+                )
+            decoder_params["decode_rng"] = rng
+        decoder_params.setdefault("eos_id", self.output_vocabulary.eos_id or 1)
+        scanned = bool(getattr(self.module, "scan_layers", False))
+        decodes, scores = self._decode_fn(
+            inputs=decoder_prompt_inputs,
+            cache=cache,
+            tokens_to_logits=tokens_ids_to_logits,
+            num_decodes=num_decodes,
+            cache_offset=1 if scanned else 0,
+            **decoder_params,
+        )
+        if return_all_decodes:
+            return decodes, {"scores": scores}
+        return decodes[:, -1, :], {"scores": scores[:, -1]}
+
+    def _can_prefill(self) -> bool:
+        """Prefill a forced decoder prompt when both decode_fn and the network can."""
+        decode_fn_takes_index = "initial_index" in inspect.signature(self.decode_fn).parameters
+        network_prefills = "prefill" in inspect.signature(self.module.decode).parameters
+        if not (decode_fn_takes_index and network_prefills):
+            logging.info("Prompt prefilling disabled (decode_fn or network lacks support).")
+        return decode_fn_takes_index and network_prefills
+
+
+def _image_mask(batch: Mapping[str, jnp.ndarray]) -> Optional[jnp.ndarray]:
+    """The [B] image mask: all real images when the batch has images but no mask;
+    None for a text-only batch (no `encoder_images`)."""
+    mask = batch.get("encoder_image_mask")
+    if mask is None and "encoder_images" in batch:
+        return jnp.ones(batch["encoder_input_tokens"].shape[:1], jnp.int32)
+    return mask
+
+
+def _refuse_packed(batch: Mapping[str, jnp.ndarray]) -> None:
+    if "encoder_segment_ids" in batch:
+        raise ValueError(
+            "PaliModel got a packed batch (encoder_segment_ids): image examples cannot "
+            "be packed; set DatasetConfig.pack = False (PaliFeatureConverter refuses "
+            "pack=True)."
+        )
