@@ -13,6 +13,8 @@ INSTALL_REQUIRES = [
     "gin-config>=0.5",
     "numpy>=1.26",
     "pillow>=10.0",
+    # WebDataset shard patterns ("shard-{000000..000099}.tar"), as webdataset itself expands them.
+    "braceexpand>=0.1.7",
     # Model and the embedded runner.
     "jax>=0.4.30",
     "flax>=0.8",
