@@ -1,0 +1,218 @@
+"""Building blocks shared by the ViT and the T5 towers.
+
+Every parameter is created with `param_with_axes`, so its logical axis names land in
+the `params_axes` collection exactly as t5x expects (t5x's partitioner and Adafactor
+read them from there), and every large activation gets a logical sharding constraint.
+Parameter shapes follow the checkpoints we load: natural multi-axis kernels for the
+ViT (flax `DenseGeneral`/`Conv` layout, as big_vision saves them) and 2-D kernels for
+T5 (t5x's layout).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.linen import partitioning as nn_partitioning
+
+param_with_axes = nn_partitioning.param_with_axes
+Initializer = Callable[..., jnp.ndarray]
+
+# Additive attention bias for masked positions (t5x uses the same value).
+NEG_INF = -1e10
+
+
+def constrain(x, axes: Sequence[Optional[str]]):
+    """Logical sharding constraint; a no-op outside a mesh + axis rules context."""
+    return nn.with_logical_constraint(x, tuple(axes))
+
+
+def _canonicalize(x) -> tuple:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+class DenseGeneral(nn.Module):
+    """A linear map over `axis` of the input onto `features`, kernel shape in + out.
+
+    `kernel_axes` names every kernel dimension (in dims first); `bias_axes` the
+    bias (its shape is `features`).
+    """
+
+    features: Union[int, Sequence[int]]
+    kernel_axes: Sequence[str]
+    axis: Union[int, Sequence[int]] = -1
+    use_bias: bool = False
+    bias_axes: Sequence[str] = ()
+    kernel_init: Optional[Initializer] = None
+    bias_init: Initializer = nn.initializers.zeros
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, inputs):
+        features = _canonicalize(self.features)
+        axis = tuple(a % inputs.ndim for a in _canonicalize(self.axis))
+        in_shape = tuple(inputs.shape[a] for a in axis)
+        kernel_shape = in_shape + features
+        if len(self.kernel_axes) != len(kernel_shape):
+            raise ValueError(f"{self.name}: kernel_axes {self.kernel_axes} do not name shape {kernel_shape}")
+        n_in = len(in_shape)
+        init = self.kernel_init or nn.initializers.variance_scaling(
+            1.0, "fan_in", "truncated_normal",
+            in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, len(kernel_shape))),
+        )
+        kernel = param_with_axes("kernel", init, kernel_shape, self.param_dtype, axes=tuple(self.kernel_axes))
+        x = jnp.asarray(inputs, self.dtype)
+        y = jax.lax.dot_general(x, jnp.asarray(kernel, self.dtype), ((axis, tuple(range(n_in))), ((), ())))
+        if self.use_bias:
+            bias = param_with_axes("bias", self.bias_init, features, self.param_dtype, axes=tuple(self.bias_axes))
+            y = y + jnp.asarray(bias, self.dtype)
+        return y
+
+
+class RMSNorm(nn.Module):
+    """T5's layer norm: scale only, no mean subtraction; computed in float32."""
+
+    epsilon: float = 1e-6
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+    axis_name: str = "embed"
+
+    @nn.compact
+    def __call__(self, x):
+        x = jnp.asarray(x, jnp.float32)
+        scale = param_with_axes("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype, axes=(self.axis_name,))
+        y = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.epsilon)
+        return jnp.asarray(y * jnp.asarray(scale, jnp.float32), self.dtype)
+
+
+class LayerNorm(nn.Module):
+    """Standard layer norm with scale and bias (the ViT's), computed in float32."""
+
+    epsilon: float = 1e-6
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+    axis_name: str = "vit_embed"
+
+    @nn.compact
+    def __call__(self, x):
+        x = jnp.asarray(x, jnp.float32)
+        features = (x.shape[-1],)
+        scale = param_with_axes("scale", nn.initializers.ones, features, self.param_dtype, axes=(self.axis_name,))
+        bias = param_with_axes("bias", nn.initializers.zeros, features, self.param_dtype, axes=(self.axis_name,))
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+        return jnp.asarray(y * jnp.asarray(scale, jnp.float32) + jnp.asarray(bias, jnp.float32), self.dtype)
+
+
+class Embed(nn.Module):
+    """Token embedding table `embedding [vocab, embed]` (t5x's `token_embedder`)."""
+
+    num_embeddings: int
+    features: int
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+    embedding_init: Initializer = nn.initializers.normal(stddev=1.0)
+
+    def setup(self):
+        self.embedding = param_with_axes(
+            "embedding", self.embedding_init, (self.num_embeddings, self.features), self.param_dtype,
+            axes=("vocab", "embed"),
+        )
+
+    def __call__(self, ids):
+        if not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise ValueError(f"token ids must be integers, got {ids.dtype}")
+        out = jnp.take(jnp.asarray(self.embedding, self.dtype), ids, axis=0)
+        return constrain(out, ("batch", "length", "embed"))
+
+
+def relative_position_buckets(
+    query_positions: np.ndarray, key_positions: np.ndarray, *, bidirectional: bool,
+    num_buckets: int, max_distance: int,
+) -> np.ndarray:
+    """T5's bucketing of key - query distances, `[q, k]` int32, computed in numpy.
+
+    Exact distances below num_buckets/4 (/2 one-way) get their own bucket, larger
+    ones share log-spaced buckets up to max_distance. Computed with numpy in float32
+    like the Mesh TensorFlow original so that buckets (and loaded checkpoints) agree.
+    """
+    relative = np.asarray(key_positions)[None, :] - np.asarray(query_positions)[:, None]
+    distance = -relative
+    buckets = np.zeros_like(distance)
+    if bidirectional:
+        num_buckets //= 2
+        buckets += (distance < 0).astype(np.int32) * num_buckets
+        distance = np.abs(distance)
+    else:
+        distance = np.maximum(distance, 0)
+    max_exact = num_buckets // 2
+    log_ratio = np.log(distance.astype(np.float32) / max_exact + np.finfo(np.float32).eps)
+    large = max_exact + (log_ratio / np.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(np.int32)
+    large = np.minimum(large, num_buckets - 1)
+    return (buckets + np.where(distance < max_exact, distance, large)).astype(np.int32)
+
+
+class RelativePositionBias(nn.Module):
+    """Per-head attention bias from relative-position buckets (`rel_embedding [heads, buckets]`)."""
+
+    num_heads: int
+    num_buckets: int = 32
+    max_distance: int = 128
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, query_length: int, key_length: int, *, bidirectional: bool, query_position=None):
+        """Bias `[1, heads, q, k]`; with `query_position` (a traced scalar) one row `[1, heads, 1, k]`."""
+        table = param_with_axes(
+            "rel_embedding", nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+            (self.num_heads, self.num_buckets), self.param_dtype, axes=("heads", "relpos_buckets"),
+        )
+        if query_position is not None and query_length != 1:
+            raise ValueError("A decoding step (query_position given) has query_length 1.")
+        # For one decoding step, bucket every (query, key) pair and take the row later.
+        rows = key_length if query_position is not None else query_length
+        buckets = relative_position_buckets(
+            np.arange(rows), np.arange(key_length), bidirectional=bidirectional,
+            num_buckets=self.num_buckets, max_distance=self.max_distance,
+        )
+        buckets = jnp.asarray(buckets)
+        if query_position is not None:  # one decoding step: the row of the current position
+            buckets = jax.lax.dynamic_slice_in_dim(buckets, query_position, 1, axis=0)
+        bias = jnp.take(jnp.asarray(table, self.dtype), buckets, axis=1)  # [heads, q, k]
+        return bias[None]
+
+
+def mask_to_bias(mask, dtype):
+    """Boolean mask (True = attend) -> additive bias (0 or NEG_INF)."""
+    return jnp.where(mask, jnp.zeros((), dtype), jnp.asarray(NEG_INF, dtype))
+
+
+def dot_product_attention(query, key, value, bias, *, dropout_rng=None, dropout_rate=0.0,
+                          deterministic=True, dtype=jnp.float32, float32_logits=False):
+    """softmax(q k^T + bias) v over `[batch, length, heads, head_dim]` tensors."""
+    if float32_logits:
+        query, key = query.astype(jnp.float32), key.astype(jnp.float32)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key)
+    if bias is not None:
+        logits = logits + bias.astype(logits.dtype)
+    weights = jax.nn.softmax(logits.astype(jnp.float32)).astype(dtype)
+    if not deterministic and dropout_rate > 0.0:
+        # Like T5: one dropout mask per key, shared across query positions.
+        keep_shape = weights.shape[:-2] + (1, weights.shape[-1])
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, keep_shape)
+        weights = weights * (keep.astype(dtype) / jnp.asarray(1.0 - dropout_rate, dtype))
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, value.astype(dtype))
+
+
+def remat_policy(name: str):
+    """jax.checkpoint policy for a PaliConfig.remat name."""
+    return {
+        "full": None,  # save nothing: recompute each layer in the backward pass
+        "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    }[name]

@@ -1,0 +1,282 @@
+"""The text tower: a T5 1.1 / mT5 encoder and decoder with t5x's parameter names.
+
+Names and shapes match t5x's `examples/t5/network.py` checkpoints (mT5, T5 1.1):
+
+    encoder/relpos_bias/rel_embedding [heads, 32]
+    encoder/layers_N/pre_attention_layer_norm/scale
+    encoder/layers_N/attention/{query,key,value}/kernel [embed, heads*head_dim], out/kernel
+    encoder/layers_N/pre_mlp_layer_norm/scale, mlp/{wi_0,wi_1,wo}/kernel
+    encoder/encoder_norm/scale
+    decoder/relpos_bias, decoder/layers_N/{pre_self_attention_layer_norm, self_attention,
+      pre_cross_attention_layer_norm, encoder_decoder_attention, pre_mlp_layer_norm, mlp}
+    decoder/decoder_norm/scale, decoder/logits_dense/kernel [embed, vocab]
+
+Decoding cache (collection "cache", see `Decoder`): per layer the self-attention keys
+and values `[B, T, heads, head_dim]`, the cross-attention keys and values over the
+encoded image+prompt `[B, N, heads, head_dim]` (projected once, at step 0, then
+reused), and one `decoder/cache_index` position. Scalars are named `cache_index`, so
+t5x's beam search (`decoding.cache_map`) leaves them alone.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from palimix.models import layers
+from palimix.models.configs import TextConfig
+
+
+def _activation(name):
+    return (lambda x: x) if name == "linear" else getattr(nn, name)
+
+
+class Attention(nn.Module):
+    """T5 multi-head attention (no 1/sqrt(d) scaling: folded into the query init)."""
+
+    num_heads: int
+    head_dim: int
+    dropout_rate: float = 0.0
+    float32_logits: bool = False
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def _dense(self, name, features, axes, init, axis=-1):
+        return layers.DenseGeneral(features, kernel_axes=axes, axis=axis, kernel_init=init, dtype=self.dtype,
+                                   param_dtype=self.param_dtype, name=name)
+
+    @nn.compact
+    def __call__(self, inputs_q, inputs_kv, bias=None, *, deterministic: bool = True,
+                 decode: bool = False, decode_position=None, cross: bool = False):
+        """Attends `inputs_q [B, q, E]` to `inputs_kv [B, k, E]` with additive `bias`.
+
+        decode: use/fill the "cache" collection. Self-attention writes this step's key
+        and value at `decode_position`; cross-attention (`cross=True`) projects
+        `inputs_kv` once (at position 0) and reuses the cached projection afterwards.
+        """
+        joined = self.num_heads * self.head_dim
+        init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+
+        def query_init(key, shape, dtype=jnp.float32):
+            return init(key, shape, dtype) / jnp.sqrt(self.head_dim).astype(dtype)
+
+        heads_axes = ("batch", "length", "heads", "kv")
+
+        def split_heads(x):
+            return layers.constrain(x.reshape(x.shape[:-1] + (self.num_heads, self.head_dim)), heads_axes)
+
+        query = split_heads(self._dense("query", joined, ("embed", "joined_kv"), query_init)(inputs_q))
+        key_proj = self._dense("key", joined, ("embed", "joined_kv"), init)
+        value_proj = self._dense("value", joined, ("embed", "joined_kv"), init)
+
+        def project_kv(x):
+            return split_heads(key_proj(x)), split_heads(value_proj(x))
+
+        cache_ready = decode and self.has_variable("cache", "cached_key")
+        if not decode:
+            key, value = project_kv(inputs_kv)
+        elif cross:
+            key, value = project_kv(inputs_kv) if not cache_ready else (None, None)
+            shape = (inputs_kv.shape[0], inputs_kv.shape[1], self.num_heads, self.head_dim)
+            cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, self.dtype)
+            cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, self.dtype)
+            if cache_ready:
+                # Project the encoded image+prompt once per sequence, not per step.
+                key, value = jax.lax.cond(
+                    decode_position == 0,
+                    lambda: tuple(t.astype(self.dtype) for t in project_kv(inputs_kv)),
+                    lambda: (cached_key.value, cached_value.value),
+                )
+            cached_key.value, cached_value.value = key.astype(self.dtype), value.astype(self.dtype)
+        else:
+            key, value = project_kv(inputs_kv)
+            shape = key.shape  # [B, T, heads, head_dim] at cache creation
+            cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, self.dtype)
+            cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, self.dtype)
+            if cache_ready:
+                if query.shape[1] != 1:
+                    raise ValueError(f"Cached decoding feeds one position at a time, got {query.shape[1]}.")
+                key = jax.lax.dynamic_update_slice_in_dim(cached_key.value, key.astype(self.dtype), decode_position, 1)
+                value = jax.lax.dynamic_update_slice_in_dim(
+                    cached_value.value, value.astype(self.dtype), decode_position, 1)
+                cached_key.value, cached_value.value = key, value
+
+        dropout_rng = None
+        if not deterministic and self.dropout_rate > 0.0:
+            dropout_rng = self.make_rng("dropout")
+        x = layers.dot_product_attention(
+            query, key, value, bias, dropout_rng=dropout_rng, dropout_rate=self.dropout_rate,
+            deterministic=deterministic, dtype=self.dtype, float32_logits=self.float32_logits,
+        )
+        x = x.reshape(x.shape[:-2] + (joined,))
+        return self._dense("out", inputs_q.shape[-1], ("joined_kv", "embed"), init)(x)
+
+
+class Mlp(nn.Module):
+    """Gated feed-forward block (`wi_0`, `wi_1`, `wo`; `wi` for a single activation)."""
+
+    mlp_dim: int
+    activations: tuple = ("gelu", "linear")
+    dropout_rate: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool = True):
+        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        hidden = None
+        for i, act in enumerate(self.activations):
+            name = "wi" if len(self.activations) == 1 else f"wi_{i}"
+            h = _activation(act)(layers.DenseGeneral(self.mlp_dim, kernel_axes=("embed", "mlp"), name=name, **dense)(x))
+            hidden = h if hidden is None else hidden * h
+        hidden = nn.Dropout(rate=self.dropout_rate, broadcast_dims=(-2,))(hidden, deterministic=deterministic)
+        hidden = layers.constrain(hidden, ("batch", "length", "mlp"))
+        return layers.DenseGeneral(x.shape[-1], kernel_axes=("mlp", "embed"), name="wo", **dense)(hidden)
+
+
+class _Sublayers:
+    """Shared construction helpers for encoder and decoder layers."""
+
+    def norm(self, name):
+        return layers.RMSNorm(dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+
+    def attention(self, name):
+        cfg = self.config
+        return Attention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, cfg.float32_attention_logits,
+                         self.dtype, self.param_dtype, name=name)
+
+    def mlp(self, name):
+        cfg = self.config
+        return Mlp(cfg.mlp_dim, tuple(cfg.mlp_activations), cfg.dropout_rate, self.dtype, self.param_dtype, name=name)
+
+    def dropout(self, x, deterministic):
+        return nn.Dropout(rate=self.config.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
+
+
+class EncoderLayer(nn.Module, _Sublayers):
+    config: TextConfig
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, bias, deterministic: bool = True):
+        h = self.norm("pre_attention_layer_norm")(x)
+        y = self.attention("attention")(h, h, bias, deterministic=deterministic)
+        x = x + self.dropout(y, deterministic)
+        y = self.mlp("mlp")(self.norm("pre_mlp_layer_norm")(x), deterministic)
+        x = x + self.dropout(y, deterministic)
+        return layers.constrain(x, ("batch", "length", "embed"))
+
+
+class DecoderLayer(nn.Module, _Sublayers):
+    config: TextConfig
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, encoded, self_bias, cross_bias, deterministic: bool = True, decode: bool = False,
+                 decode_position=None):
+        h = self.norm("pre_self_attention_layer_norm")(x)
+        y = self.attention("self_attention")(h, h, self_bias, deterministic=deterministic, decode=decode,
+                                             decode_position=decode_position)
+        x = x + self.dropout(y, deterministic)
+        h = self.norm("pre_cross_attention_layer_norm")(x)
+        y = self.attention("encoder_decoder_attention")(h, encoded, cross_bias, deterministic=deterministic,
+                                                        decode=decode, decode_position=decode_position, cross=True)
+        x = x + self.dropout(y, deterministic)
+        y = self.mlp("mlp")(self.norm("pre_mlp_layer_norm")(x), deterministic)
+        x = x + self.dropout(y, deterministic)
+        return layers.constrain(x, ("batch", "length", "embed"))
+
+
+def _relpos(cfg: TextConfig, dtype, param_dtype):
+    return layers.RelativePositionBias(cfg.num_heads, cfg.relpos_num_buckets, cfg.relpos_max_distance, dtype,
+                                       param_dtype, name="relpos_bias")
+
+
+class Encoder(nn.Module):
+    """Embedded inputs `[B, N, E]` + key mask `[B, N]` -> encoded `[B, N, E]`."""
+
+    config: TextConfig
+    remat: str = "none"
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, key_mask, deterministic: bool = True):
+        cfg = self.config
+        length = x.shape[1]
+        bias = _relpos(cfg, self.dtype, self.param_dtype)(length, length, bidirectional=True)
+        bias = bias + layers.mask_to_bias(key_mask[:, None, None, :], self.dtype)
+        x = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
+        x = layers.constrain(x.astype(self.dtype), ("batch", "length", "embed"))
+        layer = EncoderLayer
+        if self.remat != "none":
+            layer = nn.remat(EncoderLayer, static_argnums=(3,), policy=layers.remat_policy(self.remat))
+        for i in range(cfg.num_encoder_layers):
+            x = layer(cfg, self.dtype, self.param_dtype, name=f"layers_{i}")(x, bias, deterministic)
+        x = layers.RMSNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="encoder_norm")(x)
+        return nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=deterministic)
+
+
+class Decoder(nn.Module):
+    """Decoder tokens (embedded) attending to `encoded` -> logits `[B, T, vocab]` (float32)."""
+
+    config: TextConfig
+    remat: str = "none"
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, y, encoded, encoder_key_mask, decoder_target_tokens=None, *, deterministic: bool = True,
+                 decode: bool = False, max_decode_length: Optional[int] = None):
+        """y: embedded decoder inputs `[B, T, E]`; encoder_key_mask `[B, N]` (True = attend).
+
+        decode=True: cached autoregressive decoding, one position per call (after the
+        cache was created by a first call on `[B, max_decode_length]` inputs).
+        """
+        cfg = self.config
+        relpos = _relpos(cfg, self.dtype, self.param_dtype)
+        cross_bias = layers.mask_to_bias(encoder_key_mask[:, None, None, :], self.dtype)
+        position = None
+        if decode:
+            cache_ready = self.has_variable("cache", "cache_index")
+            index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+            if cache_ready:
+                position = index.value
+                length = max_decode_length or self._cache_length()
+                self_bias = relpos(1, length, bidirectional=False, query_position=position)
+                # Causality: this position sees the cached ones and itself.
+                self_bias = self_bias + layers.mask_to_bias((jnp.arange(length) <= position)[None, None, None], self.dtype)
+                index.value = position + 1
+            else:  # creating the cache: a full causal pass over dummy inputs
+                self_bias = self._training_bias(relpos, y.shape[1], None)
+        else:
+            self_bias = self._training_bias(relpos, y.shape[1], decoder_target_tokens)
+        y = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
+        y = layers.constrain(y.astype(self.dtype), ("batch", "length", "embed"))
+        layer = DecoderLayer
+        if self.remat != "none" and not decode:
+            layer = nn.remat(DecoderLayer, static_argnums=(5, 6), policy=layers.remat_policy(self.remat))
+        for i in range(cfg.num_decoder_layers):
+            y = layer(cfg, self.dtype, self.param_dtype, name=f"layers_{i}")(
+                y, encoded, self_bias, cross_bias, deterministic, decode, position)
+        y = layers.RMSNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="decoder_norm")(y)
+        y = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
+        logits = layers.DenseGeneral(cfg.vocab_size, kernel_axes=("embed", "vocab"), dtype=jnp.float32,
+                                     param_dtype=self.param_dtype, name="logits_dense")(y)
+        return layers.constrain(logits, ("batch", "length", "vocab"))
+
+    def _cache_length(self) -> int:
+        return self.get_variable("cache", "layers_0")["self_attention"]["cached_key"].shape[1]
+
+    def _training_bias(self, relpos, length, decoder_target_tokens):
+        """Relative positions + causal mask (+ target padding as keys when given)."""
+        causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
+        if decoder_target_tokens is not None:
+            causal = causal & (decoder_target_tokens > 0)[:, None, None, :]
+        return relpos(length, length, bidirectional=False) + layers.mask_to_bias(causal, self.dtype)
+
