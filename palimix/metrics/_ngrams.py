@@ -11,6 +11,7 @@ positions, whatever the vocabulary, and the metrics become sparse matrix algebra
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Sequence
 
 import numpy as np
@@ -36,12 +37,10 @@ class NgramCounts:
 
 def count_matrix(sentences: Sequence[Sequence[str]], max_n: int = 4) -> NgramCounts:
     lengths = np.fromiter((len(s) for s in sentences), dtype=np.int64, count=len(sentences))
-    vocabulary: dict[str, int] = {}
-    token_ids = np.fromiter(
-        (vocabulary.setdefault(token, len(vocabulary)) for sentence in sentences for token in sentence),
-        dtype=np.int64,
-        count=int(lengths.sum()),
-    )
+    flat = list(itertools.chain.from_iterable(sentences))
+    # Token -> id with C-level loops only (dict.fromkeys, map): no Python frame per token.
+    vocabulary = {token: i for i, token in enumerate(dict.fromkeys(flat))}
+    token_ids = np.fromiter(map(vocabulary.__getitem__, flat), dtype=np.int64, count=len(flat))
     sentence_of = np.repeat(np.arange(len(sentences)), lengths)
     # Position of each token inside its sentence, to know which n-grams fit.
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(sentences) else np.zeros(0, np.int64)

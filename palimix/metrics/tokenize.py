@@ -95,15 +95,15 @@ _PTB_TOKEN = regex.compile(
     r"""
     (?P<ellipsis>\.\.\.+)
   | (?P<dashes>--+)
-  | (?P<email>[\w.+-]+@[\w-]+(?:\.[\w-]+)+(?<!\.))
+  | (?P<email>[\w.+-]++@[\w-]+(?:\.[\w-]+)+(?<!\.))
   | (?P<fraction>\p{Nd}{1,4}/\p{Nd}{1,4}(?!\p{Nd}))
   | (?P<number>[-+]?(?:\p{Nd}*+(?:[.,]\p{Nd}+)+|\p{Nd}++(?:[.:,]\p{Nd}+)+)(?:-""" + _ALNUM + r"""+)*
         |[-+]?\p{Nd}++(?:-""" + _ALNUM + r"""+)*(?![\p{L}\p{M}]))
   | (?P<acronym>(?:""" + _LETTER + r"""\.){2,}(?=\s|$|[,;:!?)"']))
   | (?P<initial>\p{L}\.(?=\s|$)(?!\s+\p{Lu}))
   | (?P<clitic>(?i:""" + _APOS + r"""(?:s|m|d|ll|re|ve)(?![\p{L}\p{M}\p{Nd}])|'t(?=is\b|was\b)))
-  | (?P<capsamp>\p{Lu}+(?:&\p{Lu}+)+)
-  | (?P<asciiapos>[A-Za-z]+(?:'[A-Za-z]+)+(?![\p{L}\p{M}\p{Nd}'\u2019]))
+  | (?P<capsamp>\p{Lu}++(?:&\p{Lu}+)+)
+  | (?P<asciiapos>[A-Za-z]++(?:'[A-Za-z]+)+(?![\p{L}\p{M}\p{Nd}'\u2019]))
   | (?P<word>(?i:(?:[dlo]|qu)""" + _APOS + r"""(?=""" + _ALNUM + r"""{2}))?""" + _ALNUM + r"""+(?:[-/_]""" + _ALNUM + r"""+)*
         (?:\.(?!\s|$)""" + _ALNUM + r"""+)*(?i:n""" + _APOS + r"""t|""" + _APOS + r"""(?:s|m|d|ll|re|ve))?
         (?![\p{L}\p{M}\p{Nd}])(?!""" + _APOS + r"""t\b))
@@ -133,29 +133,62 @@ def _split_contractions(word: str) -> list[str]:
     return [word] + tails
 
 
-def _is_untokenizable(char: str) -> bool:
-    """Characters PTBLexer deletes (with a warning), ending the token they are in:
-    emoji and other astral symbols, control and format characters (ZWNJ included),
-    and punctuation of scripts its rules do not cover (Ethiopic)."""
-    if ord(char) > 0xFFFF and unicodedata.category(char).startswith("S"):
-        return True
-    if "\u1360" <= char <= "\u1368":
-        return True
-    return unicodedata.category(char) in ("Cc", "Cf", "Co", "Cn", "Cs")
+# Characters PTBLexer deletes (with a warning), ending the token they are in: emoji and
+# other astral symbols, control and format characters (ZWNJ included), and punctuation
+# of scripts its rules do not cover (Ethiopic).
+_UNTOKENIZABLE = regex.compile(r"[\p{Cc}\p{Cf}\p{Co}\p{Cn}\p{Cs}\u1360-\u1368]|(?=[\U00010000-\U0010FFFF])\p{S}")
+_CHAR_TABLE = str.maketrans(_CHAR_MAP)
+
+
+def _prepare(text: str) -> str:
+    if text.isascii():  # The common case: only controls (tabs, newlines) to blank.
+        return text if text.isprintable() else _UNTOKENIZABLE.sub(" ", text)
+    return _UNTOKENIZABLE.sub(" ", text).translate(_CHAR_TABLE)
 
 
 def ptb_tokens(text: str) -> list[str]:
     """PTB tokens of one line, lower-cased, before pycocoevalcap's punctuation removal."""
-    text = text.replace("\n", " ").replace("\r", " ").replace("\t", " ")
-    text = "".join(" " if _is_untokenizable(c) else _CHAR_MAP.get(c, c) for c in text)
+    chunks = _prepare(text).split()
+    tokens: list[str] = []
+    for index, chunk in enumerate(chunks):
+        if chunk.isalpha() and chunk.isascii():
+            # Fast path, most caption words: no rule splits a bare ASCII word or looks at
+            # its neighbours, except the handful of words PTB splits in two.
+            lowered = chunk.lower()
+            tokens.extend(_SPLIT_WORDS.get(lowered, (lowered,)))
+        else:
+            following = chunks[index + 1][0] if index + 1 < len(chunks) else ""
+            tokens.extend(_chunk_tokens(chunk, _context(following)))
+    return tokens
+
+
+def _context(following: str) -> str:
+    """What the rules' lookaheads need of the next chunk: whether it starts with an
+    upper-case letter (a sentence start: "C. The" splits the period) or a digit
+    ("No. 5" keeps it); any other start behaves like the end of the line."""
+    if not following:
+        return ""
+    if following.isupper():
+        return " A"
+    if following.isdigit():
+        return " 1"
+    return " a"
+
+
+@functools.lru_cache(maxsize=1 << 16)  # Captions reuse the same few thousand chunks.
+def _chunk_tokens(chunk: str, context: str) -> tuple[str, ...]:
+    """Tokens of one whitespace-free chunk, lower-cased, given its right context."""
+    text = chunk + context
+    end = len(chunk)
     tokens: list[str] = []
     for match in _PTB_TOKEN.finditer(text):
+        if match.start() >= end:
+            break
         kind, token = match.lastgroup, match.group()
         if kind == "asciiapos":
-            tokens.extend(_split_contractions(token))
+            tokens.extend(t.lower() for t in _split_contractions(token))
         elif kind == "word":
             rest = text[match.end():]
-            # A sentence-final period after a word: split it, unless it is an abbreviation.
             lowered = token.lower()
             if (
                 rest.startswith(".")
@@ -163,22 +196,19 @@ def ptb_tokens(text: str) -> list[str]:
                 and lowered in _ABBREVIATIONS
                 and (lowered != "no" or regex.match(r"\.\s*\p{Nd}", rest))  # "No. 5", not "says no."
             ):
-                token += "."
-                tokens.append(token)
-                # The period itself is consumed below as a separate (dropped) token.
+                # Keep the period; it is matched again below as a separate (dropped) token.
+                tokens.append(lowered + ".")
                 continue
-            tokens.extend(_split_contractions(token))
+            tokens.extend(t.lower() for t in _split_contractions(token))
         elif kind == "clitic":
-            tokens.append(token.replace("\u2019", "'"))
-        elif kind in ("number", "wordpart"):
-            tokens.append(token)
+            tokens.append(token.replace("\u2019", "'").lower())
         elif kind == "punct":
             tokens.append(_QUOTES.get(token, token))
         elif kind == "other":
-            tokens.append(_BRACKETS.get(token, token))
+            tokens.append(_BRACKETS.get(token, token).lower())
         else:
-            tokens.append(token)
-    return [t.lower() for t in tokens]
+            tokens.append(token.lower())
+    return tuple(tokens)
 
 
 def ptb_tokenize(text: str) -> list[str]:
