@@ -1,0 +1,67 @@
+"""`palimix prompts`: the prompt templates, or the prompts one language gets."""
+
+import json
+
+HELP = "List prompt templates per kind, style and language (or the prompts one language gets)."
+
+
+def configure(parser):
+    parser.add_argument("--kind", help="only this task kind (caption, vqa, ocr, ...)")
+    parser.add_argument("--style", help="only this style (pali or natural)")
+    parser.add_argument(
+        "--language",
+        help="show the template this language gets for each kind and style (its own row or the '*' fallback)",
+    )
+    parser.add_argument("--templates", action="append", default=[], metavar="PATH",
+                        help="also load this TSV file or folder of templates (repeatable; see palimix.prompts)")
+    parser.add_argument("--json", action="store_true", help="print JSON (one list of objects)")
+
+
+def run(args) -> int:
+    from palimix import languages, prompts
+
+    for path in args.templates:
+        prompts.load_templates(path)
+    kinds = [args.kind] if args.kind else list(prompts.KINDS)
+    styles = [args.style] if args.style else list(prompts.STYLES)
+    for kind in kinds:
+        prompts.placeholders(kind)  # Unknown kind: a clear error before any output.
+    rows = []
+    if args.language:
+        code = languages.normalize(args.language)
+        for style in styles:
+            for kind in kinds:
+                template = prompts.template_for(kind, code, style)
+                # The pali style's "*" rows are meant for every language; a natural "*"
+                # row is the English fallback for a language nobody localized yet.
+                fallback = style == "natural" and template.language == prompts.ANY_LANGUAGE
+                rows.append(_row(template, fallback=fallback))
+    else:
+        for template in prompts.all_templates():
+            if template.kind in kinds and template.style in styles:
+                rows.append(_row(template))
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False, indent=1))
+        return 0
+    table = [("style", "kind", "language", "template")] + [
+        (r["style"], r["kind"], r["language"] + (" (English fallback)" if r.get("fallback") else ""), r["template"])
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in table) for i in range(3)]
+    for line in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) + "  " + line[3])
+    print(f"{len(rows)} templates")
+    return 0
+
+
+def _row(template, fallback=None):
+    row = {
+        "style": template.style,
+        "kind": template.kind,
+        "language": template.language,
+        "template": template.text,
+        "origin": template.origin,
+    }
+    if fallback is not None:
+        row["fallback"] = fallback
+    return row
