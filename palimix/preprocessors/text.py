@@ -43,8 +43,13 @@ def split_units(text: tf.Tensor, segmentation: str) -> tf.Tensor:
     text = tf.strings.strip(text)
     if segmentation == _SPACE:
         return tf.strings.split(text)
+    # Characters, with combining marks (Thai vowels, Devanagari matras) kept on their
+    # base character: a span boundary never splits what is written as one glyph.
     chars = tf.strings.unicode_split(text, "UTF-8")
-    return tf.boolean_mask(chars, tf.logical_not(tf.strings.regex_full_match(chars, r"\s")))
+    chars = tf.boolean_mask(chars, tf.logical_not(tf.strings.regex_full_match(chars, r"\s")))
+    is_mark = tf.strings.regex_full_match(chars, r"\p{M}")
+    cluster = tf.maximum(tf.cumsum(tf.cast(tf.logical_not(is_mark), tf.int32)) - 1, 0)
+    return tf.strings.unsorted_segment_join(chars, cluster, tf.reduce_max(cluster) + 1)
 
 
 def join_units(units: tf.Tensor, segmentation: str) -> tf.Tensor:
@@ -139,8 +144,8 @@ def prefix_lm_split(
 
     With `random`, the split point is uniform over the boundaries that leave at
     least one unit on each side (and at most `max_target_units` in the target);
-    otherwise it is the latest such boundary's mirror: the text's middle, which
-    makes eval splits deterministic. Texts of fewer than two units are dropped.
+    otherwise it is the middle of the text (or the first allowed boundary after
+    it). Texts of fewer than two units are dropped.
     """
 
     @seqio.map_over_dataset(num_seeds=1)

@@ -1,0 +1,103 @@
+"""`register_benchmarks(data_dir)`: the standard PaLI benchmarks, for the data a user has.
+
+Expected layout under `data_dir` (each benchmark is registered when its files exist,
+in the layout its release unpacks to; the others are skipped with a log line):
+
+    coco/annotations/captions_{train,val}2017.json, coco/{train,val}2017/*.jpg
+        -> coco_captions (en; splits train, validation)
+    xm3600/captions.jsonl, xm3600/images/<key>.jpg
+        -> xm3600 (36 languages; split test)
+    vqav2/v2_OpenEnded_mscoco_{train,val}2014_questions.json,
+    vqav2/v2_mscoco_{train,val}2014_annotations.json, coco/{train,val}2014/*.jpg
+        -> vqav2 (en; splits train, validation)
+    textvqa/TextVQA_0.5.1_{train,val}.json, textvqa/train_images/<image_id>.jpg
+        -> textvqa (en; splits train, validation)
+    xgqa/zero_shot/*_<lang>.json, gqa/images/<image_id>.jpg
+        -> xgqa (8 languages; split test)
+
+Each benchmark becomes one task per language and a mixture (palimix.tasks.add_task).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from palimix import features
+
+log = logging.getLogger(__name__)
+
+
+def _exists(*paths: str) -> bool:
+    import tensorflow as tf
+
+    return all(tf.io.gfile.exists(p) for p in paths)
+
+
+def _splits(candidates: dict):
+    """sources.Splits over the splits whose files exist, or None."""
+    from palimix import sources
+
+    present = {split: make() for split, (paths, make) in candidates.items() if _exists(*paths)}
+    return sources.Splits(present) if present else None
+
+
+def register_benchmarks(
+    data_dir: str,
+    *,
+    image_size: int = features.DEFAULT_IMAGE_SIZE,
+    prompt_style: str = "pali",
+    overwrite: bool = False,
+) -> list[str]:
+    """Registers the benchmarks found under `data_dir`; returns their mixture names."""
+    from palimix import languages, sources
+    from palimix.tasks.registry import add_task
+
+    j = lambda *parts: os.path.join(data_dir, *parts)  # noqa: E731
+    common = dict(image_size=image_size, prompt_style=prompt_style, overwrite=overwrite)
+    registered = []
+
+    def register(name, **kwargs):
+        add_task(name, **kwargs, **common)
+        registered.append(name)
+
+    coco = _splits({
+        split: ((j("coco", "annotations", f"captions_{sub}2017.json"), j("coco", f"{sub}2017")),
+                lambda sub=sub, split=split: sources.CocoCaptions(
+                    j("coco", "annotations", f"captions_{sub}2017.json"), j("coco", f"{sub}2017"), split=split))
+        for split, sub in (("train", "train"), ("validation", "val"))
+    })
+    if coco:
+        register("coco_captions", kind="caption", source=coco, languages=["en"])
+
+    if _exists(j("xm3600", "captions.jsonl"), j("xm3600", "images")):
+        register("xm3600", kind="caption", source=sources.Xm3600(j("xm3600", "captions.jsonl"), j("xm3600", "images")),
+                 languages=languages.codes("xm3600"))
+
+    def vqa_files(sub):
+        return (j("vqav2", f"v2_OpenEnded_mscoco_{sub}2014_questions.json"),
+                j("vqav2", f"v2_mscoco_{sub}2014_annotations.json"), j("coco", f"{sub}2014"))
+
+    vqav2 = _splits({
+        split: (vqa_files(sub), lambda sub=sub, split=split: sources.Vqav2(*vqa_files(sub), split=split))
+        for split, sub in (("train", "train"), ("validation", "val"))
+    })
+    if vqav2:
+        register("vqav2", kind="vqa", source=vqav2, languages=["en"])
+
+    textvqa = _splits({
+        split: ((j("textvqa", f"TextVQA_0.5.1_{sub}.json"), j("textvqa", "train_images")),
+                lambda sub=sub, split=split: sources.TextVqa(
+                    j("textvqa", f"TextVQA_0.5.1_{sub}.json"), j("textvqa", "train_images"), split=split))
+        for split, sub in (("train", "train"), ("validation", "val"))
+    })
+    if textvqa:
+        register("textvqa", kind="vqa", source=textvqa, languages=["en"])
+
+    if _exists(j("xgqa", "zero_shot"), j("gqa", "images")):
+        xgqa = sources.Xgqa(j("xgqa", "zero_shot"), j("gqa", "images"))
+        register("xgqa", kind="vqa", source=xgqa, languages=sorted(xgqa.questions))
+
+    skipped = sorted({"coco_captions", "xm3600", "vqav2", "textvqa", "xgqa"} - set(registered))
+    log.info("Registered benchmarks %s from %s; not found there: %s", registered, data_dir, skipped)
+    return registered

@@ -1,0 +1,126 @@
+"""The bundled demo mixture `palimix_demo`: every task kind, 100+ languages, on CPU.
+
+Data: `palimix/data/demo/` (built by `scripts/build_demo_data.py`, ~2.3 MB):
+synthetic scenes (one red/green/blue/yellow circle/square/triangle at the
+left/right/top/bottom of a 64 x 64 image), words rendered in 6 scripts for OCR,
+captions, questions, answers, class labels and translations in 25 languages from a
+hand-written word table (`words.tsv`), and UDHR sample sentences of ~130 languages
+from `gflanguages` for span corruption and prefix LM.
+
+| mixture | kind | languages | train / validation examples |
+|---|---|---|---|
+| palimix_demo_caption | caption | 25 | 1200 / 200 |
+| palimix_demo_vqa | vqa (colour, shape, position) | 25 | 1800 / 300 |
+| palimix_demo_classification | classification (3 shapes, listed) | 25 | 600 / 150 |
+| palimix_demo_ocr | ocr (Latin, Cyrillic, Greek, Arabic, Devanagari, Thai) | 13 | 546 / 91 |
+| palimix_demo_translation | translation from English | 24 | 480 / 72 |
+| palimix_demo_span_corruption | span_corruption | ~130 | ~1290 / ~276 |
+| palimix_demo_prefix_lm | prefix_lm (text only) | ~130 | ~1290 / ~276 |
+
+Validation images are other renders than the training ones, and the translation
+validation phrases are held out of training. Images are 64 px (`IMAGE_SIZE`): a tiny
+PaLI learns the image kinds in ~2,000 CPU steps at this size.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import importlib.resources
+import json
+import os
+
+from palimix.features import task_feature_lengths
+
+MIXTURE = "palimix_demo"
+IMAGE_SIZE = 64
+PREFIX = "palimix_demo_"
+# Sub-mixture per kind (evaluate these, or their per-language tasks).
+KIND_MIXTURES = {
+    kind: PREFIX + kind
+    for kind in ("caption", "vqa", "ocr", "classification", "translation", "span_corruption", "prefix_lm")
+}
+# Share of each kind in palimix_demo: the image kinds the demo must learn get most of it.
+KIND_RATES = {
+    "caption": 0.2,
+    "vqa": 0.25,
+    "ocr": 0.2,
+    "classification": 0.1,
+    "translation": 0.15,
+    "span_corruption": 0.05,
+    "prefix_lm": 0.05,
+}
+# Text lengths (tokens, palimix vocabulary, EOS included) that fit every demo example
+# (`palimix stats palimix_demo` prints the percentiles; tests check they fit).
+INPUTS_LENGTH = 64
+TARGETS_LENGTH = 32
+TASK_FEATURE_LENGTHS = task_feature_lengths(INPUTS_LENGTH, TARGETS_LENGTH, IMAGE_SIZE)
+SPLITS = ("train", "validation")
+# Prefix LM: at most this many words (characters in unsegmented scripts) to predict.
+PREFIX_LM_TARGET_UNITS = 3
+
+
+def data_dir() -> str:
+    return str(importlib.resources.files("palimix") / "data" / "demo")
+
+
+@functools.lru_cache(maxsize=None)
+def words() -> dict[str, dict[str, str]]:
+    """{language: {key: text}} from words.tsv."""
+    table: dict[str, dict[str, str]] = {}
+    with open(os.path.join(data_dir(), "words.tsv"), encoding="utf-8") as f:
+        for row in csv.DictReader((line for line in f if not line.startswith("#")), delimiter="\t"):
+            table.setdefault(row["language"], {})[row["key"]] = row["text"]
+    return table
+
+
+@functools.lru_cache(maxsize=None)
+def build_info() -> dict:
+    with open(os.path.join(data_dir(), "build_info.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _source(stem: str, fields: dict[str, str]):
+    from palimix import sources
+
+    root = data_dir()
+    return sources.Splits({
+        split: sources.JsonLines(os.path.join(root, f"{stem}.{split}.jsonl"), root, fields=fields, split=split)
+        for split in SPLITS
+    })
+
+
+def register(overwrite: bool = False) -> None:
+    """Registers the demo tasks and mixtures (palimix.tasks does on import)."""
+    from palimix.mixtures import add_mixture
+    from palimix.tasks.registry import add_task
+
+    info = build_info()
+    table = words()
+    word_languages = info["word_table_languages"]
+    common = dict(image_size=IMAGE_SIZE, overwrite=overwrite)
+    add_task(KIND_MIXTURES["caption"], kind="caption", source=_source("caption", {"captions": "captions"}),
+             languages=word_languages, **common)
+    add_task(KIND_MIXTURES["vqa"], kind="vqa", source=_source("vqa", {"question": "question", "answers": "answers"}),
+             languages=word_languages, **common)
+    add_task(KIND_MIXTURES["classification"], kind="classification", source=_source("classification", {"label": "label"}),
+             languages=word_languages, classes={lang: [table[lang][s] for s in ("circle", "square", "triangle")]
+                                                for lang in word_languages}, **common)
+    add_task(KIND_MIXTURES["ocr"], kind="ocr", source=_source("ocr", {"text": "text"}),
+             languages=info["ocr_languages"], **common)
+    add_task(KIND_MIXTURES["translation"], kind="translation",
+             source=_source("translation", {"text": "text", "answers": "answers"}),
+             languages=[lang for lang in word_languages if lang != "en"], source_language="en", **common)
+    text = _source("text", {"text": "text"})
+    add_task(KIND_MIXTURES["span_corruption"], kind="span_corruption", source=text,
+             languages=info["text_languages"], **common)
+    add_task(KIND_MIXTURES["prefix_lm"], kind="prefix_lm", source=text, languages=info["text_languages"],
+             images=False, max_target_units=PREFIX_LM_TARGET_UNITS, **common)
+    add_mixture(MIXTURE, list(KIND_MIXTURES.values()),
+                rate={KIND_MIXTURES[kind]: rate for kind, rate in KIND_RATES.items()}, overwrite=overwrite)
+
+
+def languages() -> list[str]:
+    """Every language of the demo (sorted codes)."""
+    info = build_info()
+    return sorted(set(info["word_table_languages"]) | set(info["ocr_languages"]) | set(info["text_languages"]))

@@ -1,0 +1,352 @@
+#!/usr/bin/env python
+"""Builds the bundled demo data under palimix/data/demo/ (deterministic; run from the repo root).
+
+    python scripts/build_demo_data.py            # rewrites the generated files
+    python scripts/build_demo_data.py --check    # exits 1 if they would change
+
+Inputs:
+  - palimix/data/demo/words.tsv: hand-written word tables (colours, shapes, positions,
+    questions, caption templates) in 25 languages;
+  - gflanguages (PyPI): UDHR and other sample sentences for ~140 palimix languages
+    (span corruption and prefix-LM text);
+  - OFL Noto fonts from the fontpkg-noto-sans{,-arabic,-devanagari,-thai} packages,
+    rendered with Pillow's raqm layout (Arabic joins, Indic and Thai shaping).
+
+Outputs (all under palimix/data/demo/, ~2 MB):
+  images/scenes/{train,validation}/*.png   one coloured shape at the left/right/top/bottom
+  images/ocr/{train,validation}/*.jpg      a word in one of 6 scripts
+  {caption,vqa,classification,ocr,translation,text}.{train,validation}.jsonl
+  build_info.json                          counts and versions
+
+Validation scenes and OCR renders are separate images from the training ones; the
+translation validation phrases are held out of training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import hashlib
+import importlib.metadata
+import io
+import json
+import os
+import re
+import sys
+import unicodedata
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "palimix", "data", "demo")
+SIDE = 64  # Stored image side (the demo trains at this size: palimix.tasks.demo.IMAGE_SIZE).
+SUPERSAMPLE = 4  # Draw at 4x and downscale: antialiased edges.
+COLORS = {"red": (215, 40, 40), "green": (40, 165, 60), "blue": (40, 80, 215), "yellow": (235, 200, 30)}
+SHAPES = ("circle", "square", "triangle")
+POSITIONS = {"left": (0.25, 0.5), "right": (0.75, 0.5), "top": (0.5, 0.25), "bottom": (0.5, 0.75)}
+QUESTIONS = {"color": "q_color", "shape": "q_shape", "position": "q_position"}
+SCENES_PER_COMBO = {"train": 9, "validation": 2}  # x 48 combos of colour, shape, position.
+# Per language and split.
+CAPTIONS = {"train": 48, "validation": 8}
+VQA_IMAGES = {"train": 24, "validation": 4}  # x 3 questions each.
+CLASSIFICATION = {"train": 24, "validation": 6}
+OCR_RENDERS = {"train": 6, "validation": 1}  # per word (4 colours + 3 shapes).
+TEXTS = {"train": 10, "validation": 2}  # gflanguages chunks per language.
+TRANSLATION_HELD_OUT = 3  # caption phrases per target language kept for validation.
+# OCR: languages whose script an installed Noto font covers (6 scripts).
+OCR_LANGUAGES = ("en", "de", "fr", "es", "pl", "tr", "vi", "ru", "uk", "el", "ar", "hi", "th")
+FONT_PACKAGES = {
+    "Latn": "fontpkg_noto_sans", "Cyrl": "fontpkg_noto_sans", "Grek": "fontpkg_noto_sans",
+    "Arab": "fontpkg_noto_sans_arabic", "Deva": "fontpkg_noto_sans_devanagari", "Thai": "fontpkg_noto_sans_thai",
+}
+# Sample-text fields of gflanguages, most useful first.
+SAMPLE_FIELDS = ("tester", "styles", "specimen_48", "specimen_36", "specimen_32", "poster_md", "specimen_21", "specimen_16")
+MAX_WORDS = 8  # Chunk length for span corruption / prefix LM (space-separated languages).
+MAX_CHARS = 16  # ... and for languages written without spaces.
+
+
+def read_words(path):
+    table = {}
+    with open(path, encoding="utf-8") as f:
+        for row in csv.DictReader((line for line in f if not line.startswith("#")), delimiter="\t"):
+            table.setdefault(row["language"], {})[row["key"]] = row["text"]
+    return table
+
+
+def caption(words, color, shape):
+    gender = words.get(f"{shape}@gender", "")
+    fields = {
+        "color": words.get(f"{color}@{gender}", words[color]),
+        "shape": words[shape],
+        "art": words.get(f"art@{gender}", words.get("art", "")),
+    }
+    return words["caption"].format(**fields).strip()
+
+
+def stable_rng(*key) -> np.random.Generator:
+    """An rng seeded from a string key: stable across runs, machines and Python versions."""
+    digest = hashlib.sha256("/".join(map(str, key)).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def draw_scene(color, shape, position, rng) -> Image.Image:
+    big = SIDE * SUPERSAMPLE
+    background = tuple(int(v) for v in rng.integers(205, 246, size=3))
+    image = Image.new("RGB", (big, big), background)
+    draw = ImageDraw.Draw(image)
+    cx, cy = POSITIONS[position]
+    cx = (cx + rng.uniform(-0.06, 0.06)) * big
+    cy = (cy + rng.uniform(-0.06, 0.06)) * big
+    r = rng.uniform(0.12, 0.17) * big
+    fill = tuple(int(np.clip(c + rng.integers(-15, 16), 0, 255)) for c in COLORS[color])
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif shape == "square":
+        draw.rectangle([cx - r * 0.9, cy - r * 0.9, cx + r * 0.9, cy + r * 0.9], fill=fill)
+    else:
+        draw.polygon([(cx, cy - r), (cx - r * 1.1, cy + r * 0.8), (cx + r * 1.1, cy + r * 0.8)], fill=fill)
+    return image.resize((SIDE, SIDE), Image.Resampling.LANCZOS)
+
+
+def font_path(script) -> str:
+    package = FONT_PACKAGES[script]
+    spec = importlib.util.find_spec(package)
+    if spec is None:
+        sys.exit(f"The font package {package} is not installed (pip install {package.replace('_', '-')}).")
+    paths = sorted(p for p in glob.glob(os.path.join(os.path.dirname(spec.origin), "**", "*.ttf"), recursive=True)
+                   if "Italic" not in p)
+    return paths[0]
+
+
+def render_text(text, script, rng) -> Image.Image:
+    big = SIDE * SUPERSAMPLE
+    background = tuple(int(v) for v in rng.integers(215, 256, size=3))
+    ink = tuple(int(v) for v in rng.integers(0, 70, size=3))
+    image = Image.new("RGB", (big, big), background)
+    draw = ImageDraw.Draw(image)
+    size = int(big * 0.34)
+    while True:  # The largest size at which the word fits the width.
+        font = ImageFont.truetype(font_path(script), size, layout_engine=ImageFont.Layout.RAQM)
+        try:
+            font.set_variation_by_name("SemiBold")
+        except (OSError, ValueError):
+            pass
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        if right - left <= big * 0.92 or size <= 8:
+            break
+        size = int(size * 0.9)
+    x = (big - (right - left)) / 2 - left
+    y = (big - (bottom - top)) / 2 - top + rng.uniform(-0.15, 0.15) * big
+    draw.text((x, y), text, font=font, fill=ink)
+    return image.resize((SIDE, SIDE), Image.Resampling.LANCZOS)
+
+
+def encode(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    if fmt == "PNG":
+        image.save(buffer, format="PNG", optimize=False, compress_level=9)
+    else:
+        image.save(buffer, format="JPEG", quality=90, optimize=False, subsampling=0)
+    return buffer.getvalue()
+
+
+def chunks(text: str, by_space: bool) -> list[str]:
+    """Short pieces of sample text: lines split at sentence ends, then at MAX_WORDS
+    words (or MAX_CHARS characters)."""
+    pieces = []
+    for sentence in re.split(r"(?<=[.!?;।။።։。！？])\s*|\n", text):
+        sentence = sentence.strip(" ,;:")
+        if not sentence:
+            continue
+        if by_space:
+            words = sentence.split()
+            for i in range(0, len(words), MAX_WORDS):
+                if len(words[i:i + MAX_WORDS]) >= 3:
+                    pieces.append(" ".join(words[i:i + MAX_WORDS]))
+        else:
+            clusters = graphemes(sentence.replace(" ", ""))
+            for i in range(0, len(clusters), MAX_CHARS):
+                if len(clusters[i:i + MAX_CHARS]) >= 4:
+                    pieces.append("".join(clusters[i:i + MAX_CHARS]))
+    return pieces
+
+
+def graphemes(text: str) -> list[str]:
+    """Characters with their combining marks (as palimix.preprocessors.text splits them)."""
+    clusters = []
+    for char in text:
+        if clusters and unicodedata.category(char).startswith("M"):
+            clusters[-1] += char
+        else:
+            clusters.append(char)
+    return clusters
+
+
+class Writer:
+    """Collects output files in memory; writes (or compares, with --check) at the end."""
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+
+    def add(self, relative: str, data: bytes):
+        self.files[relative] = data
+
+    def jsonl(self, relative: str, records):
+        self.add(relative, "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records).encode())
+
+    def flush(self, check: bool) -> int:
+        changed = [p for p, d in self.files.items() if not os.path.exists(os.path.join(ROOT, p))
+                   or open(os.path.join(ROOT, p), "rb").read() != d]
+        generated = set(self.files)
+        stale = [os.path.relpath(p, ROOT) for pattern in ("images/**/*.*", "*.jsonl")
+                 for p in glob.glob(os.path.join(ROOT, pattern), recursive=True) if os.path.relpath(p, ROOT) not in generated]
+        if check:
+            for p in changed + stale:
+                print("would change:", p)
+            return 1 if changed or stale else 0
+        for p in stale:
+            os.remove(os.path.join(ROOT, p))
+        for p in changed:
+            os.makedirs(os.path.dirname(os.path.join(ROOT, p)), exist_ok=True)
+            with open(os.path.join(ROOT, p), "wb") as f:
+                f.write(self.files[p])
+        print(f"{len(changed)} files written, {len(stale)} removed, {len(self.files)} in all, "
+              f"{sum(map(len, self.files.values())) / 1e6:.2f} MB")
+        return 0
+
+
+def build(out: Writer):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(ROOT)))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(ROOT))))
+    from palimix import languages
+
+    words = read_words(os.path.join(ROOT, "words.tsv"))
+    word_languages = sorted(words)
+    counts = {}
+
+    # Scenes: every (colour, shape, position) SCENES_PER_COMBO[split] times.
+    scenes = {}
+    for split, per_combo in SCENES_PER_COMBO.items():
+        scenes[split] = []
+        for color in COLORS:
+            for shape in SHAPES:
+                for position in POSITIONS:
+                    for k in range(per_combo):
+                        index = len(scenes[split])
+                        path = f"images/scenes/{split}/{index:04d}.png"
+                        out.add(path, encode(draw_scene(color, shape, position, stable_rng(split, index)), "PNG"))
+                        scenes[split].append({"image": path, "color": color, "shape": shape, "position": position})
+        order = stable_rng("scene-order", split).permutation(len(scenes[split]))
+        scenes[split] = [scenes[split][i] for i in order]
+
+    def pick(split, lang, kind, n):
+        """n scenes for one language and kind: a different stretch of the pool for each."""
+        pool = scenes[split]
+        start = int(stable_rng(split, lang, kind).integers(len(pool)))
+        return [pool[(start + i) % len(pool)] for i in range(n)]
+
+    for split in SCENES_PER_COMBO:
+        captions, vqa, classification = [], [], []
+        for lang in word_languages:
+            w = words[lang]
+            for i, s in enumerate(pick(split, lang, "caption", CAPTIONS[split])):
+                captions.append({"id": f"caption-{lang}-{split}-{i}", "image": s["image"], "language": lang,
+                                 "captions": [caption(w, s["color"], s["shape"])]})
+            for i, s in enumerate(pick(split, lang, "vqa", VQA_IMAGES[split])):
+                for field, key in QUESTIONS.items():
+                    vqa.append({"id": f"vqa-{lang}-{split}-{i}-{field}", "image": s["image"], "language": lang,
+                                "question": w[key], "answers": [w[s[field]]]})
+            for i, s in enumerate(pick(split, lang, "classification", CLASSIFICATION[split])):
+                classification.append({"id": f"cls-{lang}-{split}-{i}", "image": s["image"], "language": lang,
+                                       "label": w[s["shape"]]})
+        out.jsonl(f"caption.{split}.jsonl", captions)
+        out.jsonl(f"vqa.{split}.jsonl", vqa)
+        out.jsonl(f"classification.{split}.jsonl", classification)
+        counts.update({f"caption.{split}": len(captions), f"vqa.{split}": len(vqa),
+                       f"classification.{split}": len(classification)})
+
+    # OCR: the colour and shape words of languages in 6 scripts.
+    for split, renders in OCR_RENDERS.items():
+        records = []
+        for lang in OCR_LANGUAGES:
+            script = languages.get(lang).script
+            for key in list(COLORS) + list(SHAPES):
+                for k in range(renders):
+                    text = words[lang][key]
+                    path = f"images/ocr/{split}/{lang}_{key}_{k}.jpg"
+                    out.add(path, encode(render_text(text, script, stable_rng("ocr", split, lang, key, k)), "JPEG"))
+                    records.append({"id": f"ocr-{lang}-{split}-{key}-{k}", "image": path, "language": lang, "text": text})
+        out.jsonl(f"ocr.{split}.jsonl", records)
+        counts[f"ocr.{split}"] = len(records)
+
+    # Translation from English: single words and caption phrases; some phrases held out.
+    translation = {"train": [], "validation": []}
+    en = words["en"]
+    for lang in word_languages:
+        if lang == "en":
+            continue
+        w = words[lang]
+        items = [(key, en[key], w[key]) for key in list(COLORS) + list(SHAPES) + list(POSITIONS)]
+        phrases = [(f"{c}-{s}", caption(en, c, s), caption(w, c, s)) for c in COLORS for s in SHAPES]
+        held_out = set(stable_rng("translation", lang).choice(len(phrases), TRANSLATION_HELD_OUT, replace=False))
+        for i, (key, source, target) in enumerate(phrases):
+            split = "validation" if i in held_out else "train"
+            translation[split].append({"id": f"tr-en-{lang}-{key}", "language": lang, "text": source, "answers": [target]})
+        for key, source, target in items:
+            translation["train"].append({"id": f"tr-en-{lang}-{key}", "language": lang, "text": source, "answers": [target]})
+    for split, records in translation.items():
+        out.jsonl(f"translation.{split}.jsonl", records)
+        counts[f"translation.{split}"] = len(records)
+
+    # Text for span corruption and prefix LM: gflanguages sample sentences.
+    import gflanguages
+
+    samples = gflanguages.LoadLanguages()
+    texts = {"train": [], "validation": []}
+    for lang in languages.all_languages():
+        if not lang.sample_text or lang.sample_text not in samples:
+            continue
+        sample = samples[lang.sample_text].sample_text
+        seen, pieces = set(), []
+        for field in SAMPLE_FIELDS:
+            for piece in chunks(getattr(sample, field, "") or "", lang.segmentation == "space"):
+                if piece not in seen:
+                    seen.add(piece)
+                    pieces.append(piece)
+        if len(pieces) < 4:
+            continue
+        n_val = TEXTS["validation"]
+        val, train = pieces[:n_val], pieces[n_val:n_val + TEXTS["train"]]
+        for split, chosen in (("train", train), ("validation", val)):
+            for i, piece in enumerate(chosen):
+                texts[split].append({"id": f"text-{lang.code}-{split}-{i}", "language": lang.code, "text": piece})
+    for split, records in texts.items():
+        out.jsonl(f"text.{split}.jsonl", records)
+        counts[f"text.{split}"] = len(records)
+
+    info = {
+        "generated_by": "scripts/build_demo_data.py",
+        "image_side": SIDE,
+        "counts": counts,
+        "word_table_languages": word_languages,
+        "ocr_languages": list(OCR_LANGUAGES),
+        "text_languages": sorted({r["language"] for r in texts["train"]}),
+        "versions": {p: importlib.metadata.version(p) for p in (
+            "gflanguages", "pillow", "fontpkg-noto-sans", "fontpkg-noto-sans-arabic",
+            "fontpkg-noto-sans-devanagari", "fontpkg-noto-sans-thai")},
+    }
+    out.add("build_info.json", (json.dumps(info, ensure_ascii=False, indent=1, sort_keys=True) + "\n").encode())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if the generated files would change")
+    args = parser.parse_args(argv)
+    writer = Writer()
+    build(writer)
+    return writer.flush(args.check)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
