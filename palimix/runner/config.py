@@ -1,0 +1,111 @@
+"""Configuration shared by `palimix train | eval | infer`: gin files and bindings,
+user modules that register tasks, and how flags, gin and defaults combine.
+
+Precedence: an explicit flag > a gin binding (`TrainConfig.batch_size = 64` or the
+t5x macros `MIXTURE_OR_TASK_NAME`, `TASK_FEATURE_LENGTHS`, `TRAIN_STEPS`,
+`BATCH_SIZE`, `MODEL_DIR`) > the defaults. gin files are looked up in the current
+directory, then in palimix's gin folder (`palimix gin-path`), so
+`--gin_file models/pali.gin --gin_file sizes/tiny.gin` reads the same network and size
+files as a T5X run. The runner needs only those (they bind palimix configurables);
+`runs/*.gin` configure T5X's binaries and need T5X installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from typing import Sequence
+
+from palimix.errors import UsageError
+
+# t5x macro -> TrainConfig field.
+T5X_MACROS = {
+    "MIXTURE_OR_TASK_NAME": "mixture_or_task_name",
+    "TASK_FEATURE_LENGTHS": "task_feature_lengths",
+    "TRAIN_STEPS": "train_steps",
+    "BATCH_SIZE": "batch_size",
+    "MODEL_DIR": "model_dir",
+}
+
+
+def palimix_gin_dir() -> str:
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
+
+
+def import_modules(modules: Sequence[str]) -> None:
+    """Imports modules that register tasks: dotted names (from the current directory
+    or the installed packages) or paths to .py files."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for module in modules or ():
+        try:
+            if module.endswith(".py") or os.sep in module:
+                if not os.path.exists(module):
+                    raise UsageError(f"--module {module}: no such file.")
+                name = os.path.splitext(os.path.basename(module))[0]
+                spec = importlib.util.spec_from_file_location(name, module)
+                loaded = importlib.util.module_from_spec(spec)
+                sys.modules[name] = loaded
+                spec.loader.exec_module(loaded)
+            else:
+                importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            raise UsageError(f"--module {module}: cannot import it ({e}).") from None
+
+
+def parse_gin(gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = ()) -> None:
+    """Parses gin files and bindings; a bad file or binding is one clear error."""
+    import gin
+
+    if not gin_files and not gin_bindings:
+        return
+    for path in (os.getcwd(), palimix_gin_dir()):
+        gin.add_config_file_search_path(path)
+    try:
+        gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings), finalize_config=False,
+                                            skip_unknown=False)
+    except IOError as e:
+        raise UsageError(f"gin: {e} (searched the current directory and {palimix_gin_dir()}).") from None
+    except ImportError as e:
+        hint = " (runs/*.gin configure T5X's binaries; the runner reads models/ and sizes/ files)" \
+            if "t5x" in str(e) else ""
+        raise UsageError(f"gin: an import in a gin file failed: {e}{hint}.") from None
+    except (ValueError, SyntaxError, KeyError, TypeError) as e:
+        message = str(e).strip().splitlines()
+        raise UsageError(f"gin: {' '.join(m.strip() for m in message[:3])}") from None
+
+
+def gin_macro(name: str):
+    """The value of a gin macro, or None when it is not bound."""
+    import gin
+
+    try:
+        return gin.query_parameter(f"%{name}")
+    except (ValueError, KeyError):
+        return None
+
+
+def parse_lengths(text: str | None) -> dict[str, int] | None:
+    """`inputs=32,targets=16,image=64` -> dict."""
+    if not text:
+        return None
+    lengths = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise UsageError(f"--lengths wants feature=length pairs like inputs=32,targets=16,image=64; "
+                             f"got {text!r}.")
+        lengths[key.strip()] = int(value)
+    return lengths
+
+
+def add_common_flags(parser) -> None:
+    parser.add_argument("--module", action="append", default=[], metavar="MODULE",
+                        help="import this module (dotted name or .py file) first, e.g. to register "
+                             "your own tasks; repeatable")
+    parser.add_argument("--gin_file", action="append", default=[], metavar="FILE",
+                        help="gin file (current dir, then `palimix gin-path`); repeatable")
+    parser.add_argument("--gin", action="append", default=[], metavar="BINDING", dest="gin_bindings",
+                        help="gin binding, e.g. \"TrainConfig.warmup_steps = 50\"; repeatable")
