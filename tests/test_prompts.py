@@ -277,3 +277,22 @@ def test_prompt_tf_matches_prompt_for_tensor_fields():
     ds = ds.map(lambda ex: prompts.prompt_tf("translation", "fr", style="natural", source="de", text=ex["text"]))
     assert next(iter(ds)).numpy().decode() == "Traduis en français (langue source : allemand) : Hallo Welt"
     assert prompts.prompt_tf("caption", "de").numpy().decode() == "caption de"
+
+
+# --- `palimix prompts` --------------------------------------------------------------
+
+
+def test_cli_lists_templates_and_what_a_language_gets(capsys):
+    import json
+
+    from palimix import cli
+
+    assert cli.main(["prompts", "--kind", "caption", "--style", "natural", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["language"] for r in rows} >= {"*", "de", "zh"}
+    assert cli.main(["prompts", "--language", "mi", "--kind", "vqa"]) == 0
+    out = capsys.readouterr().out
+    assert "answer {lang} {question}" in out and "English fallback" in out
+    assert cli.main(["prompts", "--kind", "captoin"]) == 2
+    assert "Unknown prompt kind" in capsys.readouterr().err
+    assert cli.main(["prompts", "--language", "xx"]) == 2
