@@ -31,6 +31,7 @@ from absl import logging
 from flax import core as flax_core
 from t5x import adafactor, decoding, models, partitioning
 
+from palimix.models import partitioning as pali_partitioning
 from palimix.models.feature_converter import PaliFeatureConverter
 
 PyTree = Any
@@ -39,32 +40,11 @@ PyTree = Any
 # projection to the text width. Everything else has t5x's T5 1.1 / mT5 names.
 IMAGE_MODULES = ("img", "img_proj")
 
-# Mesh axes for the ViT's logical axes (t5x's standard rules cover the text side):
-# like the text side, shard MLP and heads over 'model', replicate the rest.
-VIT_LOGICAL_AXIS_RULES = (
-    ("vit_embed", None),
-    ("vit_mlp", "model"),
-    ("vit_heads", "model"),
-    ("vit_kv", None),
-    ("vit_patch", None),
-    ("vit_channels", None),
-    ("vit_tokens", None),
-    ("vit_posemb_batch", None),
-)
-
-# Adafactor factorisation of the ViT's parameters: the width is the row, the other
-# dims of a matrix are columns (patch kernel [p, p, 3, width] -> rows: width, columns:
-# p*p*3; position embeddings [1, tokens, width] -> the leading 1 is a batch dim).
-VIT_FACTOR_RULES = {
-    "vit_embed": "row",
-    "vit_mlp": "column",
-    "vit_heads": "column",
-    "vit_kv": "column",
-    "vit_patch": "column",
-    "vit_channels": "column",
-    "vit_tokens": "column",
-    "vit_posemb_batch": "batch",
-}
+# The ViT's logical axes come from the network's own rules (palimix.models.partitioning:
+# VIT_RULES for the mesh, VIT_FACTOR_RULES for Adafactor); t5x's standard rules cover
+# the text side, whose axis names are t5x's.
+VIT_LOGICAL_AXIS_RULES = tuple(pali_partitioning.VIT_RULES)
+VIT_FACTOR_RULES = dict(pali_partitioning.VIT_FACTOR_RULES)
 
 # Flattened t5x state keys (e.g. 'target/img/embedding/kernel',
 # 'state/param_states/img/...') of the image side: everything a text-only checkpoint
@@ -286,6 +266,12 @@ class PaliModel(models.EncoderDecoderModel):
         if num_decodes is None:
             num_decodes = self._default_decoder_params.num_decodes
         decoder_params = dict(decoder_params or {})
+        if rng is not None:
+            if decoder_params.get("decode_rng") is not None:
+                raise ValueError(
+                    "Got an RNG both as `rng` and as decoder_params['decode_rng']; pass one."
+                )
+            decoder_params["decode_rng"] = rng
 
         encoder_input_tokens = batch["encoder_input_tokens"]
         decoder_input_tokens = batch["decoder_input_tokens"]
@@ -324,12 +310,6 @@ class PaliModel(models.EncoderDecoderModel):
         )
         if initial_index is not None:
             decoder_params["initial_index"] = initial_index
-        if rng is not None:
-            if decoder_params.get("decode_rng") is not None:
-                raise ValueError(
-                    "Got an RNG both as `rng` and as decoder_params['decode_rng']; pass one."
-                )
-            decoder_params["decode_rng"] = rng
         decoder_params.setdefault("eos_id", self.output_vocabulary.eos_id or 1)
         scanned = bool(getattr(self.module, "scan_layers", False))
         decodes, scores = self._decode_fn(
