@@ -226,3 +226,29 @@ def test_decoding_is_deterministic_in_parallel():
     first, second = run(), run()
     assert [i for i, _ in first] == [str(i).encode() for i in range(24) if i != 5]
     assert all(a[0] == b[0] and np.array_equal(a[1], b[1]) for a, b in zip(first, second))
+
+
+def test_fast_path_only_for_clean_baseline_jpegs():
+    scale = image_files.jpeg_scale_for_tensorflow
+    assert scale(encode(photo(), "JPEG"), 224) == 2  # 640x480 -> decoded at 320x240.
+    assert scale(encode(photo(), "JPEG"), 448) == 1
+    assert scale(encode(photo(2000, 1800), "JPEG"), 224) == 8
+    assert scale(encode(photo(), "JPEG", progressive=True), 224) == 0
+    assert scale(encode(Image.new("CMYK", (64, 64)), "JPEG"), 32) == 0
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    assert scale(encode(photo(), "JPEG", exif=exif), 224) == 0
+    upright = Image.Exif()
+    upright[0x0112] = 1
+    assert scale(encode(photo(), "JPEG", exif=upright), 224) == 2
+    assert scale(encode(photo(), "JPEG")[:5000], 224) == 0  # Truncated: Pillow reports it.
+    assert scale(encode(photo(), "PNG"), 224) == 0
+    assert scale(encode(photo(), "JPEG"), 224, max_pixels=1000) == 0
+
+
+def test_tensorflow_and_pillow_paths_agree():
+    """The same picture through the TF JPEG path and through Pillow (progressive)."""
+    picture = photo(640, 480, seed=3)
+    items = [(encode(picture, "JPEG", quality=95), "fast.jpg"), (encode(picture, "JPEG", quality=95, progressive=True), "slow.jpg")]
+    fast, slow = [e["image"] for e in image.decode_image(dataset_of(items), image_size=224).as_numpy_iterator()]
+    assert np.mean(np.abs(fast - slow)) < 0.02  # In [-1, 1] units: about 2/255.

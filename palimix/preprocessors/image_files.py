@@ -100,7 +100,26 @@ def decode(
     `image_size` is an int (square, as PaLI and big_vision resize: the aspect ratio is
     not kept) or (height, width). `path` only names the file in errors.
     Raises ImageDecodeError for anything that is not a usable image.
+    (The tf.data preprocessor uses `decode_near_size` and resizes in TensorFlow.)
     """
+    width, height = _target_size(image_size)
+    image = Image.fromarray(decode_near_size(data, image_size, path=path, max_pixels=max_pixels, background=background))
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def decode_near_size(
+    data: bytes,
+    image_size=224,
+    *,
+    path: str = "",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    background: tuple[int, int, int] = DEFAULT_BACKGROUND,
+) -> np.ndarray:
+    """Like `decode`, but leaves the final resize to the caller: the uint8 RGB array is
+    upright and at least `image_size` on each side where the file is, and less than
+    twice it where cheap reductions apply (JPEG DCT scaling, Pillow's box `reduce`)."""
     if not data:
         raise ImageDecodeError("empty", path)
     width, height = _target_size(image_size)
@@ -122,11 +141,9 @@ def decode(
     if pixels > max_pixels:
         raise ImageDecodeError("too_large", path, f"{image.size[0]}x{image.size[1]} > {max_pixels} pixels")
 
+    side = max(width, height)  # Square requests stay valid under any EXIF rotation.
     if image.format in ("JPEG", "MPO"):
-        # DCT-domain downscaling; a square request keeps it valid under any EXIF
-        # rotation (the draft is at least max(width, height) on both sides).
-        side = max(width, height)
-        image.draft(None, (side, side))
+        image.draft(None, (side, side))  # DCT-domain downscaling while decoding.
     try:
         image.load()
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
@@ -135,9 +152,42 @@ def decode(
 
     image = _upright(image)
     image = to_rgb(image, background)
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    factor = min(image.size[0] // side, image.size[1] // side)
+    if factor >= 2:  # Large PNGs etc.: a fast box reduction to within 2x of the target.
+        image = image.reduce(factor)
     return np.asarray(image, dtype=np.uint8)
+
+
+def jpeg_scale_for_tensorflow(data: bytes, image_size=224, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """The libjpeg scale denominator (1, 2, 4 or 8) at which `tf.io.decode_jpeg` can
+    decode `data` exactly as `decode_near_size` would, or 0 when it cannot.
+
+    This is the fast path of the tf.data preprocessor: a complete baseline JPEG in
+    RGB or grayscale, upright (no EXIF rotation), within `max_pixels`. Only headers
+    are parsed (tens of microseconds). Anything else (CMYK, progressive, rotated,
+    truncated, not a JPEG) goes to Pillow, which converts it or reports why not; so
+    TensorFlow never sees a file whose headers do not parse.
+    """
+    if not data.startswith(b"\xff\xd8\xff") or not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        return 0
+    try:
+        with Image.open(io.BytesIO(data), formats=("JPEG",)) as image:
+            if image.format != "JPEG" or image.mode not in ("RGB", "L"):
+                return 0
+            if image.info.get("progressive") or image.info.get("progression"):
+                return 0
+            if "exif" in image.info and image.getexif().get(0x0112, 1) != 1:
+                return 0
+            width, height = image.size
+    except Exception:  # Whatever the header parser raises: Pillow's path will report it.
+        return 0
+    if width * height > max_pixels:
+        return 0
+    side = max(_target_size(image_size))
+    for scale in (8, 4, 2):  # libjpeg's scaled size is ceil(size / scale).
+        if -(-width // scale) >= side and -(-height // scale) >= side:
+            return scale
+    return 1
 
 
 def _any_format(data: bytes) -> str:

@@ -111,7 +111,8 @@ def _read_file(path: bytes):
 
 
 def read_image_files(example):
-    """tf.data map: adds `image/encoded` (the file's bytes) read from `image/path`."""
+    """tf.data map: adds `image/encoded` (the file's bytes) read from `image/path`,
+    "" for a file that does not exist (any file system tf.io.gfile knows)."""
     example = dict(example)
     encoded = tf.numpy_function(_read_file, [example["image/path"]], tf.string, stateful=False, name="palimix_read_image")
     encoded.set_shape([])
@@ -119,8 +120,22 @@ def read_image_files(example):
     return example
 
 
-def records_dataset(records: Sequence[Mapping], fields: Sequence[str]) -> tf.data.Dataset:
-    """A dataset of records (dicts with id, image/path, language and `fields`)."""
+def read_existing_image_files(example):
+    """Like `read_image_files` for local files whose existence was checked (the
+    `_exists` column): `tf.io.read_file`, with no Python in the loop."""
+    example = dict(example)
+    exists = example.pop("_exists")
+    example["image/encoded"] = tf.cond(exists, lambda: tf.io.read_file(example["image/path"]), lambda: tf.constant(""))
+    return example
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def records_dataset(records: Sequence[Mapping], fields: Sequence[str], exists: Sequence[bool] | None = None) -> tf.data.Dataset:
+    """A dataset of records (dicts with id, image/path, language and `fields`), plus
+    an `_exists` column when `exists` is given."""
 
     def column(key):
         return tf.constant([r[key] for r in records], dtype=tf.string, shape=[len(records)])
@@ -135,6 +150,8 @@ def records_dataset(records: Sequence[Mapping], fields: Sequence[str]) -> tf.dat
             )
         else:
             columns[key] = column(key)
+    if exists is not None:
+        columns["_exists"] = tf.constant(exists, tf.bool, shape=[len(records)])
     return tf.data.Dataset.from_tensor_slices(columns)
 
 
@@ -152,6 +169,7 @@ class RecordSource(seqio.DataSource):
         self.fields = check_fields(fields)
         self._records: dict[str, list[dict]] = {}
         self._by_language: dict[str, dict[str, list[dict]]] = {}
+        self._exists: dict[str, list[bool]] = {}
         self._lock = threading.Lock()
 
     @abc.abstractmethod
@@ -198,8 +216,20 @@ class RecordSource(seqio.DataSource):
         return LanguageView(self, languages.normalize(code))
 
     def missing_images(self, split: str) -> list[str]:
-        """Image files of `split` that do not exist (one stat per record: slow on gs://)."""
+        """Image files of `split` that do not exist (one stat per file: slow on gs://)."""
         return [r["image/path"] for r in self.records(split) if r["image/path"] and not tf.io.gfile.exists(r["image/path"])]
+
+    def _local_files_exist(self, split: str) -> list[bool] | None:
+        """Per record, whether its image file exists, when all are local files (a stat
+        each, once per split); None when some are remote (read through gfile then)."""
+        records = self.records(split)
+        paths = [r["image/path"] for r in records]
+        if not all(_is_local(p) for p in paths):
+            return None
+        with self._lock:
+            if split not in self._exists:
+                self._exists[split] = [bool(p) and os.path.isfile(p) for p in paths]
+            return self._exists[split]
 
     # -- seqio.DataSource -----------------------------------------------------------
 
@@ -226,13 +256,15 @@ class RecordSource(seqio.DataSource):
     ) -> tf.data.Dataset:
         """Records with their image file bytes: the keys of COMMON_KEYS plus `fields`."""
         records = self.records(split)
-        dataset = records_dataset(records, self.fields)
+        exists = self._local_files_exist(split)
+        dataset = records_dataset(records, self.fields, exists)
         if shard_info and shard_info.num_shards > 1:
             dataset = dataset.shard(shard_info.num_shards, shard_info.index)
         if shuffle:
             # Records are small (strings): shuffle them all, before reading any image.
             dataset = dataset.shuffle(max(len(records), 1), seed=seed, reshuffle_each_iteration=True)
-        return dataset.map(read_image_files, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        read = read_existing_image_files if exists is not None else read_image_files
+        return dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 class LanguageView(RecordSource):
