@@ -10,10 +10,12 @@ COCO captions layout) and produce float32 [S, S, 3] images in [-1, 1]:
 - also reported: `source_decode_per_s`, the source + `decode_image` alone.
 
 Each pipeline runs `--rounds` times, alternating, with AUTOTUNE parallelism; the best
-round of each counts (the machine may be shared). Last line: a JSON object with
-palimix_per_s, bare_per_s and ratio (goal: >= 0.8).
+round of each counts (the machine may be shared). Also reported: CPU ms per example
+(process time), steadier than wall clock when other processes compete for the cores.
+Last line: a JSON object with palimix_per_s, bare_per_s and ratio (goal: >= 0.8),
+and cpu_ratio (bare CPU ms / palimix CPU ms).
 
-    python benchmarks/input_pipeline.py [--images 300] [--image-size 224] [--rounds 3] [--no-task]
+    python benchmarks/input_pipeline.py [--images 300] [--image-size 224] [--rounds 5] [--no-task]
 """
 
 from __future__ import annotations
@@ -71,23 +73,24 @@ def bare_pipeline(paths: list[str], size: int) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices(paths).map(load, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def examples_per_second(make_dataset, count: int) -> float:
+def measure(make_dataset, count: int) -> tuple[float, float]:
+    """(examples per wall-clock second, CPU milliseconds of this process per example)."""
     dataset = make_dataset().prefetch(tf.data.AUTOTUNE)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     seen = 0
     for _ in dataset:
         seen += 1
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     if seen != count:
         raise RuntimeError(f"expected {count} examples, got {seen}")
-    return seen / elapsed
+    return seen / elapsed, 1000 * cpu / seen
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-task", action="store_true", help="measure source + decode_image only, without palimix.tasks")
     args = parser.parse_args()
 
@@ -131,26 +134,34 @@ def main() -> None:
             return bare_pipeline(paths, args.image_size)
 
         # Warm up (graph tracing, file cache) before timing.
-        for make in filter(None, (bare, source_decode, palimix_task)):
-            examples_per_second(make, args.images)
-        best = {"bare": 0.0, "source_decode": 0.0, "palimix": 0.0}
-        for _ in range(args.rounds):
-            best["bare"] = max(best["bare"], examples_per_second(bare, args.images))
-            best["source_decode"] = max(best["source_decode"], examples_per_second(source_decode, args.images))
-            if palimix_task:
-                best["palimix"] = max(best["palimix"], examples_per_second(palimix_task, args.images))
+        pipelines = {"bare": bare, "source_decode": source_decode, "palimix": palimix_task}
+        pipelines = {name: make for name, make in pipelines.items() if make}
+        for make in pipelines.values():
+            measure(make, args.images)
+        per_s = {name: 0.0 for name in pipelines}
+        cpu_ms = {name: float("inf") for name in pipelines}
+        for _ in range(args.rounds):  # Alternating rounds; the best of each counts.
+            for name, make in pipelines.items():
+                rate, cpu = measure(make, args.images)
+                per_s[name], cpu_ms[name] = max(per_s[name], rate), min(cpu_ms[name], cpu)
         if not palimix_task:
-            best["palimix"] = best["source_decode"]
+            per_s["palimix"], cpu_ms["palimix"] = per_s["source_decode"], cpu_ms["source_decode"]
 
     print(f"pipeline measured: {through}")
-    print(f"{args.images} JPEGs 640x480 -> {args.image_size} px, best of {args.rounds} rounds, {os.cpu_count()} CPUs")
-    for name, value in best.items():
-        print(f"  {name:>14}: {value:8.1f} examples/s")
+    print(f"{args.images} JPEGs 640x480 -> {args.image_size} px, best of {args.rounds} rounds, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    for name in per_s:
+        print(f"  {name:>14}: {per_s[name]:8.1f} examples/s  {cpu_ms[name]:6.2f} CPU ms/example")
     result = {
-        "palimix_per_s": round(best["palimix"], 1),
-        "bare_per_s": round(best["bare"], 1),
-        "ratio": round(best["palimix"] / best["bare"], 3),
-        "source_decode_per_s": round(best["source_decode"], 1),
+        "palimix_per_s": round(per_s["palimix"], 1),
+        "bare_per_s": round(per_s["bare"], 1),
+        "ratio": round(per_s["palimix"] / per_s["bare"], 3),
+        # CPU time per example: steadier than wall clock on a shared machine.
+        "palimix_cpu_ms": round(cpu_ms["palimix"], 2),
+        "bare_cpu_ms": round(cpu_ms["bare"], 2),
+        "cpu_ratio": round(cpu_ms["bare"] / cpu_ms["palimix"], 3),
+        "source_decode_per_s": round(per_s["source_decode"], 1),
+        "source_decode_cpu_ms": round(cpu_ms["source_decode"], 2),
         "image_size": args.image_size,
         "images": args.images,
     }
