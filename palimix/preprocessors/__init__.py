@@ -1,6 +1,6 @@
 """seqio-style preprocessors: plain functions of a `tf.data.Dataset`.
 
-Modules (import the one you need; this package imports nothing heavy):
+Image modules (import the one you need; this package imports nothing heavy):
 
 - `image`: `decode_image(dataset, *, image_size, strict, task_name)`: file bytes ->
   `image` float32 [S, S, 3] in [-1, 1] + `has_image`; bad images dropped and counted.
