@@ -39,6 +39,7 @@ import tensorflow as tf
 from palimix import prompts
 from palimix.errors import UsageError
 from palimix.preprocessors import text as text_preprocessors
+from palimix.preprocessors.text import _no_autograph
 
 # The record fields each kind reads (beyond id, language and the image).
 REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
@@ -72,6 +73,7 @@ def add_blank_image(dataset: tf.data.Dataset, *, image_size: int) -> tf.data.Dat
     """Adds `image` (zeros [S, S, 3]) and `has_image` = 0; drops image/encoded and image/path."""
     size = int(image_size)
 
+    @_no_autograph
     def blank(example):
         example = {k: v for k, v in example.items() if k not in ("image/encoded", "image/path")}
         example["image"] = tf.zeros([size, size, 3], tf.float32)
@@ -154,6 +156,7 @@ def build_example(
         return tf.constant(prompts.prompt(kind, language, style=style))
 
     @seqio.map_over_dataset(num_seeds=1)
+    @_no_autograph
     def build(example, seed):
         if kind == "caption":
             references = _as_list(example["captions"])
@@ -164,9 +167,12 @@ def build_example(
         elif kind == "vqa":
             references = _as_list(example["answers"])
             target = most_frequent(references)
-        else:
-            field = {"ocr": "text", "classification": "label"}.get(kind, "targets")
-            target = tf.strings.strip(example[field])
+        elif kind in ("ocr", "classification"):
+            target = tf.strings.strip(example["text" if kind == "ocr" else "label"])
+            references = tf.reshape(target, [1])
+        else:  # span_corruption, prefix_lm: made by preprocessors.text (kept verbatim:
+            # a leading space before a sentinel is what makes it one token).
+            target = example["targets"]
             references = tf.reshape(target, [1])
         out = {
             "inputs": prompt_for(example),
@@ -181,6 +187,7 @@ def build_example(
                 out[key] = example[key]
         return out
 
+    @_no_autograph
     def has_target(example):
         if kind in ("caption", "translation", "vqa"):
             ok = tf.size(_as_list(example["captions" if kind == "caption" else "answers"])) > 0
