@@ -9,8 +9,8 @@ Parameters (as in big_vision `models/vit.py` and its `.npz` checkpoints):
     Transformer/encoderblock_N/MlpBlock_0/{Dense_0, Dense_1}
     Transformer/encoder_norm
 
-Logical axes: vit_embed, vit_mlp, vit_heads, vit_kv, vit_patch, vit_channels,
-vit_tokens (partitioning.DEFAULT_RULES maps them to mesh axes).
+Logical axes: vit_embed, vit_mlp, vit_heads, vit_kv, vit_patch_height, vit_patch_width,
+vit_channels, vit_tokens, vit_posemb_batch (partitioning.DEFAULT_RULES maps them).
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ class VisionTransformer(nn.Module):
         patches = jnp.asarray(images, self.dtype).reshape(b, h // p, p, w // p, p, c)
         patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(b, (h // p) * (w // p), p, p, c)
         x = layers.DenseGeneral(
-            cfg.width, axis=(-3, -2, -1), kernel_axes=("vit_patch", "vit_patch", "vit_channels", "vit_embed"),
+            cfg.width, axis=(-3, -2, -1), kernel_axes=("vit_patch_height", "vit_patch_width", "vit_channels", "vit_embed"),
             use_bias=True, bias_axes=("vit_embed",), kernel_init=nn.initializers.lecun_normal((0, 1, 2), 3),
             dtype=self.dtype, param_dtype=self.param_dtype, name="embedding",
         )(patches)

@@ -1,0 +1,107 @@
+"""Sharding PaLI over a device mesh with logical axis names (t5x / flax style).
+
+Every parameter carries logical axis names (in the `params_axes` collection) and the
+large activations carry logical sharding constraints. `DEFAULT_RULES` maps those names
+onto a 2-D mesh `('data', 'model')`: the batch over 'data'; vocabulary, MLP and heads
+over 'model' (Megatron-style, as t5x's standard rules do), the rest replicated.
+
+    mesh = partitioning.make_mesh(data=2, model=4)
+    shardings = partitioning.param_shardings(variables["params_axes"], mesh)
+    params = jax.device_put(variables["params"], shardings)
+    with partitioning.activation_sharding(mesh):
+        loss = jitted_step(params, batch)   # activations follow DEFAULT_RULES
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Optional, Sequence, Tuple
+
+import flax
+import flax.linen as nn
+import jax
+import numpy as np
+from flax.linen import partitioning as nn_partitioning
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+LogicalRules = Sequence[Tuple[str, Optional[str]]]
+
+MESH_AXES = ("data", "model")
+
+# Text side: t5x's `standard_logical_axis_rules()` (1-D parameter partitioning).
+TEXT_RULES: LogicalRules = (
+    ("batch", "data"),
+    ("vocab", "model"),
+    ("embed", None),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("kv", None),
+    ("joined_kv", "model"),
+    ("relpos_buckets", None),
+    ("length", None),
+)
+
+# Image side: same scheme for the ViT (MLP and heads over 'model').
+VIT_RULES: LogicalRules = (
+    ("vit_embed", None),
+    ("vit_mlp", "model"),
+    ("vit_heads", "model"),
+    ("vit_kv", None),
+    ("vit_patch_height", None),
+    ("vit_patch_width", None),
+    ("vit_channels", None),
+    ("vit_tokens", None),
+    ("vit_posemb_batch", None),
+)
+
+DEFAULT_RULES: LogicalRules = TEXT_RULES + VIT_RULES
+
+# Adafactor factoring for the ViT's axes (strings t5x's `factor_name_to_factordim`
+# reads): the width is the row, the other matrix dims are columns.
+VIT_FACTOR_RULES = {
+    "vit_embed": "row",
+    "vit_mlp": "column",
+    "vit_heads": "column",
+    "vit_kv": "column",
+    "vit_patch_height": "column",
+    "vit_patch_width": "column",
+    "vit_channels": "column",
+    "vit_tokens": "column",
+    "vit_posemb_batch": "batch",
+}
+
+
+def make_mesh(data: int = -1, model: int = 1, devices=None) -> Mesh:
+    """A ('data', 'model') mesh; data=-1 takes all devices not used by 'model'."""
+    devices = list(jax.devices() if devices is None else devices)
+    if data == -1:
+        if len(devices) % model:
+            raise ValueError(f"{len(devices)} devices cannot be split into model={model} groups.")
+        data = len(devices) // model
+    if data * model != len(devices):
+        raise ValueError(f"mesh data={data} x model={model} needs {data * model} devices, have {len(devices)}.")
+    return Mesh(np.asarray(devices).reshape(data, model), MESH_AXES)
+
+
+def logical_specs(params_axes):
+    """Tree of logical `PartitionSpec`s (one per parameter) from `params_axes`."""
+    return flax.core.unfreeze(nn_partitioning.get_axis_names(params_axes))
+
+
+def param_shardings(params_axes, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES):
+    """Tree of `NamedSharding`s for the parameters on `mesh`."""
+    return nn.logical_to_mesh_sharding(logical_specs(params_axes), mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+    """Shard an input's leading (batch) dimension over 'data'."""
+    return NamedSharding(mesh, PartitionSpec("data", *([None] * (ndim - 1))))
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules: LogicalRules = DEFAULT_RULES):
+    """Within: the model's logical activation constraints apply on `mesh`."""
+    # jax.set_mesh on new JAX; the Mesh context manager before it existed.
+    mesh_context = jax.set_mesh(mesh) if hasattr(jax, "set_mesh") else mesh
+    with mesh_context, nn.logical_axis_rules(rules):
+        yield
