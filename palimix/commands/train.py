@@ -72,6 +72,9 @@ def run(args) -> int:
     from palimix.runner import train
 
     config = build_config(args)
+    from palimix.runner.config import enable_compilation_cache
+
+    enable_compilation_cache()
     result = train.train(config)
     loss = "n/a" if result.last_loss is None else f"{result.last_loss:.4f}"
     print(f"trained {config.mixture_or_task_name} to step {result.step} in {result.seconds:.0f} s "

@@ -31,11 +31,7 @@ def get_mixture_or_task(name: str):
     """The registered seqio task or mixture, or a clear error with close matches."""
     import seqio
 
-    try:
-        import palimix.tasks  # noqa: F401  (registers palimix's tasks on import)
-    except ModuleNotFoundError as e:  # TODO(runner): drop once palimix.tasks has landed.
-        if e.name != "palimix.tasks":
-            raise
+    import palimix.tasks  # noqa: F401  (registers palimix's tasks on import)
 
     try:
         return seqio.get_mixture_or_task(name)

@@ -180,8 +180,20 @@ class Trainer:
 
         params = self.init_params()
         with self.context():
-            opt_state = jax.jit(self.tx.init)(params)
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state}
+            opt_state = jax.jit(self.tx.init, out_shardings=self.opt_state_shardings(params))(params)
+        step = jax.device_put(jnp.zeros((), jnp.int32), self.replicated)
+        return {"step": step, "params": params, "opt_state": opt_state}
+
+    def opt_state_shardings(self, params):
+        """Optimizer state is replicated: on a (n, 1) mesh that is all data parallelism
+        needs, and Adafactor's factored statistics are small."""
+        import jax
+
+        return jax.tree.map(lambda _: self.replicated, jax.eval_shape(self.tx.init, params))
+
+    def state_shardings(self, params) -> dict:
+        return {"step": self.replicated, "params": self.param_shardings,
+                "opt_state": self.opt_state_shardings(params)}
 
     def abstract_params(self):
         import jax
@@ -232,7 +244,11 @@ class Trainer:
                        "learning_rate": schedule(state["step"]) if schedule else jnp.zeros(())}
             return new_state, metrics
 
-        return jax.jit(step_fn, donate_argnums=0)
+        # Fixed in/out shardings: the state a step returns is placed exactly like the one
+        # it received, so the second step reuses the first step's compiled program.
+        shardings = self.state_shardings(self.abstract_params())
+        return jax.jit(step_fn, donate_argnums=0, in_shardings=(shardings, self.batch_sharding),
+                       out_shardings=(shardings, self.replicated))
 
 
 def train(config: TrainConfig, *, stop_after: int | None = None) -> TrainResult:
@@ -282,7 +298,10 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> TrainResult:
     summaries = Summaries(config.model_dir)
     progress = Progress(config.train_steps, start_step, config.batch_size, enabled=config.progress)
     if start_step:
-        progress.message(f"resuming from the checkpoint at step {start_step}")
+        import sys
+
+        print(f"resuming from the checkpoint at step {start_step} in {config.model_dir}",
+              file=sys.stderr, flush=True)
     end_step = config.train_steps if stop_after is None else min(config.train_steps, start_step + stop_after)
 
     step = start_step
