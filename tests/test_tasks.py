@@ -143,3 +143,17 @@ def test_bad_registrations_are_clear_errors(records):
     only_labels = sources.JsonLines(records.path, records.image_dir, fields={"label": "label"})
     with pytest.raises(UsageError, match="need the record fields"):
         add_task("tt_vqa", kind="vqa", source=only_labels, languages=["en"], metrics=[])
+
+
+def test_multilingual_task_prompts_each_example_in_its_language(records):
+    mixture = add_task("tt_span", kind="span_corruption", source=records, languages=["de", "en"], image_size=16,
+                       metrics=[], per_language=False)
+    assert [t.name for t in mixture.tasks] == ["tt_span_mul"]
+    assert task_info("tt_span_mul").languages == ("de", "en")
+    examples = _examples("tt_span_mul")
+    assert {ex["language"] for ex in examples} == {b"de", b"en"}
+    for ex in examples:
+        assert ex["inputs_pretokenized"].startswith(b"fill " + ex["language"] + b" ")
+    add_task("tt_cls", kind="classification", source=records, languages=["de"], image_size=16, metrics=[],
+             per_language=False, classes=["a", "b"])
+    assert all(ex["language"] == b"de" for ex in _examples("tt_cls_mul"))  # Other languages left out.

@@ -47,7 +47,7 @@ def provider_summary(name: str) -> dict:
         "name": provider.name,
         "type": "task" if isinstance(provider, seqio.Task) else "mixture",
         "kinds": sorted({i.kind for i in known}) or ["?"],
-        "languages": sorted({i.language for i in known}),
+        "languages": sorted({code for i in known for code in i.languages}),
         "image_size": sorted({i.image_size for i in known}),
         "tasks": len(tasks),
         "splits": sorted(provider.splits),

@@ -43,11 +43,14 @@ def compute(name: str, split: str = "train", max_examples: int | None = None) ->
                               trim_output_features=False, seed=0)
         if max_examples:
             ds = ds.take(max_examples)
-        ds = ds.map(lambda ex: {k: ex[k] for k in ("inputs", "targets") if k in ex})
+        ds = ds.map(lambda ex: {k: ex[k] for k in ("inputs", "targets", "language") if k in ex})
         task_lengths = {"inputs": [], "targets": []}
+        task_languages: dict[str, int] = {}
         for ex in ds.as_numpy_iterator():
             for key in task_lengths:
                 task_lengths[key].append(len(ex[key]))
+            code = ex["language"].decode() if "language" in ex else (info.language if info else "?")
+            task_languages[code] = task_languages.get(code, 0) + 1
         dropped = image.dropped_image_counts().get(task.name, {})
         for key in lengths:
             lengths[key].extend(task_lengths[key])
@@ -61,10 +64,12 @@ def compute(name: str, split: str = "train", max_examples: int | None = None) ->
             "rate": rates.get(task.name),
             "inputs_length": _percentiles(task_lengths["inputs"]),
             "targets_length": _percentiles(task_lengths["targets"]),
+            "examples_per_language": task_languages,
         })
     by_language: dict[str, int] = {}
     for row in rows:
-        by_language[row["language"]] = by_language.get(row["language"], 0) + row["examples"]
+        for code, count in row["examples_per_language"].items():
+            by_language[code] = by_language.get(code, 0) + count
     overall = {key: _percentiles(values) for key, values in lengths.items()}
     image_sizes = sorted({task_info(t.name).image_size for t in tasks if task_info(t.name)})
     suggested = {key: int(np.ceil(max(overall[key]["p100"], 1) / 8) * 8) for key in overall}

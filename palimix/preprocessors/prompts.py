@@ -31,7 +31,7 @@ without any file decoding (pure TF: cheap, and tf.data can checkpoint it).
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import seqio
 import tensorflow as tf
@@ -102,36 +102,83 @@ def _as_list(value) -> tf.Tensor:
     return tf.boolean_mask(value, tf.strings.length(tf.strings.strip(value)) > 0)
 
 
+_MARK = "\ue000"  # Private-use character: marks where a per-example field goes.
+
+
+def _prompt_builder(kind: str, codes: Sequence[str], style: str, static_fields, dynamic_fields: Sequence[str]):
+    """fn(example, {field: tensor}) -> the prompt tensor, for one language or several.
+
+    With several languages, each language's template is rendered once with markers
+    for the per-example fields; the literal pieces between them become lookup tables
+    indexed by the example's language."""
+    if len(codes) == 1:
+        code = codes[0]
+        if dynamic_fields:
+            return lambda example, values: prompts.prompt_tf(kind, code, style=style, **static_fields(code), **values)
+        text = prompts.prompt(kind, code, style=style, **static_fields(code))
+        return lambda example, values: tf.constant(text)
+    pieces = []
+    for code in codes:
+        marked = prompts.prompt(kind, code, style=style, **static_fields(code),
+                                **{f: f"{_MARK}{f}{_MARK}" for f in dynamic_fields})
+        pieces.append(marked.split(_MARK))
+    order = {tuple(p[1::2]) for p in pieces}
+    if len(order) != 1:
+        raise UsageError(f"the {style} {kind} templates of {list(codes)} place their fields differently; "
+                         "register one task per language (per_language=True).")
+    fields = order.pop()
+    literals = [tf.constant([p[0::2][i] for p in pieces]) for i in range(len(fields) + 1)]
+    codes_tensor = tf.constant(list(codes))
+
+    def build(example, values):
+        index = tf.argmax(tf.cast(tf.equal(codes_tensor, example["language"]), tf.int32), output_type=tf.int32)
+        parts = [tf.gather(literals[0], index)]
+        for i, field in enumerate(fields):
+            parts += [values[field], tf.gather(literals[i + 1], index)]
+        return tf.strings.join(parts)
+
+    return build
+
+
 def build_example(
     dataset: tf.data.Dataset,
     *,
     kind: str,
-    language: str,
+    language,
     style: str = "pali",
-    classes: Sequence[str] | None = None,
+    classes=None,
     source_language: str | None = None,
-    segmentation: str = "space",
+    segmentation="space",
     noise_density: float = 0.15,
     mean_noise_span_length: float = 3.0,
     max_target_units: int | None = None,
 ) -> tf.data.Dataset:
-    """Turns records of one language into prompted examples of `kind` (see module doc).
+    """Turns records into prompted examples of `kind` (see module doc).
 
     Args:
       kind: one of KINDS.
-      language: the normalized code of the prompt and target language.
+      language: the normalized code of the prompt and target language; or a list of
+        codes for a multilingual task: each example's prompt is in its record's
+        `language`, and records in other languages are left out.
       style: prompt style ("pali" or "natural"; see palimix.prompts).
-      classes: classification only: the class labels (in `language`) listed in the
-        prompt ("classify de Kreis ; Quadrat ; Dreieck"); None: an open prompt.
+      classes: classification only: the class labels listed in the prompt
+        ("classify de Kreis ; Quadrat ; Dreieck"): a list, or {language: list};
+        None asks an open question.
       source_language: translation only: the language of `text`.
       segmentation: "space" or other (characters): the units that span corruption
-        and prefix LM count (palimix.languages' `segmentation`).
+        and prefix LM count (palimix.languages' `segmentation`); {language: name}
+        for a multilingual task.
       noise_density, mean_noise_span_length: span corruption (T5 defaults).
       max_target_units: prefix LM: at most this many units in the target.
     """
     check_kind(kind)
     if kind == "translation" and not source_language:
         raise UsageError("translation tasks need source_language= (the language of the records' `text`).")
+    codes = [language] if isinstance(language, str) else list(language)
+    multilingual = len(codes) > 1
+    if multilingual:
+        codes_tensor = tf.constant(codes)
+        dataset = dataset.filter(_no_autograph(lambda ex: tf.reduce_any(tf.equal(ex["language"], codes_tensor))))
 
     if kind == "span_corruption":
         dataset = text_preprocessors.span_corruption(
@@ -140,20 +187,23 @@ def build_example(
     elif kind == "prefix_lm":
         dataset = text_preprocessors.prefix_lm_split(dataset, segmentation=segmentation, max_target_units=max_target_units)
 
-    def prompt_for(example):
-        if kind == "vqa":
-            return prompts.prompt_tf("vqa", language, style=style, question=example["question"])
-        if kind == "classification":
-            if classes:
-                return tf.constant(prompts.prompt("classification_choices", language, style=style, classes=list(classes)))
-            return tf.constant(prompts.prompt("classification", language, style=style))
-        if kind == "translation":
-            return prompts.prompt_tf("translation", language, style=style, source=source_language, text=example["text"])
-        if kind == "span_corruption":
-            return prompts.prompt_tf("span_corruption", language, style=style, text=example["noised_text"])
-        if kind == "prefix_lm":
-            return prompts.prompt_tf("prefix_lm", language, style=style, text=example["prefix"])
-        return tf.constant(prompts.prompt(kind, language, style=style))
+    def classes_of(code):
+        return list(classes[code]) if isinstance(classes, Mapping) else list(classes)
+
+    prompt_kind, static, dynamic, field_of = kind, (lambda code: {}), (), {}
+    if kind == "vqa":
+        dynamic, field_of = ("question",), {"question": "question"}
+    elif kind == "classification":
+        if classes:
+            prompt_kind, static = "classification_choices", (lambda code: {"classes": classes_of(code)})
+    elif kind == "translation":
+        static = lambda code: {"source": source_language}  # noqa: E731
+        dynamic, field_of = ("text",), {"text": "text"}
+    elif kind == "span_corruption":
+        dynamic, field_of = ("text",), {"text": "noised_text"}
+    elif kind == "prefix_lm":
+        dynamic, field_of = ("text",), {"text": "prefix"}
+    prompt_for = _prompt_builder(prompt_kind, codes, style, static, dynamic)
 
     @seqio.map_over_dataset(num_seeds=1)
     @_no_autograph
@@ -175,10 +225,10 @@ def build_example(
             target = example["targets"]
             references = tf.reshape(target, [1])
         out = {
-            "inputs": prompt_for(example),
+            "inputs": prompt_for(example, {f: example[key] for f, key in field_of.items()}),
             "targets": target,
             "references": references,
-            "language": tf.constant(language),
+            "language": example["language"] if multilingual else tf.constant(codes[0]),
             "kind": tf.constant(kind),
             "id": tf.strings.as_string(example["id"]) if example["id"].dtype != tf.string else example["id"],
         }

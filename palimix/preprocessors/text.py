@@ -42,8 +42,13 @@ def tokenize_text(dataset: tf.data.Dataset, output_features, copy_pretokenized: 
     return seqio.preprocessors.tokenize(dataset, text_features, copy_pretokenized=copy_pretokenized, with_eos=False)
 
 
-def split_units(text: tf.Tensor, segmentation: str) -> tf.Tensor:
-    """1-D string tensor of the words ("space") or characters (other) of `text`."""
+def split_units(text: tf.Tensor, segmentation) -> tf.Tensor:
+    """1-D string tensor of the words ("space") or characters (other) of `text`.
+
+    `segmentation` is a name, or a scalar bool tensor (True: words) when it varies
+    per example (multilingual tasks)."""
+    if not isinstance(segmentation, str):
+        return tf.cond(segmentation, lambda: split_units(text, _SPACE), lambda: split_units(text, "char"))
     text = tf.strings.strip(text)
     if segmentation == _SPACE:
         return tf.strings.split(text)
@@ -53,11 +58,26 @@ def split_units(text: tf.Tensor, segmentation: str) -> tf.Tensor:
     chars = tf.boolean_mask(chars, tf.logical_not(tf.strings.regex_full_match(chars, r"\s")))
     is_mark = tf.strings.regex_full_match(chars, r"\p{M}")
     cluster = tf.maximum(tf.cumsum(tf.cast(tf.logical_not(is_mark), tf.int32)) - 1, 0)
-    return tf.strings.unsorted_segment_join(chars, cluster, tf.reduce_max(cluster) + 1)
+    num_clusters = tf.maximum(tf.reduce_max(cluster) + 1, 0)
+    num_clusters = tf.where(tf.size(chars) > 0, num_clusters, 0)
+    return tf.strings.unsorted_segment_join(chars, cluster, num_clusters)
 
 
-def join_units(units: tf.Tensor, segmentation: str) -> tf.Tensor:
+def join_units(units: tf.Tensor, segmentation) -> tf.Tensor:
+    if not isinstance(segmentation, str):
+        return tf.cond(segmentation, lambda: join_units(units, _SPACE), lambda: join_units(units, "char"))
     return tf.strings.reduce_join(units, separator=" " if segmentation == _SPACE else "")
+
+
+def segmentation_of(example, segmentation):
+    """`segmentation` itself (a name), or, given {language: name}, a bool tensor (words?)
+    for the example's language."""
+    if isinstance(segmentation, str):
+        return segmentation
+    spaced = [code for code, name in segmentation.items() if name == _SPACE]
+    if not spaced:
+        return tf.constant(False)
+    return tf.reduce_any(tf.equal(example["language"], tf.constant(spaced)))
 
 
 def _random_segment_lengths(num_items, num_segments, seed):
@@ -116,7 +136,7 @@ def _space_before_sentinels(text):
 def span_corruption(
     dataset: tf.data.Dataset,
     *,
-    segmentation: str = _SPACE,
+    segmentation=_SPACE,
     text_key: str = "text",
     noise_density: float = 0.15,
     mean_noise_span_length: float = 3.0,
@@ -132,23 +152,25 @@ def span_corruption(
     @_no_autograph
     def corrupt(example, seed):
         example = dict(example)
-        units = split_units(example[text_key], segmentation)
+        unit = segmentation_of(example, segmentation)
+        units = split_units(example[text_key], unit)
         mask = random_spans_noise_mask(tf.size(units), noise_density, mean_noise_span_length, seed)
         # Both sides number their spans from 0 in order, so the same sentinel
         # marks a span in the input and introduces it in the target.
-        example["noised_text"] = _space_before_sentinels(join_units(_replace_spans_with_sentinels(units, mask), segmentation))
+        example["noised_text"] = _space_before_sentinels(join_units(_replace_spans_with_sentinels(units, mask), unit))
         example["targets"] = _space_before_sentinels(
-            join_units(_replace_spans_with_sentinels(units, tf.logical_not(mask)), segmentation))
+            join_units(_replace_spans_with_sentinels(units, tf.logical_not(mask)), unit))
         return example
 
-    dataset = dataset.filter(_no_autograph(lambda ex: tf.size(split_units(ex[text_key], segmentation)) >= 2))
+    dataset = dataset.filter(_no_autograph(
+        lambda ex: tf.size(split_units(ex[text_key], segmentation_of(ex, segmentation))) >= 2))
     return corrupt(dataset)
 
 
 def prefix_lm_split(
     dataset: tf.data.Dataset,
     *,
-    segmentation: str = _SPACE,
+    segmentation=_SPACE,
     text_key: str = "text",
     max_target_units: int | None = None,
     random: bool = True,
@@ -165,7 +187,8 @@ def prefix_lm_split(
     @_no_autograph
     def split(example, seed):
         example = dict(example)
-        units = split_units(example[text_key], segmentation)
+        unit = segmentation_of(example, segmentation)
+        units = split_units(example[text_key], unit)
         n = tf.size(units)
         lowest = 1
         if max_target_units:
@@ -174,9 +197,10 @@ def prefix_lm_split(
             cut = tf.random.stateless_uniform([], seed, minval=lowest, maxval=n, dtype=tf.int32)
         else:
             cut = tf.maximum(lowest, n // 2)
-        example["prefix"] = join_units(units[:cut], segmentation)
-        example["targets"] = join_units(units[cut:], segmentation)
+        example["prefix"] = join_units(units[:cut], unit)
+        example["targets"] = join_units(units[cut:], unit)
         return example
 
-    dataset = dataset.filter(_no_autograph(lambda ex: tf.size(split_units(ex[text_key], segmentation)) >= 2))
+    dataset = dataset.filter(_no_autograph(
+        lambda ex: tf.size(split_units(ex[text_key], segmentation_of(ex, segmentation))) >= 2))
     return split(dataset)

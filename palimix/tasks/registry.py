@@ -30,6 +30,8 @@ from palimix.preprocessors import text as text_preprocessors
 # Shuffle buffers hold decoded images ([S, S, 3] float32, 600 kB at 224 px): small
 # ones for image tasks (record sources shuffle all records before reading images).
 IMAGE_SHUFFLE_BUFFER = 64
+# The language "code" of a multilingual task (ISO 639-2 "mul": multiple languages).
+MULTILINGUAL = "mul"
 TEXT_SHUFFLE_BUFFER = 1000
 
 
@@ -40,11 +42,16 @@ class TaskInfo:
     name: str
     group: str  # The add_task name: the mixture over the group's languages.
     kind: str
-    language: str
+    language: str  # The task's language code; "mul" for a multilingual task.
     image_size: int
     prompt_style: str
     images: bool  # Whether examples carry real images (else a blank one).
     source: str  # repr of the source, for listings.
+    languages: tuple[str, ...] = ()  # Every language of its examples.
+
+    def __post_init__(self):
+        if not self.languages:
+            object.__setattr__(self, "languages", (self.language,))
 
 
 _TASKS: dict[str, TaskInfo] = {}
@@ -89,6 +96,7 @@ def add_task(
     temperature: float = 1.0,
     max_rate: float | None = None,
     unimax=None,
+    per_language: bool = True,
 ):
     """Registers `<name>_<lang>` for each language and the mixture `<name>` over them.
 
@@ -119,6 +127,10 @@ def add_task(
       shuffle_buffer_size: per task; default 64 for image tasks, 1000 for text.
       rate, temperature, max_rate, unimax: the mixture over the languages
         (palimix.mixtures.add_mixture).
+      per_language: False registers ONE multilingual task `<name>_mul` over all
+        `languages` (each example prompted in its record's language; records in
+        other languages left out) instead of a task per language: far cheaper to
+        build for 100+ small languages, at the cost of per-language rates.
     Returns the mixture `<name>`.
     """
     kind = prompt_preprocessors.check_kind(kind)
@@ -129,7 +141,9 @@ def add_task(
         if not source_language:
             raise UsageError(f"{name}: translation tasks need source_language= (the language of `text`).")
         source_language = languages_lib.normalize(source_language)
-    names = {code: task_name(name, code) for code in codes}
+    names = {code: task_name(name, code) for code in codes} if per_language else {MULTILINGUAL: task_name(name, MULTILINGUAL)}
+    if not per_language and isinstance(source, Mapping):
+        raise UsageError(f"{name}: a multilingual task (per_language=False) reads one source, not a dict.")
 
     # Check every name before registering anything, so an error leaves no half group.
     old = set(_GROUPS.get(name, [])) if overwrite else set()
@@ -144,8 +158,14 @@ def add_task(
     _check_source_fields(name, kind, source)
     registered = []
     for code, full_name in names.items():
-        language = languages_lib.get(code)
-        task_source = _source_for(name, source, code, codes)
+        if code == MULTILINGUAL:
+            task_source, task_languages = source, codes
+            segmentation = {c: languages_lib.get(c).segmentation for c in codes}
+            task_classes = _multilingual_classes(name, classes, source, codes)
+        else:
+            task_source, task_languages = _source_for(name, source, code, codes), code
+            segmentation = languages_lib.get(code).segmentation
+            task_classes = _classes_for(name, classes, source, code)
         if images:
             image_step = functools.partial(_decode_image, image_size=image_size, strict=strict_images, task_name=full_name)
         else:
@@ -153,11 +173,11 @@ def add_task(
         build = functools.partial(
             prompt_preprocessors.build_example,
             kind=kind,
-            language=code,
+            language=task_languages,
             style=prompt_style,
-            classes=_classes_for(name, classes, source, code),
+            classes=task_classes,
             source_language=source_language,
-            segmentation=language.segmentation,
+            segmentation=segmentation,
             noise_density=noise_density,
             mean_noise_span_length=mean_noise_span_length,
             max_target_units=max_target_units,
@@ -173,11 +193,12 @@ def add_task(
                 seqio.preprocessors.append_eos_after_trim,
             ],
             postprocess_fn=prompt_preprocessors.postprocess_fn(kind),
-            metric_fns=list(metrics) if metrics is not None else _standard_metrics(kind, code),
+            metric_fns=list(metrics) if metrics is not None else _standard_metrics(kind, codes if code == MULTILINGUAL else code),
             shuffle_buffer_size=shuffle_buffer_size or (IMAGE_SHUFFLE_BUFFER if images else TEXT_SHUFFLE_BUFFER),
         )
         seqio.TaskRegistry.add_provider(full_name, task)
-        _TASKS[full_name] = TaskInfo(full_name, name, kind, code, image_size, prompt_style, images, _describe(task_source))
+        _TASKS[full_name] = TaskInfo(full_name, name, kind, code, image_size, prompt_style, images, _describe(task_source),
+                                     tuple(codes) if code == MULTILINGUAL else (code,))
         registered.append(full_name)
     _GROUPS[name] = registered
     return add_mixture(name, registered, rate=rate, temperature=temperature, max_rate=max_rate, unimax=unimax,
@@ -255,10 +276,22 @@ def _classes_for(name, classes, source, code):
     return list(classes)
 
 
-def _standard_metrics(kind: str, language: str):
+def _standard_metrics(kind: str, language):
+    """The kind's metrics for one language; for a multilingual task, those of its
+    first language whose segmentation the others share, else the English ones (a
+    multilingual task reports one score over all its languages)."""
     from palimix import metrics as metrics_lib
 
+    if not isinstance(language, str):
+        segmentations = {languages_lib.get(c).segmentation for c in language}
+        language = language[0] if len(segmentations) == 1 else "en"
     return list(metrics_lib.metrics_for_kind(kind, language))
+
+
+def _multilingual_classes(name, classes, source, codes):
+    if classes is None or classes is False:
+        return None
+    return {code: _classes_for(name, classes, source, code) for code in codes}
 
 
 def _describe(source) -> str:
