@@ -21,6 +21,7 @@ is set.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from typing import Any, Mapping, MutableMapping, Optional, Tuple
@@ -29,7 +30,8 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 from flax import core as flax_core
-from t5x import adafactor, decoding, models, partitioning
+import tensorflow as tf
+from t5x import adafactor, decoding, models, partitioning, utils
 
 from palimix.models import partitioning as pali_partitioning
 from palimix.models.feature_converter import PaliFeatureConverter
@@ -61,6 +63,51 @@ def mt5_warm_start_assignment_map():
     fresh and restores everything else by its own name.
     """
     return MT5_WARM_START_ASSIGNMENT_MAP
+
+
+def mixture_training_eval_datasets(
+    cfg: utils.DatasetConfig,
+    shard_id: int,
+    num_shards: int,
+    eval_steps: int,
+    feature_converter_cls,
+    deterministic: bool = False,
+    model_dir: Optional[str] = None,
+    start_step: int = 0,
+) -> Mapping[str, tf.data.Dataset]:
+    """Training evaluation on the mixture as a whole: `{mixture name: batches}`.
+
+    A drop-in `train_eval_get_dataset_fn` for `t5x.train`. t5x's default evaluates
+    every sub-task separately; a palimix mixture has one task per language (hundreds
+    in `palimix_demo`), so t5x would build hundreds of pipelines at start-up and run
+    eval_steps batches through each at every evaluation. This evaluates eval_steps
+    batches drawn from the mixture at its own rates; per-task, per-language quality
+    comes from the inference evaluation (runs/finetune.gin, runs/eval.gin).
+    """
+    if deterministic:
+        raise ValueError("mixture_training_eval_datasets does not support deterministic datasets.")
+    del model_dir, start_step
+    if cfg.batch_size % num_shards:
+        raise ValueError(f"Batch size ({cfg.batch_size}) must be divisible by number of shards ({num_shards}).")
+    # As t5x does per task: a finite unbatched stream, repeated, sharded, re-batched.
+    ds = utils.get_dataset(
+        dataclasses.replace(cfg, batch_size=1),
+        shard_id=0,
+        num_shards=1,
+        feature_converter_cls=feature_converter_cls,
+        num_epochs=eval_steps * cfg.batch_size,
+    )
+    ds = (
+        ds.unbatch()
+        .repeat()
+        .shard(num_shards, shard_id)
+        .batch(cfg.batch_size // num_shards, drop_remainder=True)
+        .take(eval_steps)
+    )
+    if cfg.use_memory_cache:
+        ds = ds.cache()
+    name = cfg.mixture_or_task_name
+    return {name if isinstance(name, str) else name.name: ds}
 
 
 def pali_logical_axis_rules(
