@@ -4,10 +4,10 @@
     fast = jax.jit(functools.partial(decoding.generate, model, max_decode_length=32,
                                      method="beam", num_beams=4))
 
-The image and prompt are encoded once; each step feeds one token through the decoder
-with the `cache` collection: self-attention keys/values grow by one position, and the
-cross-attention keys/values over the image+prompt tokens are projected at the first
-step and reused (so a step costs nearly the same with 16 or 256 image tokens).
+The image and prompt are encoded once, and the cross-attention keys/values over the
+image+prompt tokens are projected once when the cache is created (beam search: once
+per example, then copied to the beams); each step feeds one token through the decoder
+with the `cache` collection, whose self-attention keys/values grow by one position.
 Everything is jittable: fixed shapes, `lax.while_loop`, no host round-trips.
 
 Outputs: tokens `[B, max_decode_length]` int32 (EOS included, 0 after it) and scores
@@ -52,13 +52,13 @@ def generate(model: pali.Pali, params, batch: dict, *, max_decode_length: int, m
     images = batch.get("encoder_images")
     image_mask = batch.get("encoder_image_mask")
     input_tokens = batch["encoder_input_tokens"]
-    if method == "beam":
-        expand = functools.partial(jnp.repeat, repeats=num_beams, axis=0)
-        images, image_mask, input_tokens = (None if x is None else expand(x) for x in (images, image_mask, input_tokens))
     encoded = model.apply({"params": params}, images, image_mask, input_tokens, enable_dropout=False,
                           method=model.encode)
-    step = _step_fn(model, params, encoded, image_mask, input_tokens, max_decode_length, use_cache)
     cache = init_cache(model, params, encoded, image_mask, input_tokens, max_decode_length) if use_cache else None
+    if method == "beam":  # encode and project once per example, then copy to the beams
+        expand = functools.partial(_repeat_leaves, repeats=num_beams)
+        encoded, image_mask, input_tokens, cache = expand((encoded, image_mask, input_tokens, cache))
+    step = _step_fn(model, params, encoded, image_mask, input_tokens, max_decode_length, use_cache)
     if method == "beam":
         return _beam_search(step, cache, input_tokens.shape[0] // num_beams, num_beams, max_decode_length,
                             eos_id, length_penalty)
@@ -69,17 +69,19 @@ def generate(model: pali.Pali, params, batch: dict, *, max_decode_length: int, m
 
 
 def init_cache(model, params, encoded, encoder_image_mask, encoder_input_tokens, max_decode_length):
-    """A zeroed decoding cache (shapes from `jax.eval_shape`, nothing is computed)."""
+    """The decoding cache for `encoded`: empty self-attention keys/values for
+    `max_decode_length` positions, and the cross-attention keys/values of `encoded`
+    (projected here, once). One decoder pass over dummy tokens creates it."""
     dummy = jnp.ones((encoded.shape[0], max_decode_length), jnp.int32)
+    _, variables = model.apply({"params": params}, encoded, encoder_image_mask, encoder_input_tokens, dummy, dummy,
+                               enable_dropout=False, decode=True, max_decode_length=max_decode_length,
+                               mutable=["cache"], method=model.decode)
+    return variables["cache"]
 
-    def create(params, encoded, image_mask, tokens):
-        _, variables = model.apply({"params": params}, encoded, image_mask, tokens, dummy, dummy,
-                                   enable_dropout=False, decode=True, max_decode_length=max_decode_length,
-                                   mutable=["cache"], method=model.decode)
-        return variables["cache"]
 
-    shapes = jax.eval_shape(create, params, encoded, encoder_image_mask, encoder_input_tokens)
-    return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+def _repeat_leaves(tree, repeats):
+    """Each example's rows repeated `repeats` times in place (scalars, None left alone)."""
+    return jax.tree_util.tree_map(lambda x: x if x.ndim == 0 else jnp.repeat(x, repeats, axis=0), tree)
 
 
 def _step_fn(model, params, encoded, image_mask, input_tokens, max_decode_length, use_cache):

@@ -13,9 +13,12 @@ Names and shapes match t5x's `examples/t5/network.py` checkpoints (mT5, T5 1.1):
 
 Decoding cache (collection "cache", see `Decoder`): per layer the self-attention keys
 and values `[B, T, heads, head_dim]`, the cross-attention keys and values over the
-encoded image+prompt `[B, N, heads, head_dim]` (projected once, at step 0, then
-reused), and one `decoder/cache_index` position. Scalars are named `cache_index`, so
-t5x's beam search (`decoding.cache_map`) leaves them alone.
+encoded image+prompt `[B, N, heads, head_dim]`, and one `decoder/cache_index`
+position. The cache is created by a `decode=True` call on `[B, T]` decoder inputs with
+the real `encoded` (that call projects the cross-attention keys/values, once per
+sequence); steps then feed one token each and never re-project the image+prompt.
+Scalars are named `cache_index`, so t5x's beam search (`decoding.cache_map`) leaves
+them alone, and the cache may be expanded to beams after creation.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ class Attention(nn.Module):
 
         decode: use/fill the "cache" collection. Self-attention writes this step's key
         and value at `decode_position`; cross-attention (`cross=True`) projects
-        `inputs_kv` once (at position 0) and reuses the cached projection afterwards.
+        `inputs_kv` when the cache is created and reads the cached projection after.
         """
         joined = self.num_heads * self.head_dim
         init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
@@ -79,18 +82,16 @@ class Attention(nn.Module):
         if not decode:
             key, value = project_kv(inputs_kv)
         elif cross:
-            key, value = project_kv(inputs_kv) if not cache_ready else (None, None)
+            # The encoded image+prompt is projected once, when the cache is created (from
+            # the real encodings: decoding.init_cache), and read at every step after.
             shape = (inputs_kv.shape[0], inputs_kv.shape[1], self.num_heads, self.head_dim)
             cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, self.dtype)
             cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, self.dtype)
             if cache_ready:
-                # Project the encoded image+prompt once per sequence, not per step.
-                key, value = jax.lax.cond(
-                    decode_position == 0,
-                    lambda: tuple(t.astype(self.dtype) for t in project_kv(inputs_kv)),
-                    lambda: (cached_key.value, cached_value.value),
-                )
-            cached_key.value, cached_value.value = key.astype(self.dtype), value.astype(self.dtype)
+                key, value = cached_key.value, cached_value.value
+            else:
+                key, value = project_kv(inputs_kv)
+                cached_key.value, cached_value.value = key.astype(self.dtype), value.astype(self.dtype)
         else:
             key, value = project_kv(inputs_kv)
             shape = key.shape  # [B, T, heads, head_dim] at cache creation

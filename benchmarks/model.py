@@ -1,0 +1,164 @@
+"""PaLI model benchmark: fusion overhead, decoding cost vs image tokens, train step time.
+
+    python benchmarks/model.py [--batch 32] [--quick]
+
+Ratios are measured in one run, alternating the compared functions so that machine
+load affects both alike. Prints a table and, last, one JSON line:
+
+  fusion_overhead   fused train step / (text-only step + ViT-only step) - 1, same shapes
+                    (the text-only encoder gets N_img + L tokens). Goal <= 0.10.
+  decode_256_vs_16  per-token greedy decode time with 256 image tokens / with 16
+                    (cached decoding). Goal <= 1.3.
+  cache_speedup     per-token time without the cache / with it, at 256 image tokens.
+  train_step_ms     the tiny config's train step (Adam) at --batch, 16 image tokens.
+  params_vs_paper   count_params / the PaLI paper's count for pali_3b, pali_15b, pali_17b.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from palimix.models import configs, decoding, pali
+
+
+def make_batch(config, batch_size, input_length, target_length, seed=0):
+    rng = np.random.default_rng(seed)
+    s, v = config.vit.image_size, config.text.vocab_size
+    targets = jnp.asarray(rng.integers(2, v, (batch_size, target_length)), jnp.int32)
+    return dict(
+        encoder_images=jnp.asarray(rng.uniform(-1, 1, (batch_size, s, s, 3)), jnp.float32),
+        encoder_image_mask=jnp.ones((batch_size,), jnp.int32),
+        encoder_input_tokens=jnp.asarray(rng.integers(2, v, (batch_size, input_length)), jnp.int32),
+        decoder_input_tokens=pali.shift_right(targets),
+        decoder_target_tokens=targets,
+    )
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - start
+
+
+def alternate(fns: dict, reps: int) -> dict:
+    """Median seconds per call of each fn, calls interleaved (after one warm-up each)."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def train_steps(config, batch):
+    """Jitted Adam steps: fused PaLI, text only (N_img + L prompt tokens), ViT only."""
+    model = pali.Pali(config)
+    params = pali.init_params(config, jax.random.PRNGKey(0))
+    optimizer = optax.adam(1e-3)
+
+    def make_step(loss_fn, params, batch):
+        state = optimizer.init(params)
+
+        @jax.jit
+        def step(params, state, batch):
+            loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+            updates, state = optimizer.update(grads, state, params)
+            return optax.apply_updates(params, updates), state, loss
+
+        return lambda: step(params, state, batch)[2]
+
+    def fused_loss(params, batch):
+        logits = model.apply({"params": params}, **batch, enable_dropout=False)
+        total, count = pali.cross_entropy_loss(logits, batch["decoder_target_tokens"])
+        return total / count
+
+    text_params = {k: v for k, v in params.items() if k not in ("img", "img_proj")}
+    n_img = config.num_image_tokens
+    long_prompt = jnp.tile(batch["encoder_input_tokens"], (1, 1 + n_img // batch["encoder_input_tokens"].shape[1]))
+    text_batch = dict(batch, encoder_input_tokens=long_prompt[:, : n_img + batch["encoder_input_tokens"].shape[1]])
+
+    def text_loss(params, batch):
+        logits = model.apply({"params": params}, None, None, batch["encoder_input_tokens"],
+                             batch["decoder_input_tokens"], batch["decoder_target_tokens"], enable_dropout=False)
+        total, count = pali.cross_entropy_loss(logits, batch["decoder_target_tokens"])
+        return total / count
+
+    vit_params = {k: params[k] for k in ("img", "img_proj")}
+
+    def vit_loss(params, batch):
+        tokens = model.apply({"params": params}, batch["encoder_images"], method=model.embed_images)
+        return jnp.mean(jnp.square(tokens))
+
+    return {
+        "fused": make_step(fused_loss, params, batch),
+        "text": make_step(text_loss, text_params, text_batch),
+        "vit": make_step(vit_loss, vit_params, batch),
+    }
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
+    args = parser.parse_args(argv)
+    reps = 3 if args.quick else 10
+    results = {"device": jax.devices()[0].device_kind, "batch": args.batch}
+
+    # 1. Fusion overhead and the tiny train step (16 image tokens, 32 prompt, 32 target tokens).
+    tiny = configs.get("tiny")
+    batch = make_batch(tiny, args.batch, 32, 32)
+    times = alternate(train_steps(tiny, batch), reps)
+    results["train_step_ms"] = round(times["fused"] * 1e3, 2)
+    results["text_step_ms"] = round(times["text"] * 1e3, 2)
+    results["vit_step_ms"] = round(times["vit"] * 1e3, 2)
+    results["fusion_overhead"] = round(times["fused"] / (times["text"] + times["vit"]) - 1, 3)
+
+    # 2. Decoding: per-token time from the slope between two decode lengths.
+    short, long_ = 8, 40
+    per_token = {}
+    for image_size, use_cache in ((64, True), (256, True), (256, False)):
+        config = configs.get("tiny", image_size=image_size)
+        model = pali.Pali(config)
+        params = pali.init_params(config, jax.random.PRNGKey(0))
+        prompt = {k: v for k, v in make_batch(config, 8, 16, 1).items() if k.startswith("encoder_")}
+        fns = {}
+        for length in (short, long_):
+            fn = jax.jit(functools.partial(decoding.generate, model, max_decode_length=length, eos_id=None,
+                                           use_cache=use_cache))
+            fns[length] = functools.partial(lambda fn: fn(params, prompt)[0], fn)
+        t = alternate(fns, reps)
+        key = f"{config.num_image_tokens}_{'cached' if use_cache else 'uncached'}"
+        per_token[key] = (t[long_] - t[short]) / (long_ - short)
+    results["decode_ms_per_token"] = {k: round(v * 1e3, 3) for k, v in per_token.items()}
+    results["decode_256_vs_16"] = round(per_token["256_cached"] / per_token["16_cached"], 3)
+    results["cache_speedup"] = round(per_token["256_uncached"] / per_token["256_cached"], 2)
+
+    # 3. Parameter counts vs the paper.
+    results["params_vs_paper"] = {}
+    print(f"{'model':<10} {'ViT':>8} {'text':>8} {'total':>8} {'paper':>7} {'diff':>7}")
+    for name, paper in configs.PAPER_PARAMS.items():
+        counts = configs.count_params(name)
+        diff = counts["total"] / paper - 1
+        results["params_vs_paper"][name] = round(1 + diff, 4)
+        print(f"{name:<10} {counts['vit'] / 1e9:>7.2f}B {counts['text'] / 1e9:>7.2f}B "
+              f"{counts['total'] / 1e9:>7.2f}B {paper / 1e9:>6.1f}B {diff:>+7.1%}")
+    print(f"train step (tiny, batch {args.batch}): {results['train_step_ms']} ms fused, "
+          f"{results['text_step_ms']} ms text-only, {results['vit_step_ms']} ms ViT-only")
+    print(f"decode ms/token: {results['decode_ms_per_token']}")
+    print(json.dumps(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
