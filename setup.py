@@ -20,6 +20,10 @@ INSTALL_REQUIRES = [
     "flax>=0.8",
     "optax>=0.2",
     "orbax-checkpoint>=0.6",
+    # Reading t5x's native checkpoints (TensorStore arrays) in palimix.models.checkpoints.
+    "tensorstore>=0.1.60",
+    # Resampling ViT position embeddings when a checkpoint's resolution differs.
+    "scipy>=1.10",
     "tensorboard>=2.16",
     "rich>=13",
     # Language data (the languages table is generated from these, and looked up at runtime).
