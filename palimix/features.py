@@ -3,16 +3,17 @@
     inputs      int32 [len]        the tokenized prompt (palimix vocabulary, EOS appended)
     targets     int32 [len]        the tokenized target (palimix vocabulary, EOS appended)
     image       float32 [S, S, 3]  the image in [-1, 1]; all zeros for language-only kinds
-    has_image   int32 []           1 for a real image, 0 for the blank one (the model masks it)
+    has_image   int32 [1]          1 for a real image, 0 for the blank one (the model masks it)
 
 All tasks share these four keys and dtypes, so any palimix tasks can be mixed.
 Examples also carry `inputs_pretokenized`, `targets_pretokenized`, `language`,
 `kind`, `id` (and `references` in eval splits), which seqio passes through tasks
 and mixtures drop.
 
-`has_image` is a rank-0 `seqio.ContinuousFeature`: seqio's feature converters skip
-length checks for rank-0 features, and `PaliFeatureConverter` maps it to
-`encoder_image_mask`. Only `TEXT_FEATURES` are ever tokenized.
+`has_image` is a rank-1 `seqio.ContinuousFeature` of length 1, not a scalar:
+seqio.Evaluator reads every output feature's length from its first dimension (a
+scalar raises IndexError there), and `PaliFeatureConverter` reshapes it to the
+scalar `encoder_image_mask`. Only `TEXT_FEATURES` are ever tokenized.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def output_features(image_size: int = DEFAULT_IMAGE_SIZE, vocabulary: seqio.Voca
         "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=True, required=True),
         "targets": seqio.Feature(vocabulary=vocabulary, add_eos=True, required=True),
         "image": seqio.ContinuousFeature(dtype=tf.float32, rank=3, required=True),
-        "has_image": seqio.ContinuousFeature(dtype=tf.int32, rank=0, required=True),
+        "has_image": seqio.ContinuousFeature(dtype=tf.int32, rank=1, required=True),
     }
 
 

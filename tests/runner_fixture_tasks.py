@@ -72,7 +72,7 @@ def _decode(language):
     def decode(ex):
         image = tf.io.decode_png(tf.io.read_file(ex["path"]), channels=3)
         image = tf.image.resize(image, (IMAGE_SIZE, IMAGE_SIZE), antialias=True)
-        return {"image": image / 127.5 - 1.0, "has_image": tf.constant(1, tf.int32),
+        return {"image": image / 127.5 - 1.0, "has_image": tf.constant([1], tf.int32),
                 "inputs": tf.constant(f"colour {language}"), "targets": ex["targets"],
                 "language": tf.constant(language), "kind": tf.constant("classification"),
                 "id": ex["id"]}

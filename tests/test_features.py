@@ -15,7 +15,7 @@ def test_output_features_contract():
     assert list(out) == ["inputs", "targets", "image", "has_image"]
     assert isinstance(out["image"], seqio.ContinuousFeature) and out["image"].rank == 3
     assert out["image"].dtype == tf.float32
-    assert isinstance(out["has_image"], seqio.ContinuousFeature) and out["has_image"].rank == 0
+    assert isinstance(out["has_image"], seqio.ContinuousFeature) and out["has_image"].rank == 1
     assert out["has_image"].dtype == tf.int32
     assert out["inputs"].vocabulary.vocab_size == out["targets"].vocabulary.vocab_size > 1000
     assert features.task_feature_lengths(48, 16, 32) == {"inputs": 48, "targets": 16, "image": 32}

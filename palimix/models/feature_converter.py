@@ -5,7 +5,7 @@
 `decoder_input_tokens`, `decoder_loss_weights`) and adds
 
     image      float32 [S, S, 3]  ->  encoder_images      float32 [S, S, 3]
-    has_image  int32   []         ->  encoder_image_mask  int32   []
+    has_image  int32   [1]        ->  encoder_image_mask  int32   []
 
 `TASK_FEATURE_LENGTHS` must name `image` with the image side `S` (e.g.
 `{"inputs": 32, "targets": 32, "image": 224}`): that is how t5x and seqio learn the

@@ -201,11 +201,13 @@ def decode_image(
         # [0, 255] -> [-1, 1]; language-only examples get all zeros.
         example["image"] = (resized * (2.0 / 255.0) - 1.0) * tf.cast(is_image, tf.float32)
         # 1 image, 0 no image, -1 dropped: the filter below keeps only 0 and 1.
-        example["has_image"] = status
+        # Shape [1], not a scalar: seqio.Evaluator reads every feature's length from
+        # its first dimension (palimix.features).
+        example["has_image"] = tf.reshape(status, [1])
         return example
 
     def keep(example):
-        return example["has_image"] != _DROPPED
+        return example["has_image"][0] != _DROPPED
 
     dataset = dataset.map(decode, num_parallel_calls=num_parallel_calls, deterministic=True)
     return dataset.filter(keep)

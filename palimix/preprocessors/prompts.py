@@ -77,7 +77,7 @@ def add_blank_image(dataset: tf.data.Dataset, *, image_size: int) -> tf.data.Dat
     def blank(example):
         example = {k: v for k, v in example.items() if k not in ("image/encoded", "image/path")}
         example["image"] = tf.zeros([size, size, 3], tf.float32)
-        example["has_image"] = tf.constant(0, tf.int32)
+        example["has_image"] = tf.constant([0], tf.int32)
         return example
 
     return dataset.map(blank, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
