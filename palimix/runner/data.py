@@ -92,6 +92,10 @@ class TrainBatches:
 
         provider = get_mixture_or_task(self.name)
         check_split(provider, self.split)
+        # Resets TF's op-seed counter too: ops seeded only by the global seed then draw
+        # the same numbers in every build of the pipeline, in this process or the next
+        # (replay depends on it, and so does comparing runs).
+        tf.random.set_seed(self.seed)
         ds = provider.get_dataset(
             sequence_length=self.task_feature_lengths, split=self.split, shuffle=True,
             num_epochs=None, seed=self.seed, use_cached=False,
@@ -148,6 +152,9 @@ class TrainBatches:
                 f"the checkpoint was written by a run on {state['name']!r} with batch size "
                 f"{state['batch_size']} and seed {state['seed']}; this run asks for {self.name!r}, "
                 f"{self.batch_size}, {self.seed}. Use another --model_dir or the same settings.")
+        # A fresh dataset: a second iterator over the same one would draw another
+        # shuffle order (tf.data reshuffles per iterator), unlike the first run's.
+        self._dataset = self._build()
         self._iterator = iter(self._dataset)
         if state["mode"] == "tf_iterator":
             tf.train.Checkpoint(iterator=self._iterator).read(

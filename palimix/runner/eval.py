@@ -15,7 +15,6 @@ metrics.json:
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import logging
@@ -68,14 +67,18 @@ def task_language_and_kind(task, dataset) -> tuple[str, str]:
 
 
 def macro_averages(tasks: dict) -> dict:
-    """kind -> metric -> mean over the tasks (languages) of that kind."""
-    by_kind: dict[str, dict[str, list[float]]] = collections.defaultdict(lambda: collections.defaultdict(list))
-    for info in tasks.values():
-        for metric, value in info["metrics"].items():
-            if isinstance(value, (int, float)) and np.isfinite(value):
-                by_kind[info["kind"]][metric].append(float(value))
-    return {kind: {m: float(np.mean(v)) for m, v in sorted(metrics.items())}
-            for kind, metrics in sorted(by_kind.items())}
+    """kind -> metric -> unweighted mean over languages (palimix.metrics.aggregate:
+    tasks of one language are averaged first, each language counts once)."""
+    from palimix.metrics.aggregate import summarize
+
+    kinds = sorted({info["kind"] for info in tasks.values()})
+    macro = {}
+    for kind in kinds:
+        of_kind = {name: info for name, info in tasks.items() if info["kind"] == kind}
+        report = summarize({name: info["metrics"] for name, info in of_kind.items()},
+                           {name: info["language"] for name, info in of_kind.items()})
+        macro[kind] = dict(sorted(report.macro.items()))
+    return macro
 
 
 def primary_metric(kind: str, metrics: dict) -> str | None:
@@ -91,66 +94,100 @@ def primary_metric(kind: str, metrics: dict) -> str | None:
     return next(iter(sorted(metrics)), None)
 
 
+class Evaluation:
+    """A seqio.Evaluator over one mixture or task, its data cached once, that scores
+    any number of predictors (the model, baselines) with the tasks' own metrics."""
+
+    def __init__(self, name: str, task_feature_lengths, *, split: str = "validation",
+                 num_examples: int | None = None, log_dir: str | None = None):
+        import seqio
+
+        from palimix.runner import data as data_lib
+
+        provider = data_lib.get_mixture_or_task(name)
+        data_lib.check_split(provider, split)
+        self.name, self.split = name, split
+        self.evaluator = seqio.Evaluator(
+            mixture_or_task_name=name, feature_converter=data_lib.feature_converter(pack=False),
+            eval_split=split, sequence_length=dict(task_feature_lengths), num_examples=num_examples,
+            logger_cls=[seqio.JSONLogger] if log_dir else (), log_dir=log_dir, use_memory_cache=True,
+            async_compute_metrics=False)
+        if not self.evaluator.eval_tasks:
+            raise data_lib.UsageError(f"{name} has no task with metrics and a {split!r} split to evaluate.")
+        self.task_info = {task.name: task_language_and_kind(task, self.evaluator.cached_task_datasets[task.name])
+                          for task in self.evaluator.eval_tasks}
+
+    def raw_examples(self, task_name: str) -> list[dict]:
+        return list(self.evaluator.cached_task_datasets[task_name].as_numpy_iterator())
+
+    def score(self, predict_fn, *, step: int, num_shown: int = EXAMPLES_PER_TASK) -> EvalResult:
+        """Scores `predict_fn(task, [(index, model features), ...]) -> [token rows]`
+        (fixed-length rows, as t5x returns them; decoding stops at the first EOS)."""
+        start = time.perf_counter()
+        tasks, examples = {}, {}
+        for task in self.evaluator.eval_tasks:
+            indexed = list(self.evaluator.cached_model_datasets[task.name].as_numpy_iterator())
+            indexed.sort(key=lambda pair: int(pair[0]))
+            tokens = [[int(x) for x in row] for row in predict_fn(task, indexed)]
+            language, kind = self.task_info[task.name]
+            tasks[task.name] = {"language": language, "kind": kind, "num_examples": len(tokens),
+                                "metrics": self._metrics(task, tokens)}
+            vocabulary = task.output_features["targets"].vocabulary
+            dataset = self.evaluator.cached_task_datasets[task.name]
+            examples[task.name] = [
+                {"index": i, "input": _text(ex.get("inputs_pretokenized", b"")),
+                 "target": _text(ex.get("targets_pretokenized", b"")), "prediction": vocabulary.decode(tokens[i])}
+                for i, ex in enumerate(dataset.take(num_shown).as_numpy_iterator())]
+        return EvalResult(step=step, tasks=tasks, macro=macro_averages(tasks),
+                          languages=len({t["language"] for t in tasks.values()}), examples=examples,
+                          seconds=time.perf_counter() - start)
+
+    def _metrics(self, task, tokens) -> dict:
+        """The task's metrics on decoded tokens, through seqio's own postprocessing
+        (what `seqio.Evaluator.evaluate` computes; called directly so that one cached
+        evaluator scores several predictors)."""
+        from seqio import metrics as metrics_lib
+
+        dataset = self.evaluator.cached_task_datasets[task.name]
+        values = {}
+        for metric_obj in task.metric_objs:
+            if metric_obj.model_output_type != metrics_lib.ModelOutputType.PREDICTION:
+                continue
+            instance = metric_obj.from_model_output(_as_numpy(dataset), np.array(tokens), task.output_features,
+                                                    "targets")
+            if isinstance(instance, metrics_lib.CollectingMetric):
+                value, _ = instance.actual_compute(_as_numpy(dataset), task.output_features, "targets", [])
+            else:
+                value = instance.compute()
+            for k, v in value.items():
+                v = getattr(v, "value", v)
+                if np.isscalar(v):
+                    values[k] = float(v)
+        return values
+
+
+def _as_numpy(dataset):
+    import tensorflow_datasets as tfds
+
+    return tfds.as_numpy(dataset)
+
+
 def evaluate(run, mixture_or_task_name: str | None = None, *, split: str = "validation",
              batch_size: int = 32, num_examples: int | None = None, method: str = "greedy",
-             num_beams: int = 4, output_dir: str | None = None, summaries=None) -> EvalResult:
+             num_beams: int = 4, output_dir: str | None = None, summaries=None,
+             evaluation: Evaluation | None = None) -> EvalResult:
     """Evaluates a `loading.LoadedRun`; returns (and writes) the per-language metrics."""
-    import seqio
-
-    from palimix.runner import data as data_lib
     from palimix.runner.predict import Predictor
 
-    start = time.perf_counter()
     name = mixture_or_task_name or run.mixture_or_task_name
-    provider = data_lib.get_mixture_or_task(name)
-    data_lib.check_split(provider, split)
-    lengths = run.task_feature_lengths
     output_dir = output_dir or os.path.join(run.model_dir, "eval", split)
     os.makedirs(output_dir, exist_ok=True)
-    evaluator = seqio.Evaluator(
-        mixture_or_task_name=name, feature_converter=data_lib.feature_converter(pack=False),
-        eval_split=split, sequence_length=lengths, num_examples=num_examples,
-        logger_cls=[seqio.JSONLogger], log_dir=output_dir, use_memory_cache=True)
-    if not evaluator.eval_tasks:
-        raise data_lib.UsageError(f"{name} has no task with metrics and a {split!r} split to evaluate.")
-    predictor = Predictor(run, batch_size=batch_size, max_decode_length=lengths["targets"],
+    evaluation = evaluation or Evaluation(name, run.task_feature_lengths, split=split,
+                                          num_examples=num_examples)
+    predictor = Predictor(run, batch_size=batch_size, max_decode_length=run.task_feature_lengths["targets"],
                           method=method, num_beams=num_beams)
-
-    def predict_fn(dataset):
-        indices, features = [], []
-        for index, example in dataset.as_numpy_iterator():
-            indices.append(int(index))
-            features.append(example)
-        tokens = predictor.predict_all(features)
-        # Fixed-length rows, as t5x returns them: seqio stacks them and its vocabulary
-        # decodes up to the first EOS.
-        return [(i, [int(x) for x in t]) for i, t in zip(indices, tokens)]
-
-    metrics_future, outputs = evaluator.evaluate(compute_metrics=True, step=run.step, predict_fn=predict_fn)
-    all_metrics = metrics_future.result()
-    evaluator.close()
-
-    tasks, examples = {}, {}
-    for task in evaluator.eval_tasks:
-        dataset = evaluator.cached_task_datasets[task.name]
-        language, kind = task_language_and_kind(task, dataset)
-        metrics = {k: float(getattr(v, "value", v)) for k, v in all_metrics[task.name].items()
-                   if np.isscalar(getattr(v, "value", v))}
-        task_outputs = next(iter(outputs[task.name].values()))
-        tasks[task.name] = {"language": language, "kind": kind, "num_examples": len(task_outputs),
-                            "metrics": metrics}
-        vocabulary = task.output_features["targets"].vocabulary
-        rows = []
-        for i, example in enumerate(dataset.take(EXAMPLES_PER_TASK).as_numpy_iterator()):
-            rows.append({"index": i,
-                         "input": _text(example.get("inputs_pretokenized", b"")),
-                         "target": _text(example.get("targets_pretokenized", b"")),
-                         "prediction": vocabulary.decode(list(task_outputs[i]))})
-        examples[task.name] = rows
-    macro = macro_averages(tasks)
-    result = EvalResult(step=run.step, tasks=tasks, macro=macro,
-                        languages=len({t["language"] for t in tasks.values()}), examples=examples,
-                        seconds=time.perf_counter() - start)
+    result = evaluation.score(lambda task, indexed: predictor.predict_all([f for _, f in indexed]),
+                              step=run.step)
     result.output_path = os.path.join(output_dir, "metrics.json")
     with open(result.output_path, "w", encoding="utf-8") as f:
         json.dump(result.to_json(model_dir=run.model_dir, mixture_or_task_name=name, split=split), f,
