@@ -129,3 +129,12 @@ def test_targets_longer_than_length_are_caught_by_seqio():
     converted = PaliFeatureConverter()(_dataset(examples), LENGTHS)
     with pytest.raises(tf.errors.InvalidArgumentError, match="targets"):
         list(converted.as_numpy_iterator())
+
+
+def test_a_length_for_has_image_is_ignored():
+    # seqio.Evaluator passes a length for every output feature, has_image's too.
+    converter = PaliFeatureConverter(pack=False)
+    lengths = {"inputs": 8, "targets": 6, "image": 4, "has_image": 1}
+    model_ds = converter(_dataset(EXAMPLES), lengths)
+    first = next(iter(model_ds.as_numpy_iterator()))
+    assert first["encoder_image_mask"] == 1

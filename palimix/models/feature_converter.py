@@ -71,6 +71,9 @@ class PaliFeatureConverter(seqio.EncDecFeatureConverter):
     ) -> tf.data.Dataset:
         # seqio's own check would only say that the feature sets differ.
         _image_size(task_feature_lengths or {})
+        # seqio.Evaluator fills in a length for every output feature, `has_image` (1)
+        # included; it is a flag, not a sequence, and seqio would reject it as extra.
+        task_feature_lengths = {k: v for k, v in task_feature_lengths.items() if k != "has_image"}
         if "image" not in ds.element_spec:
             raise UsageError(
                 "the dataset has no 'image' feature (it has "
