@@ -14,8 +14,9 @@ def configure(parser):
     parser.add_argument("--batch_size", type=int, default=d.batch_size)
     parser.add_argument("--learning_rate", type=float, default=d.learning_rate)
     parser.add_argument("--eval_examples", type=int, default=d.eval_examples_per_task,
-                        help="validation examples per task (language) to evaluate")
+                        help="at most this many validation examples per task (default: all)")
     parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--kinds", help="evaluate only these kinds (comma-separated), e.g. vqa,ocr")
     parser.add_argument("--json", action="store_true", help="end with one JSON line: kinds, languages, seconds")
     parser.add_argument("--no_progress", action="store_true")
 
@@ -28,13 +29,14 @@ def run(args) -> int:
     from palimix.runner.demo import DemoSettings, format_table, run_demo
 
     for name in ("steps", "batch_size", "eval_examples"):
-        if getattr(args, name) <= 0:
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise UsageError(f"--{name} must be positive, got {getattr(args, name)}.")
     enable_compilation_cache()
     summary = run_demo(DemoSettings(
         model_dir=args.model_dir, steps=args.steps, batch_size=args.batch_size,
         learning_rate=args.learning_rate, eval_examples_per_task=args.eval_examples, seed=args.seed,
-        progress=not args.no_progress))
+        progress=not args.no_progress,
+        kinds=tuple(k.strip() for k in args.kinds.split(",") if k.strip()) if args.kinds else ()))
     details = summary.pop("_details")
     print(format_table(summary))
     print(f"\n{summary['languages']} languages evaluated; {summary['seconds']:.0f} s in all "

@@ -130,10 +130,21 @@ class Evaluation:
             indexed.sort(key=lambda pair: int(pair[0]))
             tokens = [[int(x) for x in row] for row in predict_fn(task, indexed)]
             language, kind = self.task_info[task.name]
-            tasks[task.name] = {"language": language, "kind": kind, "num_examples": len(tokens),
-                                "metrics": self._metrics(task, tokens)}
             vocabulary = task.output_features["targets"].vocabulary
             dataset = self.evaluator.cached_task_datasets[task.name]
+            raw = self.raw_examples(task.name)
+            example_languages = [_text(ex["language"]) if "language" in ex else language for ex in raw]
+            if len(set(example_languages)) > 1 and task.predict_metric_fns:
+                # A multilingual task (one task, many languages: span corruption, prefix
+                # LM): scored per language, as if each language were its own task.
+                for lang in sorted(set(example_languages)):
+                    keep = [i for i, code in enumerate(example_languages) if code == lang]
+                    tasks[f"{task.name}:{lang}"] = {
+                        "language": lang, "kind": kind, "num_examples": len(keep),
+                        "metrics": _subset_metrics(task, [raw[i] for i in keep], [tokens[i] for i in keep])}
+            else:
+                tasks[task.name] = {"language": language, "kind": kind, "num_examples": len(tokens),
+                                    "metrics": self._metrics(task, tokens)}
             examples[task.name] = [
                 {"index": i, "input": _text(ex.get("inputs_pretokenized", b"")),
                  "target": _text(ex.get("targets_pretokenized", b"")), "prediction": vocabulary.decode(tokens[i])}
@@ -164,6 +175,22 @@ class Evaluation:
                 if np.isscalar(v):
                     values[k] = float(v)
         return values
+
+
+def _subset_metrics(task, raw_examples, tokens) -> dict:
+    """seqio's postprocessing and metric functions on a subset of a task's examples."""
+    vocabulary = task.output_features["targets"].vocabulary
+    targets = [task.postprocess_fn(_text(ex.get("targets_pretokenized", b"")), example=ex, is_target=True)
+               for ex in raw_examples]
+    predictions = [task.postprocess_fn(vocabulary.decode(row), example=ex, is_target=False)
+                   for ex, row in zip(raw_examples, tokens)]
+    values = {}
+    for fn in task.predict_metric_fns:
+        for k, v in fn(targets, predictions).items():
+            v = getattr(v, "value", v)
+            if np.isscalar(v):
+                values[k] = float(v)
+    return values
 
 
 def _as_numpy(dataset):

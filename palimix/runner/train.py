@@ -281,9 +281,12 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> TrainResult:
                              clip_gradient_norm=config.clip_gradient_norm)
     trainer = Trainer(spec, config.task_feature_lengths, batch_size=config.batch_size, tx=tx,
                       schedule=schedule, z_loss=config.z_loss, seed=config.seed)
-    batches = data_lib.TrainBatches(config.mixture_or_task_name, config.task_feature_lengths,
-                                    config.batch_size, seed=config.seed, split=config.split)
     checkpoints = checkpoints_lib.Checkpoints(config.model_dir, keep=config.keep_checkpoints)
+    finished = (checkpoints.latest_step() or 0) >= config.train_steps
+    # A finished run needs no input pipeline (building a large mixture's takes a while).
+    batches = None if finished else data_lib.TrainBatches(
+        config.mixture_or_task_name, config.task_feature_lengths, config.batch_size, seed=config.seed,
+        split=config.split)
     state = trainer.init_state()
     start_step = 0
     if checkpoints.latest_step() is not None:
@@ -372,5 +375,5 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> TrainResult:
         step=step, start_step=start_step, last_loss=last_loss, seconds=end - wall_start,
         steps_per_s=steady_steps / steady_seconds if steady_steps > 0 and steady_seconds > 0 else 0.0,
         input_wait_share=((batches.wait_seconds - steady_wait_start) / steady_seconds
-                          if steady_seconds > 0 else 0.0),
+                          if steady_seconds > 0 and batches is not None else 0.0),
         model_dir=config.model_dir)
