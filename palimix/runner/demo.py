@@ -30,7 +30,7 @@ SHOWCASE_LANGUAGES = ("en", "de", "ru", "el", "ar", "hi", "th", "zh", "ja", "sw"
 @dataclasses.dataclass
 class DemoSettings:
     model_dir: str = "palimix_runs/demo"
-    steps: int = 750
+    steps: int = 1500
     batch_size: int = 32
     learning_rate: float = 0.01
     warmup_steps: int = 150

@@ -1,0 +1,42 @@
+"""`palimix demo --json`, shortened (a few steps, one kind evaluated): the output schema,
+the report and the TensorBoard logs. The full demo is the README's main command."""
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_short_demo_prints_the_json_summary_and_writes_report_and_logs(tmp_path):
+    env = dict(os.environ, PALIMIX_COMPILATION_CACHE=str(tmp_path / "jax_cache"))
+    model_dir = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "palimix.cli", "demo", "--model_dir", str(model_dir), "--steps", "3",
+         "--batch_size", "8", "--eval_examples", "2", "--kinds", "translation,classification", "--json",
+         "--no_progress"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert set(summary) == {"kinds", "languages", "seconds"}
+    assert set(summary["kinds"]) == {"translation", "classification"}
+    for kind, row in summary["kinds"].items():
+        assert set(row) == {"metric", "baseline", "model"}
+        assert isinstance(row["baseline"], float) and isinstance(row["model"], float)
+    assert summary["kinds"]["classification"]["metric"] == "accuracy"
+    assert summary["kinds"]["translation"]["metric"] == "bleu"
+    assert summary["languages"] >= 20 and summary["seconds"] > 0
+    assert "baseline" in result.stdout and "model" in result.stdout  # the table
+    report = (model_dir / "report.html").read_text(encoding="utf-8")
+    assert "<img src='data:image/png;base64," in report  # classification images
+    assert "translate" in report
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(model_dir / "eval"))
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(model_dir / "train"))
+
+
+def test_demo_refuses_an_unknown_kind(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "palimix.cli", "demo", "--model_dir", str(tmp_path / "d"),
+                             "--steps", "0"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "--steps must be positive" in result.stderr
