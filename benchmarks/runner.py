@@ -42,8 +42,8 @@ def t5x_rate(model_dir, steps, batch_size, log_every):
                "--gin_file=models/pali.gin", "--gin_file=runs/pretrain.gin", "--gin_file=sizes/tiny.gin",
                f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}", f"--gin.BATCH_SIZE={batch_size}",
                "--gin.MIXTURE_OR_TASK_NAME='palimix_demo'", f"--gin.TASK_FEATURE_LENGTHS={lengths}",
-               f"--gin.EVAL_PERIOD={steps}", "--gin.EVAL_STEPS=1", f"--gin.CHECKPOINT_PERIOD={steps}",
-               f"--gin.train_script.train.stats_period={log_every}"]
+               # t5x writes timing/steps_per_second once per eval period: one per interval.
+               f"--gin.EVAL_PERIOD={log_every}", "--gin.EVAL_STEPS=1", f"--gin.CHECKPOINT_PERIOD={steps}"]
     result = subprocess.run(command, cwd=tempfile.gettempdir(), capture_output=True, text=True)
     if result.returncode:
         sys.exit(f"t5x.train failed:\n{result.stderr[-3000:]}")
