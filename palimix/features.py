@@ -62,3 +62,11 @@ def check_image_size(image_size) -> int:
 def task_feature_lengths(inputs: int, targets: int, image_size: int) -> dict[str, int]:
     """The TASK_FEATURE_LENGTHS dict t5x and the runner need: text lengths + image side."""
     return {"inputs": int(inputs), "targets": int(targets), "image": check_image_size(image_size)}
+
+
+def has_real_image(example) -> bool:
+    """Whether a numpy example (from `as_numpy_iterator`) has a real image: reads the
+    [1] `has_image` feature; an example without it has one (as the converter assumes)."""
+    import numpy as np
+
+    return int(np.asarray(example.get("has_image", 1)).reshape(-1)[0]) == 1

@@ -23,9 +23,9 @@ def configure(parser):
 
 def examples(name: str, n: int = 8, split: str = "train", seed: int = 0) -> list[dict]:
     """n preprocessed examples (numpy values) of a task or mixture, text features decoded."""
-    import numpy as np
     import seqio
 
+    from palimix import features
     from palimix.errors import UsageError
     from palimix.mixtures import get_provider
 
@@ -43,7 +43,7 @@ def examples(name: str, n: int = 8, split: str = "train", seed: int = 0) -> list
     out = []
     for ex in ds.take(n).as_numpy_iterator():
         row = {k: _decode(ex[k]) for k in _TEXT_KEYS if k in ex}
-        row["has_image"] = int(np.asarray(ex.get("has_image", 1)).reshape(-1)[0])  # a [1] feature
+        row["has_image"] = int(features.has_real_image(ex))
         row["image"] = ex["image"]
         row["inputs_tokens"] = len(ex["inputs"])
         row["targets_tokens"] = len(ex["targets"])

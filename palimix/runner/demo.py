@@ -173,6 +173,8 @@ def write_report(path: str, evaluation, model, baseline, kinds: dict, *, steps: 
                  examples_per_task: int = 2) -> None:
     """A self-contained HTML page: the score table, then example images with their
     prompt, reference, baseline and model prediction, in several languages and scripts."""
+    from palimix import features
+
     e = html.escape
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>palimix demo</title>",
@@ -195,7 +197,7 @@ def write_report(path: str, evaluation, model, baseline, kinds: dict, *, steps: 
         raw = evaluation.raw_examples(task_name)
         language, _ = evaluation.task_info[task_name]
         for i, example in enumerate(raw[:examples_per_task]):
-            has_image = int(np.asarray(example.get("has_image", 1)).reshape(-1)[0]) == 1 and "image" in example
+            has_image = features.has_real_image(example) and "image" in example
             image = f"<img src='{_image_data_uri(example['image'])}' width=96>" if has_image else "(text only)"
             predicted = model.examples[task_name][i]["prediction"] if i < len(model.examples[task_name]) else ""
             base = baseline.examples[task_name][i]["prediction"] if i < len(baseline.examples[task_name]) else ""
