@@ -9,7 +9,7 @@ _FLAGS = {
     "warmup_steps": "warmup_steps", "weight_decay": "weight_decay",
     "clip_gradient_norm": "clip_gradient_norm", "seed": "seed", "split": "split",
     "checkpoint_every": "checkpoint_every", "keep_checkpoints": "keep_checkpoints",
-    "log_every": "log_every",
+    "log_every": "log_every", "input_mode": "input_mode", "memory_passes": "memory_passes",
 }
 
 
@@ -35,6 +35,11 @@ def configure(parser):
     parser.add_argument("--checkpoint_every", type=int)
     parser.add_argument("--keep_checkpoints", type=int, help="keep the last N checkpoints")
     parser.add_argument("--log_every", type=int)
+    parser.add_argument("--input_mode", choices=["auto", "memory", "stream"],
+                        help="memory: preprocess the split once and sample batches from memory; stream: "
+                             "seqio's tf.data pipeline; auto (default): memory when it fits --memory_limit_mb")
+    parser.add_argument("--memory_passes", type=int,
+                        help="memory input: epochs of random preprocessing to keep (default 2)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar or log lines")
     add_common_flags(parser)
 

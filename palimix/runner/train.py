@@ -61,11 +61,20 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every: int = 50
     progress: bool = True
+    # Input: "memory" preprocesses the split once and samples batches with numpy (no
+    # tf.data competing with the step for the cores); "stream" reads seqio's tf.data
+    # pipeline; "auto" picks memory when every example with its own image fits in
+    # memory_limit_mb. memory_passes: epochs of random preprocessing kept in memory.
+    input_mode: str = "auto"
+    memory_limit_mb: float = 1024
+    memory_passes: int = 2
 
     def validate(self) -> None:
         for name in ("batch_size", "train_steps", "checkpoint_every", "log_every", "keep_checkpoints"):
             if int(getattr(self, name)) <= 0:
                 raise UsageError(f"--{name} must be positive, got {getattr(self, name)}.")
+        if self.memory_passes < 1:
+            raise UsageError(f"--memory_passes must be >= 1, got {self.memory_passes}.")
         if self.warmup_steps < 0:
             raise UsageError(f"--warmup_steps must be >= 0, got {self.warmup_steps}.")
         lengths = self.task_feature_lengths or {}
@@ -92,10 +101,10 @@ def default_task_feature_lengths() -> dict[str, int]:
     return dict(demo.TASK_FEATURE_LENGTHS)
 
 
-def run_description(config: TrainConfig, spec) -> dict:
+def run_description(config: TrainConfig, spec, input_mode: str) -> dict:
     return {"model": spec.to_dict(), "mixture_or_task_name": config.mixture_or_task_name,
             "task_feature_lengths": dict(config.task_feature_lengths), "seed": config.seed,
-            "batch_size": config.batch_size}
+            "batch_size": config.batch_size, "input_mode": input_mode}
 
 
 def _check_same_run(model_dir: str, description: dict) -> None:
@@ -271,7 +280,9 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> TrainResult:
     vocabulary = provider.output_features["targets"].vocabulary
     spec = model_lib.ModelSpec(name=config.model, vocab_size=vocabulary.vocab_size,
                                image_size=int(config.task_feature_lengths["image"]))
-    description = run_description(config, spec)
+    input_mode = data_lib.choose_input_mode(config.input_mode, config.mixture_or_task_name, config.split,
+                                            config.task_feature_lengths, config.memory_limit_mb)
+    description = run_description(config, spec, input_mode)
     _check_same_run(config.model_dir, description)
 
     schedule = schedules.learning_rate_schedule(
@@ -284,9 +295,9 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> TrainResult:
     checkpoints = checkpoints_lib.Checkpoints(config.model_dir, keep=config.keep_checkpoints)
     finished = (checkpoints.latest_step() or 0) >= config.train_steps
     # A finished run needs no input pipeline (building a large mixture's takes a while).
-    batches = None if finished else data_lib.TrainBatches(
-        config.mixture_or_task_name, config.task_feature_lengths, config.batch_size, seed=config.seed,
-        split=config.split)
+    batches = None if finished else data_lib.train_batches(
+        input_mode, config.mixture_or_task_name, config.task_feature_lengths, config.batch_size,
+        seed=config.seed, split=config.split, memory_passes=config.memory_passes)
     state = trainer.init_state()
     start_step = 0
     if checkpoints.latest_step() is not None:
