@@ -21,20 +21,20 @@ def test_list_mixtures_and_tasks(capsys):
     assert demo["kinds"] == sorted(["caption", "vqa", "ocr", "classification", "translation", "span_corruption", "prefix_lm"])
     assert len(demo["languages"]) >= 100 and demo["image_size"] == [64]
     code, out, _ = _run(capsys, "list", "--tasks", "--kind", "ocr", "--language", "th")
-    assert code == 0 and "palimix_demo_ocr_th" in out and "1 tasks" in out
+    assert code == 0 and "palimix_demo_ocr_mul" in out and "1 tasks" in out
     code, _, err = _run(capsys, "list", "--language", "xx-nope")
     assert code == 2 and "Unknown language code" in err
 
 
 def test_show_prints_examples_and_writes_a_contact_sheet(capsys, tmp_path):
     sheet = tmp_path / "sheet.html"
-    code, out, _ = _run(capsys, "show", "palimix_demo_vqa_de", "-n", "3", "--html", str(sheet))
+    code, out, _ = _run(capsys, "show", "palimix_demo_vqa_mul", "-n", "3", "--html", str(sheet))
     assert code == 0
-    assert out.count("prompt: answer de ") == 3
+    assert out.count("prompt: answer ") == 3
     html = sheet.read_text()
-    assert html.count("data:image/png;base64,") == 3 and "answer de W" in html
-    code, _, err = _run(capsys, "show", "palimix_demo_vqa_dee")
-    assert code == 2 and "palimix_demo_vqa_de" in err  # Suggests the close match.
+    assert html.count("data:image/png;base64,") == 3 and html.count("<b>target</b>") == 3
+    code, _, err = _run(capsys, "show", "palimix_demo_vqa_mull")
+    assert code == 2 and "palimix_demo_vqa_mul" in err  # Suggests the close match.
 
 
 def test_stats_counts_and_lengths(capsys):
@@ -57,7 +57,7 @@ def test_stats_of_a_gin_defined_mixture(capsys, tmp_path):
         "import palimix.tasks\n"
         "MIXTURE_OR_TASK_NAME = @palimix.mixture()\n"
         'palimix.mixture.name = "cli_gin_mix"\n'
-        'palimix.mixture.tasks = ["palimix_demo_ocr_th", "palimix_demo_ocr_hi"]\n'
+        'palimix.mixture.tasks = ["palimix_demo_ocr_mul", "palimix_demo_vqa_mul"]\n'
         "palimix.mixture.rate = 1.0\n"
     )
     try:

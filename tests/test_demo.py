@@ -49,26 +49,29 @@ def test_demo_mixture_has_every_kind_and_100_languages():
     assert set(mixture.splits) == {"train", "validation"}
 
 
-@pytest.mark.parametrize("task", ["palimix_demo_caption_ar", "palimix_demo_ocr_th", "palimix_demo_vqa_zh",
+@pytest.mark.parametrize("task", ["palimix_demo_caption_mul", "palimix_demo_ocr_mul", "palimix_demo_vqa_mul",
                                   "palimix_demo_span_corruption_mul"])
 def test_demo_examples_decode_and_fit_the_lengths(task):
     ds = seqio.get_mixture_or_task(task).get_dataset(None, split="validation", shuffle=False, trim_output_features=False)
     examples = list(ds.as_numpy_iterator())
     assert examples
     fits = [len(ex["inputs"]) <= demo.INPUTS_LENGTH and len(ex["targets"]) <= demo.TARGETS_LENGTH for ex in examples]
-    if task.endswith("_mul"):  # Language-only text: the longest few are trimmed.
+    if "span_corruption" in task:  # Language-only text: the longest few are trimmed.
         assert np.mean(fits) >= 0.95
         assert len({ex["language"] for ex in examples}) >= 100
     else:
         assert all(fits)
+        assert len({ex["language"] for ex in examples}) >= 13  # Every task is multilingual.
     for ex in examples:
         assert ex["image"].shape == (demo.IMAGE_SIZE, demo.IMAGE_SIZE, 3)
         if ex["has_image"]:
             assert ex["image"].std() > 0.05  # A real picture, not a blank.
-    if task == "palimix_demo_caption_ar":
+    if task == "palimix_demo_caption_mul":
         with open(os.path.join(demo.data_dir(), "caption.validation.jsonl"), encoding="utf-8") as f:
-            captions = {json.loads(line)["captions"][0] for line in f}
-        assert {ex["targets_pretokenized"].decode() for ex in examples} <= captions
+            captions = {(r["language"], r["captions"][0]) for r in map(json.loads, f)}
+        assert {(ex["language"].decode(), ex["targets_pretokenized"].decode()) for ex in examples} <= captions
+        arabic = [ex for ex in examples if ex["language"] == b"ar"]
+        assert arabic and all(ex["inputs_pretokenized"] == b"caption ar" for ex in arabic)
 
 
 def test_demo_validation_images_are_not_training_images():

@@ -53,16 +53,22 @@ def _text(value) -> str:
 
 
 def baseline_predictor(evaluation, targets_length: int):
-    """A `predict_fn` for `Evaluation.score` that answers with each task's baseline."""
+    """A `predict_fn` for `Evaluation.score` that answers with each task's baseline
+    (the most frequent target is counted per language: a multilingual task's
+    languages each get their own)."""
     def predict(task, indexed):
         raw = evaluation.raw_examples(task.name)
         _, kind = evaluation.task_info[task.name]
-        counts = collections.Counter(_text(ex.get("targets_pretokenized", b"")) for ex in raw)
-        most_frequent = counts.most_common(1)[0][0] if counts else ""
+        by_language = collections.defaultdict(collections.Counter)
+        for ex in raw:
+            by_language[_text(ex.get("language", b""))][_text(ex.get("targets_pretokenized", b""))] += 1
+        most_frequent = {lang: counts.most_common(1)[0][0] for lang, counts in by_language.items()}
         vocabulary = task.output_features["targets"].vocabulary
         rows = []
         for index, _ in indexed:
-            ids = list(vocabulary.encode(baseline_text(kind, raw[int(index)], most_frequent)))[:targets_length - 1]
+            example = raw[int(index)]
+            answer = baseline_text(kind, example, most_frequent[_text(example.get("language", b""))])
+            ids = list(vocabulary.encode(answer))[:targets_length - 1]
             ids.append(vocabulary.eos_id)
             rows.append(ids + [0] * (targets_length - len(ids)))
         return rows

@@ -141,7 +141,7 @@ class Evaluation:
                     keep = [i for i, code in enumerate(example_languages) if code == lang]
                     tasks[f"{task.name}:{lang}"] = {
                         "language": lang, "kind": kind, "num_examples": len(keep),
-                        "metrics": _subset_metrics(task, [raw[i] for i in keep], [tokens[i] for i in keep])}
+                        "metrics": _subset_metrics(task, [raw[i] for i in keep], [tokens[i] for i in keep], lang)}
             else:
                 tasks[task.name] = {"language": language, "kind": kind, "num_examples": len(tokens),
                                     "metrics": self._metrics(task, tokens)}
@@ -177,15 +177,18 @@ class Evaluation:
         return values
 
 
-def _subset_metrics(task, raw_examples, tokens) -> dict:
-    """seqio's postprocessing and metric functions on a subset of a task's examples."""
+def _subset_metrics(task, raw_examples, tokens, language: str) -> dict:
+    """seqio's postprocessing and the language's metric functions on a subset of a
+    task's examples (those of `language`)."""
+    from palimix.tasks.registry import metric_fns_for_language
+
     vocabulary = task.output_features["targets"].vocabulary
     targets = [task.postprocess_fn(_text(ex.get("targets_pretokenized", b"")), example=ex, is_target=True)
                for ex in raw_examples]
     predictions = [task.postprocess_fn(vocabulary.decode(row), example=ex, is_target=False)
                    for ex, row in zip(raw_examples, tokens)]
     values = {}
-    for fn in task.predict_metric_fns:
+    for fn in metric_fns_for_language(task, language):
         for k, v in fn(targets, predictions).items():
             v = getattr(v, "value", v)
             if np.isscalar(v):

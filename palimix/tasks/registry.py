@@ -48,6 +48,7 @@ class TaskInfo:
     images: bool  # Whether examples carry real images (else a blank one).
     source: str  # repr of the source, for listings.
     languages: tuple[str, ...] = ()  # Every language of its examples.
+    standard_metrics: bool = True  # metrics=None: the kind's own, chosen per language.
 
     def __post_init__(self):
         if not self.languages:
@@ -198,7 +199,7 @@ def add_task(
         )
         seqio.TaskRegistry.add_provider(full_name, task)
         _TASKS[full_name] = TaskInfo(full_name, name, kind, code, image_size, prompt_style, images, _describe(task_source),
-                                     tuple(codes) if code == MULTILINGUAL else (code,))
+                                     tuple(codes) if code == MULTILINGUAL else (code,), metrics is None)
         registered.append(full_name)
     _GROUPS[name] = registered
     return add_mixture(name, registered, rate=rate, temperature=temperature, max_rate=max_rate, unimax=unimax,
@@ -274,6 +275,18 @@ def _classes_for(name, classes, source, code):
             raise UsageError(f"{name}: classes= has no class list for language {code!r}.")
         return list(by_code[code])
     return list(classes)
+
+
+def metric_fns_for_language(task, language: str) -> list:
+    """The metric functions that score `task`'s examples of `language`: for a
+    multilingual task with standard metrics, that language's own (CIDEr on jieba words
+    for Chinese, ...), not the task's one set for all its languages; else the task's."""
+    info = task_info(task.name)
+    if info is None or not info.standard_metrics or info.language != MULTILINGUAL:
+        return list(task.predict_metric_fns)
+    from palimix import metrics as metrics_lib
+
+    return list(metrics_lib.metrics_for_kind(info.kind, language))
 
 
 def _standard_metrics(kind: str, language):
