@@ -89,3 +89,7 @@ def test_random_spans_noise_mask_counts():
         if length == 100:
             assert mask.sum() == 15
             assert np.sum(mask[1:] & ~mask[:-1]) == 5  # round(15 / 3) spans.
+    # One span in a short text: anywhere after the first unit, not always at the end.
+    ends = {int(np.flatnonzero(text.random_spans_noise_mask(12, 0.15, 3.0, tf.constant([1, s])).numpy())[-1])
+            for s in range(20)}
+    assert len(ends) > 3 and max(ends) == 11

@@ -94,7 +94,11 @@ def random_spans_noise_mask(length, noise_density: float, mean_noise_span_length
     """Boolean [length] mask of T5-style noise spans; needs length >= 2.
 
     At least one unit is noise and at least one is kept; noise never starts the text
-    (the kept run comes first), as in T5.
+    (a kept run comes first), as in T5. T5 also always ENDS with noise, which for a
+    short text (one span) means "predict the last words" every time; so the mask is
+    then rotated left by a random part of its first kept run (moved to the end), which
+    places the spans anywhere without splitting or merging any (T5's later
+    `random_roll` can split the last span in two).
     """
     length = tf.cast(length, tf.int32)
     lengthf = tf.cast(length, tf.float32)
@@ -102,13 +106,15 @@ def random_spans_noise_mask(length, noise_density: float, mean_noise_span_length
     num_noise = tf.clip_by_value(num_noise, 1, length - 1)
     num_spans = tf.cast(tf.round(tf.cast(num_noise, tf.float32) / mean_noise_span_length), tf.int32)
     num_spans = tf.clip_by_value(num_spans, 1, tf.minimum(num_noise, length - num_noise))
-    seeds = tf.random.experimental.stateless_split(seed, 2)
+    seeds = tf.random.experimental.stateless_split(seed, 3)
     noise_lengths = _random_segment_lengths(num_noise, num_spans, seeds[0])
     kept_lengths = _random_segment_lengths(length - num_noise, num_spans, seeds[1])
     # Interleave: kept, noise, kept, noise, ...
     run_lengths = tf.reshape(tf.stack([kept_lengths, noise_lengths], axis=1), [-1])
     run_index = tf.repeat(tf.range(2 * num_spans), run_lengths)
-    return tf.equal(run_index % 2, 1)
+    mask = tf.equal(run_index % 2, 1)
+    shift = tf.random.stateless_uniform([], seeds[2], minval=0, maxval=kept_lengths[0], dtype=tf.int32)
+    return tf.roll(mask, -shift, axis=0)
 
 
 def _sentinel_strings(count):
