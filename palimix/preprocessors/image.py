@@ -29,13 +29,20 @@ case, a complete upright baseline RGB/gray JPEG, to `tf.io.decode_jpeg` with lib
 DCT scaling (`ratio`: a 640x480 photo is decoded at 320x240 for S=224), outside the
 GIL; everything else (PNG, WebP, GIF, CMYK, progressive or EXIF-rotated JPEGs, broken
 files) goes to Pillow (`image_files.decode_near_size`) in `tf.numpy_function`, which
-converts it or reports why it cannot. The last resize to S x S is `tf.image.resize`
-(bilinear, as big_vision's `resize`). Order is deterministic.
+converts it or reports why it cannot. (A header walk in TF ops instead of the Python
+check was tried: a graph op costs microseconds each here, and the walk needs hundreds
+per file, several times the Python check.) The last resize to S x S is `tf.image.resize` (bilinear,
+as big_vision's `resize`). Order is deterministic.
+
+The decoding graph is traced once per process and setting (image size, strictness,
+limits) and called by every task's map: a mixture of a hundred image tasks does not
+trace it a hundred times.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import threading
 
@@ -145,9 +152,51 @@ def decode_image(
       background: RGB colour that transparent pixels are composited on.
       num_parallel_calls: for the decoding map; the output order is deterministic.
     """
-    size = int(image_size)
+    dataset = dataset.map(
+        decode_image_fn(image_size=image_size, strict=strict, task_name=task_name, max_pixels=max_pixels,
+                        background=background),
+        num_parallel_calls=num_parallel_calls, deterministic=True)
+    return dataset.filter(is_kept)
 
-    def decode_or_drop(encoded, path):
+
+def decode_image_fn(
+    *,
+    image_size: int = 224,
+    strict: bool = False,
+    task_name: str = "",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    background: tuple[int, int, int] = DEFAULT_BACKGROUND,
+):
+    """The per-example function of `decode_image` (example -> example), for callers
+    that fuse it into a map of their own; follow it with `dataset.filter(is_kept)`,
+    which drops the examples whose image was bad (has_image -1)."""
+    decoder = _decoder(int(image_size), bool(strict), int(max_pixels), tuple(int(c) for c in background))
+    task_name = str(task_name)
+
+    @tf.autograph.experimental.do_not_convert
+    def decode(example):
+        example = dict(example)
+        encoded = example.pop("image/encoded")
+        path = example.get("image/path", tf.constant("", tf.string))
+        example["image"], example["has_image"] = decoder(encoded, path, tf.constant(task_name))
+        return example
+
+    return decode
+
+
+@tf.autograph.experimental.do_not_convert
+def is_kept(example):
+    """Filter predicate after `decode_image_fn`: False for a dropped (bad) image."""
+    return example["has_image"][0] != _DROPPED
+
+
+@functools.lru_cache(maxsize=None)
+def _decoder(size: int, strict: bool, max_pixels: int, background: tuple[int, int, int]):
+    """tf.function (encoded, path, task_name) -> (image [S, S, 3] float32, has_image [1]
+    int32), traced once per setting; the task name is an argument, not a constant of
+    the graph, so that every task shares the trace."""
+
+    def decode_or_drop(encoded, path, task_name):
         path = path.decode("utf-8", "replace") if isinstance(path, bytes) else str(path)
         blank = np.zeros((1, 1, 3), np.uint8)
         if not encoded and not path:
@@ -160,7 +209,7 @@ def decode_image(
         except ImageDecodeError as error:
             if strict:
                 raise
-            _DROPS.add(task_name, error)
+            _DROPS.add(task_name.decode("utf-8", "replace"), error)
             return blank, np.int32(_DROPPED)
 
     def route(encoded, path):
@@ -170,19 +219,14 @@ def decode_image(
         scale = image_files.jpeg_scale_for_tensorflow(encoded, size, max_pixels=max_pixels)
         return np.int32(_ROUTE_TF_JPEG[scale] if scale else _ROUTE_PILLOW)
 
-    def decode(example):
-        example = dict(example)
-        encoded = example.pop("image/encoded")
-        path = example.get("image/path", tf.constant("", tf.string))
-
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string)] * 3, autograph=False)
+    def decode(encoded, path, task_name):
         def no_image():
             return tf.zeros([1, 1, 3], tf.uint8), tf.constant(_NO_IMAGE, tf.int32)
 
         def pillow():
-            pixels, status = tf.numpy_function(
-                decode_or_drop, [encoded, path], [tf.uint8, tf.int32], stateful=True, name="palimix_decode_image"
-            )
-            return pixels, status
+            return tuple(tf.numpy_function(decode_or_drop, [encoded, path, task_name], [tf.uint8, tf.int32],
+                                           stateful=True, name="palimix_decode_image"))
 
         def tf_jpeg(scale):
             # Same libjpeg(-turbo) DCT scaling as Pillow's draft mode, without the GIL.
@@ -199,15 +243,10 @@ def decode_image(
         resized = tf.image.resize(pixels, [size, size], method="bilinear", antialias=False)
         resized = tf.clip_by_value(resized, 0.0, 255.0)
         # [0, 255] -> [-1, 1]; language-only examples get all zeros.
-        example["image"] = (resized * (2.0 / 255.0) - 1.0) * tf.cast(is_image, tf.float32)
-        # 1 image, 0 no image, -1 dropped: the filter below keeps only 0 and 1.
+        image = (resized * (2.0 / 255.0) - 1.0) * tf.cast(is_image, tf.float32)
+        # 1 image, 0 no image, -1 dropped: `is_kept` keeps only 0 and 1.
         # Shape [1], not a scalar: seqio.Evaluator reads every feature's length from
         # its first dimension (palimix.features).
-        example["has_image"] = tf.reshape(status, [1])
-        return example
+        return image, tf.reshape(status, [1])
 
-    def keep(example):
-        return example["has_image"][0] != _DROPPED
-
-    dataset = dataset.map(decode, num_parallel_calls=num_parallel_calls, deterministic=True)
-    return dataset.filter(keep)
+    return decode
