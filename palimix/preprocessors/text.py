@@ -42,6 +42,39 @@ def tokenize_text(dataset: tf.data.Dataset, output_features, copy_pretokenized: 
     return seqio.preprocessors.tokenize(dataset, text_features, copy_pretokenized=copy_pretokenized, with_eos=False)
 
 
+def tokenize_and_append_eos_fn(output_features, sequence_length=None, copy_pretokenized: bool = True):
+    """The per-example function of `tokenize_and_append_eos` (example -> example), for
+    preprocessors that do it inside a map of their own (`prompts.build_example`)."""
+    text_features = {k: output_features[k] for k in TEXT_FEATURES if k in output_features}
+
+    def tokenize(example):
+        example = dict(example)
+        for key, feature in text_features.items():
+            text = example[key]
+            if copy_pretokenized:
+                example[f"{key}_pretokenized"] = text
+            ids = feature.vocabulary.encode_tf(text)
+            if feature.add_eos:
+                length = (sequence_length or {}).get(key)
+                if length is not None:
+                    ids = ids[: length - 1]  # Room for EOS.
+                ids = tf.concat([ids, tf.constant([feature.vocabulary.eos_id], ids.dtype)], axis=0)
+            example[key] = ids
+        return example
+
+    return tokenize
+
+
+def tokenize_and_append_eos(
+    dataset: tf.data.Dataset, output_features, sequence_length=None, copy_pretokenized: bool = True
+) -> tf.data.Dataset:
+    """`tokenize_text` followed by `seqio.preprocessors.append_eos_after_trim`, with the
+    same output, in one map without autograph: each tf.data stage costs per example,
+    and each traced function costs when a task is built."""
+    fn = _no_autograph(tokenize_and_append_eos_fn(output_features, sequence_length, copy_pretokenized))
+    return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
 def split_units(text: tf.Tensor, segmentation) -> tf.Tensor:
     """1-D string tensor of the words ("space") or characters (other) of `text`.
 

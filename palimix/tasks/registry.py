@@ -8,8 +8,10 @@
     # -> seqio tasks xm3600_ar, xm3600_bn, ..., and the mixture xm3600
 
 Each task's pipeline: read records (the source) -> decode the image (or give a blank
-one to language-only kinds) -> build prompt and target (preprocessors.prompts) ->
-tokenize `inputs` and `targets` -> append EOS. Output features: palimix.features.
+one to language-only kinds) -> build prompt and target, tokenize `inputs` and
+`targets` and append EOS (preprocessors.prompts.build_example with tokenize=True: one
+map, as few tf.data stages and traced functions as the task needs). Output features:
+palimix.features.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from palimix import languages as languages_lib
 from palimix.errors import UsageError
 from palimix.mixtures import add_mixture, check_new_name
 from palimix.preprocessors import prompts as prompt_preprocessors
-from palimix.preprocessors import text as text_preprocessors
 
 # Shuffle buffers hold decoded images ([S, S, 3] float32, 600 kB at 224 px): small
 # ones for image tasks (record sources shuffle all records before reading images).
@@ -182,17 +183,13 @@ def add_task(
             noise_density=noise_density,
             mean_noise_span_length=mean_noise_span_length,
             max_target_units=max_target_units,
+            tokenize=True,  # Tokenizing and EOS in the same map (one tf.data stage, one trace).
         )
         task = seqio.Task(
             full_name,
             source=task_source,
             output_features=output_features,
-            preprocessors=[
-                image_step,
-                build,
-                text_preprocessors.tokenize_text,
-                seqio.preprocessors.append_eos_after_trim,
-            ],
+            preprocessors=[image_step, build],
             postprocess_fn=prompt_preprocessors.postprocess_fn(kind),
             metric_fns=list(metrics) if metrics is not None else _standard_metrics(kind, codes if code == MULTILINGUAL else code),
             shuffle_buffer_size=shuffle_buffer_size or (IMAGE_SHUFFLE_BUFFER if images else TEXT_SHUFFLE_BUFFER),
