@@ -241,13 +241,10 @@ class Trainer:
             grad_norm = optax.global_norm(grads)
             updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
             params = optax.apply_updates(state["params"], updates)
-            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-            # A non-finite step leaves the state as it was: the host stops the run, and
-            # whatever is saved afterwards is still the last good state.
-            new_state = jax.lax.cond(
-                finite,
-                lambda: {"step": state["step"] + 1, "params": params, "opt_state": opt_state},
-                lambda: {**state, "step": state["step"] + 1})
+            # No on-device guard against a non-finite step (a select over the whole state
+            # costs ~5% of a tiny model's step): the host reads every step's loss before
+            # it saves a checkpoint and stops at a NaN/Inf, so a bad state is never saved.
+            new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
             metrics = {"loss": loss, "cross_entropy": xent_sum / num_tokens,
                        "token_accuracy": correct / num_tokens, "grad_norm": grad_norm,
                        "learning_rate": schedule(state["step"]) if schedule else jnp.zeros(())}
