@@ -193,7 +193,15 @@ class Writer:
         self.files[relative] = data
 
     def jsonl(self, relative: str, records):
-        self.add(relative, "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records).encode())
+        """Records interleaved round-robin by language (in order within a language), so
+        that the first N examples of a multilingual task span N languages: evaluating
+        `--eval_examples N` of a demo task samples many languages, not the first one."""
+        by_language: dict[str, list] = {}
+        for record in records:
+            by_language.setdefault(record.get("language", ""), []).append(record)
+        queues = list(by_language.values())
+        ordered = [queue[i] for i in range(max(map(len, queues), default=0)) for queue in queues if i < len(queue)]
+        self.add(relative, "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in ordered).encode())
 
     def flush(self, check: bool) -> int:
         changed = [p for p, d in self.files.items() if not os.path.exists(os.path.join(ROOT, p))

@@ -14,7 +14,7 @@ def test_short_demo_prints_the_json_summary_and_writes_report_and_logs(tmp_path)
     model_dir = tmp_path / "demo"
     result = subprocess.run(
         [sys.executable, "-m", "palimix.cli", "demo", "--model_dir", str(model_dir), "--steps", "3",
-         "--batch_size", "8", "--eval_examples", "2", "--kinds", "translation,classification", "--json",
+         "--batch_size", "8", "--eval_examples", "24", "--kinds", "translation,classification", "--json",
          "--no_progress"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 
 HELP = "Show examples of a task or mixture (prompt, target, references) and write an HTML contact sheet."
 _TEXT_KEYS = ("id", "language", "kind", "inputs_pretokenized", "targets_pretokenized", "references")
@@ -59,19 +57,10 @@ def _decode(value):
     return value
 
 
-def png_data_uri(image) -> str:
-    """A [-1, 1] float image as a data: URI (PNG)."""
-    import numpy as np
-    from PIL import Image
-
-    pixels = np.clip((np.asarray(image) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def contact_sheet(name: str, split: str, rows: list[dict]) -> str:
     """An HTML page: one card per example with its image, prompt, target and references."""
+    from palimix.report_images import png_data_uri
+
     cards = []
     for row in rows:
         image = (f'<img src="{png_data_uri(row["image"])}" width="192" height="192" alt="image">'

@@ -10,16 +10,13 @@ Baselines (scored with the same tasks' metrics as the model):
 
 from __future__ import annotations
 
-import base64
 import collections
 import dataclasses
 import html
-import io
 import json
 import os
 import time
 
-import numpy as np
 
 # Kinds the demo must learn (beat the baseline on); the text-only kinds are reported too.
 REQUIRED_KINDS = ("caption", "vqa", "ocr", "classification", "translation")
@@ -106,7 +103,8 @@ def run_demo(settings: DemoSettings) -> dict:
                              + close_matches_hint(unknown[0], demo_tasks.KIND_MIXTURES))
         eval_name = _eval_mixture([demo_tasks.KIND_MIXTURES[k] for k in settings.kinds])
     evaluation = eval_lib.Evaluation(eval_name, lengths, split="validation",
-                                     num_examples=settings.eval_examples_per_task)
+                                     num_examples=settings.eval_examples_per_task,
+                                     num_shown=len(SHOWCASE_LANGUAGES), prefer_languages=SHOWCASE_LANGUAGES)
     summaries = Summaries(settings.model_dir)
     try:
         model = eval_lib.evaluate(run, evaluation=evaluation, batch_size=min(32, settings.eval_examples_per_task or 32),
@@ -154,32 +152,12 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _image_data_uri(image: np.ndarray) -> str:
-    from PIL import Image
-
-    pixels = np.clip((np.asarray(image, np.float32) + 1.0) * 127.5, 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).resize((128, 128), Image.Resampling.NEAREST).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _showcase_tasks(evaluation, per_kind: int = 4) -> list[str]:
-    by_kind = collections.defaultdict(list)
-    for name, (language, kind) in evaluation.task_info.items():
-        by_kind[kind].append((language, name))
-    chosen = []
-    for kind, entries in sorted(by_kind.items()):
-        preferred = [n for lang, n in sorted(entries) if lang in SHOWCASE_LANGUAGES]
-        others = [n for _, n in sorted(entries) if n not in preferred]
-        chosen += (preferred + others)[:per_kind]
-    return chosen
-
-
 def write_report(path: str, evaluation, model, baseline, kinds: dict, *, steps: int,
-                 examples_per_task: int = 2) -> None:
+) -> None:
     """A self-contained HTML page: the score table, then example images with their
     prompt, reference, baseline and model prediction, in several languages and scripts."""
     from palimix import features
+    from palimix.report_images import png_data_uri
 
     e = html.escape
     parts = [
@@ -197,21 +175,18 @@ def write_report(path: str, evaluation, model, baseline, kinds: dict, *, steps: 
                      f"<td class='{cls}'>{row['model']:.2f}</td></tr>")
     parts.append("</table><h2>Examples</h2><table><tr><th>task</th><th>image</th><th>prompt</th>"
                  "<th>reference</th><th>baseline</th><th>model</th></tr>")
-    for task_name in _showcase_tasks(evaluation):
-        if task_name not in model.examples:
-            continue
+    for task_name, shown in model.examples.items():
         raw = evaluation.raw_examples(task_name)
-        language, _ = evaluation.task_info[task_name]
-        for i, example in enumerate(raw[:examples_per_task]):
+        baseline_by_index = {row["index"]: row["prediction"] for row in baseline.examples.get(task_name, [])}
+        for row in shown:
+            example, language = raw[row["index"]], row["language"]
             has_image = features.has_real_image(example) and "image" in example
-            image = f"<img src='{_image_data_uri(example['image'])}' width=96>" if has_image else "(text only)"
-            predicted = model.examples[task_name][i]["prediction"] if i < len(model.examples[task_name]) else ""
-            base = baseline.examples[task_name][i]["prediction"] if i < len(baseline.examples[task_name]) else ""
+            image = f"<img src='{png_data_uri(example['image'], size=128)}' width=96>" if has_image else "(text only)"
             parts.append(
                 f"<tr><td>{e(task_name)}</td><td>{image}</td><td lang='{e(language)}' dir='auto'>"
-                f"{e(_text(example.get('inputs_pretokenized', b'')))}</td>"
-                f"<td lang='{e(language)}' dir='auto'>{e(_text(example.get('targets_pretokenized', b'')))}</td>"
-                f"<td dir='auto'>{e(base)}</td><td lang='{e(language)}' dir='auto'><b>{e(predicted)}</b></td></tr>")
+                f"{e(row['input'])}</td><td lang='{e(language)}' dir='auto'>{e(row['target'])}</td>"
+                f"<td dir='auto'>{e(baseline_by_index.get(row['index'], ''))}</td>"
+                f"<td lang='{e(language)}' dir='auto'><b>{e(row['prediction'])}</b></td></tr>")
     parts.append("</table></body></html>")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:

@@ -99,7 +99,10 @@ class Evaluation:
     any number of predictors (the model, baselines) with the tasks' own metrics."""
 
     def __init__(self, name: str, task_feature_lengths, *, split: str = "validation",
-                 num_examples: int | None = None, log_dir: str | None = None):
+                 num_examples: int | None = None, log_dir: str | None = None,
+                 num_shown: int = EXAMPLES_PER_TASK, prefer_languages: Sequence[str] = ()):
+        """num_shown example predictions are kept per task: the first example of each
+        language (those of `prefer_languages` first), then the task's first examples."""
         import seqio
 
         from palimix.runner import data as data_lib
@@ -107,6 +110,7 @@ class Evaluation:
         provider = data_lib.get_mixture_or_task(name)
         data_lib.check_split(provider, split)
         self.name, self.split = name, split
+        self.num_shown, self.prefer_languages = num_shown, tuple(prefer_languages)
         self.evaluator = seqio.Evaluator(
             mixture_or_task_name=name, feature_converter=data_lib.feature_converter(pack=False),
             eval_split=split, sequence_length=dict(task_feature_lengths), num_examples=num_examples,
@@ -120,7 +124,7 @@ class Evaluation:
     def raw_examples(self, task_name: str) -> list[dict]:
         return list(self.evaluator.cached_task_datasets[task_name].as_numpy_iterator())
 
-    def score(self, predict_fn, *, step: int, num_shown: int = EXAMPLES_PER_TASK) -> EvalResult:
+    def score(self, predict_fn, *, step: int) -> EvalResult:
         """Scores `predict_fn(task, [(index, model features), ...]) -> [token rows]`
         (fixed-length rows, as t5x returns them; decoding stops at the first EOS)."""
         start = time.perf_counter()
@@ -131,7 +135,6 @@ class Evaluation:
             tokens = [[int(x) for x in row] for row in predict_fn(task, indexed)]
             language, kind = self.task_info[task.name]
             vocabulary = task.output_features["targets"].vocabulary
-            dataset = self.evaluator.cached_task_datasets[task.name]
             raw = self.raw_examples(task.name)
             example_languages = [_text(ex["language"]) if "language" in ex else language for ex in raw]
             if len(set(example_languages)) > 1 and task.predict_metric_fns:
@@ -146,9 +149,9 @@ class Evaluation:
                 tasks[task.name] = {"language": language, "kind": kind, "num_examples": len(tokens),
                                     "metrics": self._metrics(task, tokens)}
             examples[task.name] = [
-                {"index": i, "input": _text(ex.get("inputs_pretokenized", b"")),
-                 "target": _text(ex.get("targets_pretokenized", b"")), "prediction": vocabulary.decode(tokens[i])}
-                for i, ex in enumerate(dataset.take(num_shown).as_numpy_iterator())]
+                {"index": i, "language": example_languages[i], "input": _text(raw[i].get("inputs_pretokenized", b"")),
+                 "target": _text(raw[i].get("targets_pretokenized", b"")), "prediction": vocabulary.decode(tokens[i])}
+                for i in shown_indices(example_languages, self.num_shown, self.prefer_languages)]
         return EvalResult(step=step, tasks=tasks, macro=macro_averages(tasks),
                           languages=len({t["language"] for t in tasks.values()}), examples=examples,
                           seconds=time.perf_counter() - start)
@@ -175,6 +178,17 @@ class Evaluation:
                 if np.isscalar(v):
                     values[k] = float(v)
         return values
+
+
+def shown_indices(example_languages: Sequence[str], count: int, prefer_languages: Sequence[str] = ()) -> list[int]:
+    """`count` example indices to show: the first example of each language (preferred
+    languages first, then in order of appearance), then the first examples."""
+    first: dict[str, int] = {}
+    for i, code in enumerate(example_languages):
+        first.setdefault(code, i)
+    order = [first[c] for c in prefer_languages if c in first] + sorted(first.values())
+    order += range(len(example_languages))
+    return list(dict.fromkeys(order))[:count]
 
 
 def _subset_metrics(task, raw_examples, tokens, language: str) -> dict:
