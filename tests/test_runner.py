@@ -141,6 +141,28 @@ def test_gin_binds_train_config(tmp_path):
     gin.clear_config()
 
 
+def test_the_network_comes_from_the_sizes_gin_file(tmp_path):
+    """The same sizes/*.gin file as a T5X run picks the model and its image size."""
+    import gin
+
+    from palimix.commands import train as train_command
+
+    def config(*extra):
+        args = cli.build_parser().parse_args(["train", "palimix_demo", "--model_dir", str(tmp_path), *extra])
+        try:
+            return train_command.build_config(args)
+        finally:
+            gin.clear_config()
+
+    tiny = config("--gin_file", "sizes/tiny.gin")
+    assert tiny.model == "tiny" and tiny.task_feature_lengths["image"] == 64
+    small = config("--gin", "MODEL_SIZE = 'small'", "--gin", "IMAGE_SIZE = 32")
+    assert small.model == "small" and small.task_feature_lengths == {"inputs": 64, "targets": 32, "image": 32}
+    assert config("--gin", "MODEL_SIZE = 'small'", "--model", "tiny").model == "tiny"  # the flag wins
+    with pytest.raises(UsageError, match="IMAGE_SIZE = 32"):
+        config("--gin", "IMAGE_SIZE = 32", "--lengths", "inputs=8,targets=8,image=64")
+
+
 def test_resuming_with_other_settings_is_refused(trained):
     with pytest.raises(UsageError, match="other settings"):
         _raise(_train_args(trained, "--steps", "5", "--seed", "9"))

@@ -70,7 +70,27 @@ def build_config(args):
         overrides["task_feature_lengths"] = lengths
     if args.no_progress:
         overrides["progress"] = False
-    return dataclasses.replace(config, **overrides)
+    config = dataclasses.replace(config, **overrides)
+    return _with_gin_image_size(config, config_lib.gin_macro("IMAGE_SIZE"))
+
+
+def _with_gin_image_size(config, image_size):
+    """A sizes/*.gin file's IMAGE_SIZE is the network's: it fills in the image length
+    of the demo's default lengths, and must agree with lengths given explicitly."""
+    import dataclasses
+
+    from palimix.errors import UsageError
+    from palimix.runner.train import default_task_feature_lengths
+
+    if image_size is None:
+        return config
+    if config.task_feature_lengths is None:
+        return dataclasses.replace(config, task_feature_lengths={**default_task_feature_lengths(),
+                                                                 "image": int(image_size)})
+    if int(config.task_feature_lengths.get("image", image_size)) != int(image_size):
+        raise UsageError(f"gin's IMAGE_SIZE = {image_size} but the task feature lengths say image="
+                         f"{config.task_feature_lengths['image']}; the network and the tasks must agree.")
+    return config
 
 
 def run(args) -> int:

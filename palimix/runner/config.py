@@ -27,6 +27,8 @@ T5X_MACROS = {
     "TRAIN_STEPS": "train_steps",
     "BATCH_SIZE": "batch_size",
     "MODEL_DIR": "model_dir",
+    # From models/pali_network.gin + a sizes/*.gin file (the network T5X would build).
+    "MODEL_SIZE": "model",
 }
 
 
