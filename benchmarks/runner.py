@@ -2,9 +2,12 @@
 
 Both run as subprocesses on palimix_demo (tiny size, batch 32, demo lengths) for
 --steps steps; the steady-state rate excludes the first logging interval (compilation).
-The runner's rate comes from its metrics.jsonl, t5x's from its `timing/steps_per_second`
-TensorBoard summaries. Also reports the runner's input wait as a share of step time.
-Final line: {"runner_steps_per_s", "t5x_steps_per_s", "ratio", "runner_input_wait_share"}.
+The runner's rate comes from its own report, t5x's from its `timing/steps_per_second`
+TensorBoard summaries. The runner runs twice: with its default input (`auto`: the demo
+fits in memory, so batches are sampled from memory) and streaming seqio's tf.data
+pipeline as t5x does (`--input_mode stream`). Also reports the runner's input wait as a
+share of step time. Final line: {"runner_steps_per_s", "t5x_steps_per_s", "ratio",
+"runner_input_wait_share", "runner_stream_steps_per_s", "stream_ratio", ...}.
 Skips t5x (null) when T5X is not installed.
 
     python benchmarks/runner.py [--steps 200] [--batch_size 32]
@@ -22,10 +25,10 @@ import tempfile
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def runner_rate(model_dir, steps, batch_size, log_every):
+def runner_rate(model_dir, steps, batch_size, log_every, input_mode="auto"):
     command = [sys.executable, "-m", "palimix.cli", "train", "palimix_demo", "--model_dir", model_dir,
                "--steps", str(steps), "--batch_size", str(batch_size), "--log_every", str(log_every),
-               "--checkpoint_every", str(steps), "--no_progress"]
+               "--checkpoint_every", str(steps), "--no_progress", "--input_mode", input_mode]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if result.returncode:
         sys.exit(f"palimix train failed:\n{result.stderr[-3000:]}")
@@ -70,6 +73,8 @@ def main():
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         runner, wait = runner_rate(os.path.join(tmp, "runner"), args.steps, args.batch_size, args.log_every)
+        stream, stream_wait = runner_rate(os.path.join(tmp, "stream"), args.steps, args.batch_size,
+                                          args.log_every, "stream")
         t5x = None
         if importlib.util.find_spec("t5x") is not None:
             t5x = t5x_rate(os.path.join(tmp, "t5x"), args.steps, args.batch_size, args.log_every)
@@ -78,7 +83,10 @@ def main():
     print(json.dumps({"runner_steps_per_s": round(runner, 3),
                       "t5x_steps_per_s": None if t5x is None else round(t5x, 3),
                       "ratio": None if t5x is None else round(runner / t5x, 3),
-                      "runner_input_wait_share": round(wait, 3), "steps": args.steps,
+                      "runner_input_wait_share": round(wait, 3),
+                      "runner_stream_steps_per_s": round(stream, 3),
+                      "stream_ratio": None if t5x is None else round(stream / t5x, 3),
+                      "runner_stream_input_wait_share": round(stream_wait, 3), "steps": args.steps,
                       "batch_size": args.batch_size}))
 
 
