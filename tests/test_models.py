@@ -294,6 +294,25 @@ def test_cached_decoding_equals_uncached(tiny):
     assert np.count_nonzero(np.asarray(cached)) > B  # decoded something, not only EOS
 
 
+def test_prepare_then_generate_from_equals_generate(tiny):
+    config, model, params, _ = tiny
+    prompt = prompt_of(make_batch(config, seed=5))
+    prepared = jax.jit(functools.partial(decoding.prepare, model, max_decode_length=T))(params, prompt)
+    # The cache holds keys/values positions-last, [B, heads, head_dim, positions]: the
+    # layout the per-step attention reads without transposing it.
+    layer = prepared.cache["decoder"]["layers_0"]
+    text = config.text
+    assert layer["self_attention"]["cached_key"].shape == (B, text.num_heads, text.head_dim, T)
+    assert layer["encoder_decoder_attention"]["cached_value"].shape == (
+        B, text.num_heads, text.head_dim, config.num_image_tokens + L)
+    tokens, scores = jax.jit(functools.partial(decoding.generate_from, model))(params, prepared)
+    expected_tokens, expected_scores = jitted(model, "generate")(params, prompt)
+    np.testing.assert_array_equal(tokens, expected_tokens)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-6)
+    with pytest.raises(UsageError, match="num_beams"):
+        decoding.generate_from(model, params, prepared, method="beam")
+
+
 def test_sampling(tiny):
     config, model, params, _ = tiny
     prompt = prompt_of(make_batch(config, seed=6))

@@ -4,6 +4,10 @@
     fast = jax.jit(functools.partial(decoding.generate, model, max_decode_length=32,
                                      method="beam", num_beams=4))
 
+    # The same in two halves: encode once, decode (e.g. with several methods) after.
+    prepared = decoding.prepare(model, params, batch, max_decode_length=32)
+    tokens, scores = decoding.generate_from(model, params, prepared, method="greedy")
+
 The image and prompt are encoded once, and the cross-attention keys/values over the
 image+prompt tokens are projected once when the cache is created (beam search: once
 per example, then copied to the beams); each step feeds one token through the decoder
@@ -17,16 +21,32 @@ Outputs: tokens `[B, max_decode_length]` int32 (EOS included, 0 after it) and sc
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from palimix.errors import UsageError
 from palimix.models import pali
 
 METHODS = ("greedy", "sample", "beam")
 NEG_INF = -1.0e7
+
+
+@struct.dataclass
+class Prepared:
+    """An encoded batch ready for `generate_from` (a pytree: pass it through `jax.jit`).
+
+    Rows are repeated `num_beams` times in place when prepared for beam search.
+    """
+
+    encoded: jax.Array  # [N, image tokens + L, emb_dim]
+    image_mask: Optional[jax.Array]  # [N] or None (text-only)
+    input_tokens: jax.Array  # [N, L]: with image_mask, the cross-attention mask
+    cache: Any  # the decoder's "cache" collection, None when use_cache=False
+    max_decode_length: int = struct.field(pytree_node=False)
+    num_beams: int = struct.field(pytree_node=False, default=1)
 
 
 def generate(model: pali.Pali, params, batch: dict, *, max_decode_length: int, method: str = "greedy",
@@ -40,32 +60,62 @@ def generate(model: pali.Pali, params, batch: dict, *, max_decode_length: int, m
     use_cache=False recomputes the whole decoder at every step (greedy/sample only):
       slow, a reference for tests and benchmarks.
     """
-    if method not in METHODS:
-        raise UsageError(f"Unknown decoding method {method!r}; use one of {METHODS}.")
-    if method == "sample" and rng is None:
-        raise UsageError("method='sample' needs rng=jax.random.PRNGKey(...).")
+    _check_method(method, rng)
     if method == "beam" and not use_cache:
         raise UsageError("Beam search always decodes with the cache.")
+    prepared = prepare(model, params, batch, max_decode_length=max_decode_length,
+                       num_beams=num_beams if method == "beam" else 1, use_cache=use_cache)
+    return generate_from(model, params, prepared, method=method, eos_id=eos_id, temperature=temperature,
+                         top_k=top_k, rng=rng, length_penalty=length_penalty)
+
+
+def prepare(model: pali.Pali, params, batch: dict, *, max_decode_length: int, num_beams: int = 1,
+            use_cache: bool = True) -> Prepared:
+    """Encodes `batch` and creates the decoding cache (the part of `generate` that is
+    done once per batch, not per token). num_beams > 1: for method="beam"."""
     if max_decode_length < 1:
         raise UsageError(f"max_decode_length must be >= 1, got {max_decode_length}.")
-
+    if num_beams < 1:
+        raise UsageError(f"num_beams must be >= 1, got {num_beams}.")
     images = batch.get("encoder_images")
     image_mask = batch.get("encoder_image_mask")
     input_tokens = batch["encoder_input_tokens"]
     encoded = model.apply({"params": params}, images, image_mask, input_tokens, enable_dropout=False,
                           method=model.encode)
     cache = init_cache(model, params, encoded, image_mask, input_tokens, max_decode_length) if use_cache else None
-    if method == "beam":  # encode and project once per example, then copy to the beams
+    if num_beams > 1:  # encode and project once per example, then copy to the beams
         expand = functools.partial(_repeat_leaves, repeats=num_beams)
         encoded, image_mask, input_tokens, cache = expand((encoded, image_mask, input_tokens, cache))
-    step = _step_fn(model, params, encoded, image_mask, input_tokens, max_decode_length, use_cache)
+    return Prepared(encoded, image_mask, input_tokens, cache, max_decode_length, num_beams)
+
+
+def generate_from(model: pali.Pali, params, prepared: Prepared, *, method: str = "greedy",
+                  eos_id: Optional[int] = 1, temperature: float = 1.0, top_k: int = 0, rng=None,
+                  length_penalty: float = 0.6):
+    """Decodes a `prepare`d batch; the arguments mean what they mean for `generate`."""
+    _check_method(method, rng)
+    if (method == "beam") != (prepared.num_beams > 1):
+        raise UsageError(f"method={method!r} on a batch prepared with num_beams={prepared.num_beams}: "
+                         "prepare with num_beams > 1 for beam search, and only for it.")
+    if method == "beam" and prepared.cache is None:
+        raise UsageError("Beam search always decodes with the cache.")
+    max_len = prepared.max_decode_length
+    step = _step_fn(model, params, prepared)
     if method == "beam":
-        return _beam_search(step, cache, input_tokens.shape[0] // num_beams, num_beams, max_decode_length,
-                            eos_id, length_penalty)
+        k = prepared.num_beams
+        return _beam_search(step, prepared.cache, prepared.input_tokens.shape[0] // k, k, max_len, eos_id,
+                            length_penalty)
     greedy = method == "greedy"
-    return _sample(step, cache, input_tokens.shape[0], max_decode_length, eos_id,
+    return _sample(step, prepared.cache, prepared.input_tokens.shape[0], max_len, eos_id,
                    temperature=None if greedy else temperature, top_k=top_k,
                    rng=jax.random.PRNGKey(0) if rng is None else rng)
+
+
+def _check_method(method, rng):
+    if method not in METHODS:
+        raise UsageError(f"Unknown decoding method {method!r}; use one of {METHODS}.")
+    if method == "sample" and rng is None:
+        raise UsageError("method='sample' needs rng=jax.random.PRNGKey(...).")
 
 
 def init_cache(model, params, encoded, encoder_image_mask, encoder_input_tokens, max_decode_length):
@@ -84,8 +134,10 @@ def _repeat_leaves(tree, repeats):
     return jax.tree_util.tree_map(lambda x: x if x.ndim == 0 else jnp.repeat(x, repeats, axis=0), tree)
 
 
-def _step_fn(model, params, encoded, image_mask, input_tokens, max_decode_length, use_cache):
+def _step_fn(model, params, prepared: Prepared):
     """(last tokens [N], position, cache, tokens so far [N, T]) -> (logits [N, V], cache)."""
+    encoded, image_mask, input_tokens = prepared.encoded, prepared.image_mask, prepared.input_tokens
+    max_decode_length = prepared.max_decode_length
 
     def cached(last, position, cache, tokens):
         del position, tokens  # the cache knows the position
@@ -102,7 +154,7 @@ def _step_fn(model, params, encoded, image_mask, input_tokens, max_decode_length
                              jnp.ones_like(decoder_inputs), enable_dropout=False, method=model.decode)
         return jax.lax.dynamic_index_in_dim(logits, position, axis=1, keepdims=False), cache
 
-    return cached if use_cache else uncached
+    return uncached if prepared.cache is None else cached
 
 
 def _top_k_mask(logits, k):

@@ -194,11 +194,17 @@ def mask_to_bias(mask, dtype):
 
 
 def dot_product_attention(query, key, value, bias, *, dropout_rng=None, dropout_rate=0.0,
-                          deterministic=True, dtype=jnp.float32, float32_logits=False):
-    """softmax(q k^T + bias) v over `[batch, length, heads, head_dim]` tensors."""
+                          deterministic=True, dtype=jnp.float32, float32_logits=False, kv_layout="bkhd"):
+    """softmax(q k^T + bias) v; query `[batch, q_length, heads, head_dim]`.
+
+    kv_layout: the dimension order of `key` and `value`, "bkhd" (`[batch, kv_length,
+    heads, head_dim]`) or "bhdk" (`[batch, heads, head_dim, kv_length]`, the decoding cache's).
+    """
+    if sorted(kv_layout) != sorted("bkhd"):
+        raise ValueError(f"kv_layout must order the letters b, k, h, d; got {kv_layout!r}")
     if float32_logits:
         query, key = query.astype(jnp.float32), key.astype(jnp.float32)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key)
+    logits = jnp.einsum(f"bqhd,{kv_layout}->bhqk", query, key)
     if bias is not None:
         logits = logits + bias.astype(logits.dtype)
     weights = jax.nn.softmax(logits.astype(jnp.float32)).astype(dtype)
@@ -207,7 +213,7 @@ def dot_product_attention(query, key, value, bias, *, dropout_rng=None, dropout_
         keep_shape = weights.shape[:-2] + (1, weights.shape[-1])
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, keep_shape)
         weights = weights * (keep.astype(dtype) / jnp.asarray(1.0 - dropout_rate, dtype))
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, value.astype(dtype))
+    return jnp.einsum(f"bhqk,{kv_layout}->bqhd", weights, value.astype(dtype))
 
 
 def remat_policy(name: str):

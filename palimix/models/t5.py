@@ -12,8 +12,9 @@ Names and shapes match t5x's `examples/t5/network.py` checkpoints (mT5, T5 1.1):
     decoder/decoder_norm/scale, decoder/logits_dense/kernel [embed, vocab]
 
 Decoding cache (collection "cache", see `Decoder`): per layer the self-attention keys
-and values `[B, T, heads, head_dim]`, the cross-attention keys and values over the
-encoded image+prompt `[B, N, heads, head_dim]`, and one `decoder/cache_index`
+and values `[B, heads, head_dim, T]`, the cross-attention keys and values over the
+encoded image+prompt `[B, heads, head_dim, N]` (positions last: see `CACHE_LAYOUT`),
+and one `decoder/cache_index`
 position. The cache is created by a `decode=True` call on `[B, T]` decoder inputs with
 the real `encoded` (that call projects the cross-attention keys/values, once per
 sequence); steps then feed one token each and never re-project the image+prompt.
@@ -35,6 +36,18 @@ from palimix.models.configs import TextConfig
 
 def _activation(name):
     return (lambda x: x) if name == "linear" else getattr(nn, name)
+
+
+# Cached keys/values are stored heads-first with the positions last, [B, heads, head_dim, T]
+# (t5x's "swapped" cache layout): the per-step score and value contractions then read the
+# cache as it lies. In the [B, T, heads, head_dim] layout XLA on CPU transposed the whole
+# cache at every step, which made the step time grow with the image+prompt length.
+CACHE_LAYOUT = "bhdk"
+
+
+def _to_cache_layout(x, dtype):
+    """[B, T, heads, head_dim] -> [B, heads, head_dim, T]."""
+    return layers.constrain(jnp.transpose(x, (0, 2, 3, 1)).astype(dtype), ("batch", "heads", "kv", "length"))
 
 
 class Attention(nn.Module):
@@ -79,38 +92,40 @@ class Attention(nn.Module):
             return split_heads(key_proj(x)), split_heads(value_proj(x))
 
         cache_ready = decode and self.has_variable("cache", "cached_key")
+        kv_layout = "bkhd"
         if not decode:
             key, value = project_kv(inputs_kv)
         elif cross:
             # The encoded image+prompt is projected once, when the cache is created (from
             # the real encodings: decoding.init_cache), and read at every step after.
-            shape = (inputs_kv.shape[0], inputs_kv.shape[1], self.num_heads, self.head_dim)
+            shape = (inputs_kv.shape[0], self.num_heads, self.head_dim, inputs_kv.shape[1])
             cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, self.dtype)
             cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, self.dtype)
             if cache_ready:
-                key, value = cached_key.value, cached_value.value
+                key, value, kv_layout = cached_key.value, cached_value.value, CACHE_LAYOUT
             else:
                 key, value = project_kv(inputs_kv)
-                cached_key.value, cached_value.value = key.astype(self.dtype), value.astype(self.dtype)
+                cached_key.value, cached_value.value = _to_cache_layout(key, self.dtype), _to_cache_layout(value, self.dtype)
         else:
             key, value = project_kv(inputs_kv)
-            shape = key.shape  # [B, T, heads, head_dim] at cache creation
+            shape = (key.shape[0], self.num_heads, self.head_dim, key.shape[1])  # T positions at cache creation
             cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, self.dtype)
             cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, self.dtype)
             if cache_ready:
                 if query.shape[1] != 1:
                     raise ValueError(f"Cached decoding feeds one position at a time, got {query.shape[1]}.")
-                key = jax.lax.dynamic_update_slice_in_dim(cached_key.value, key.astype(self.dtype), decode_position, 1)
+                key = jax.lax.dynamic_update_slice_in_dim(
+                    cached_key.value, _to_cache_layout(key, self.dtype), decode_position, axis=3)
                 value = jax.lax.dynamic_update_slice_in_dim(
-                    cached_value.value, value.astype(self.dtype), decode_position, 1)
-                cached_key.value, cached_value.value = key, value
+                    cached_value.value, _to_cache_layout(value, self.dtype), decode_position, axis=3)
+                cached_key.value, cached_value.value, kv_layout = key, value, CACHE_LAYOUT
 
         dropout_rng = None
         if not deterministic and self.dropout_rate > 0.0:
             dropout_rng = self.make_rng("dropout")
         x = layers.dot_product_attention(
             query, key, value, bias, dropout_rng=dropout_rng, dropout_rate=self.dropout_rate,
-            deterministic=deterministic, dtype=self.dtype, float32_logits=self.float32_logits,
+            deterministic=deterministic, dtype=self.dtype, float32_logits=self.float32_logits, kv_layout=kv_layout,
         )
         x = x.reshape(x.shape[:-2] + (joined,))
         return self._dense("out", inputs_q.shape[-1], ("joined_kv", "embed"), init)(x)
@@ -272,7 +287,7 @@ class Decoder(nn.Module):
         return layers.constrain(logits, ("batch", "length", "vocab"))
 
     def _cache_length(self) -> int:
-        return self.get_variable("cache", "layers_0")["self_attention"]["cached_key"].shape[1]
+        return self.get_variable("cache", "layers_0")["self_attention"]["cached_key"].shape[-1]
 
     def _training_bias(self, relpos, length, decoder_target_tokens):
         """Relative positions + causal mask (+ target padding as keys when given)."""
