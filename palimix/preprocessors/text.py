@@ -53,9 +53,14 @@ def tokenize_and_append_eos_fn(output_features, sequence_length=None, copy_preto
             text = example[key]
             if copy_pretokenized:
                 example[f"{key}_pretokenized"] = text
+            length = (sequence_length or {}).get(key) if feature.add_eos else None
+            if tf.get_static_value(text) is not None:
+                # A text fixed when the task is built (a prompt without per-example
+                # fields): tokenized once here, a constant in the graph.
+                example[key] = tf.constant(_static_ids(feature, tf.get_static_value(text), length), tf.int32)
+                continue
             ids = feature.vocabulary.encode_tf(text)
             if feature.add_eos:
-                length = (sequence_length or {}).get(key)
                 if length is not None:
                     ids = ids[: length - 1]  # Room for EOS.
                 ids = tf.concat([ids, tf.constant([feature.vocabulary.eos_id], ids.dtype)], axis=0)
@@ -63,6 +68,15 @@ def tokenize_and_append_eos_fn(output_features, sequence_length=None, copy_preto
         return example
 
     return tokenize
+
+
+def _static_ids(feature, text: bytes, length) -> list[int]:
+    """The ids `tokenize` gives `text`, computed now with the same TF op (eagerly)."""
+    with tf.init_scope():
+        ids = [int(i) for i in feature.vocabulary.encode_tf(tf.constant(text, tf.string)).numpy()]
+    if feature.add_eos:
+        ids = (ids[: length - 1] if length is not None else ids) + [feature.vocabulary.eos_id]
+    return ids
 
 
 def tokenize_and_append_eos(
