@@ -1,0 +1,84 @@
+"""The fused task pipeline (build + tokenize + EOS in one map) gives seqio's examples."""
+
+import numpy as np
+import pytest
+import seqio
+import tensorflow as tf
+
+from palimix import features
+from palimix.preprocessors import image, prompts, text
+
+
+@pytest.fixture(scope="module")
+def output_features():
+    return features.output_features(image_size=8)
+
+
+def records(language_of=lambda i: "en"):
+    captions = [["a red circle", "a circle"], ["", "a blue square on the left of the picture, far far away"], [], ["x"]]
+    return tf.data.Dataset.from_tensor_slices({
+        "id": [str(i) for i in range(4)],
+        "language": [language_of(i) for i in range(4)],
+        "question": ["what colour?", "", "where?", "wie viele Formen?"],
+        "captions": tf.ragged.constant(captions, dtype=tf.string),
+        "answers": tf.ragged.constant([["red"], ["two", "2", "two"], [], ["drei"]], dtype=tf.string),
+    })
+
+
+def as_lists(dataset):
+    return [{k: np.asarray(v).tolist() for k, v in e.items()} for e in dataset.as_numpy_iterator()]
+
+
+CASES = [
+    ("caption", "en", None),  # A prompt fixed when the task is built: tokenized once.
+    ("vqa", "en", {"inputs": 6, "targets": 3}),  # Per-example prompts, trimmed before EOS.
+    ("caption", ["en", "de"], {"inputs": 4, "targets": 5}),  # Multilingual: prompts looked up per language.
+]
+
+
+@pytest.mark.parametrize("kind,language,lengths", CASES)
+def test_build_with_tokenize_equals_seqio_tokenize_and_eos(output_features, kind, language, lengths):
+    source = records(lambda i: ["en", "de"][i % 2]) if isinstance(language, list) else records()
+
+    def separate():
+        with seqio.utils.map_seed_manager(7):
+            ds = prompts.build_example(source, kind=kind, language=language)
+            ds = text.tokenize_text(ds, output_features)
+            return seqio.preprocessors.append_eos_after_trim(ds, output_features, lengths)
+
+    def fused():
+        with seqio.utils.map_seed_manager(7):
+            return prompts.build_example(source, kind=kind, language=language, tokenize=True,
+                                         output_features=output_features, sequence_length=lengths)
+
+    expected, got = as_lists(separate()), as_lists(fused())
+    assert got == expected and len(got) >= 2
+    assert fused().element_spec["inputs"].dtype == tf.int32
+    eos = output_features["inputs"].vocabulary.eos_id
+    assert all(e["inputs"][-1] == eos and e["targets"][-1] == eos for e in got)
+
+
+def test_static_text_is_a_graph_constant_with_the_same_ids(output_features):
+    tokenize = text.tokenize_and_append_eos_fn(output_features, {"inputs": 3, "targets": 8})
+    example = {"inputs": tf.constant("caption de"), "targets": tf.constant("ein roter Kreis")}
+    static = tokenize(example)
+    dynamic = tf.function(tokenize)({"inputs": tf.constant("caption de"), "targets": tf.constant("ein roter Kreis")})
+    assert tf.get_static_value(static["inputs"]) is not None
+    for key in ("inputs", "targets"):
+        assert static[key].numpy().tolist() == dynamic[key].numpy().tolist()
+    assert len(static["inputs"].numpy()) == 3  # Trimmed to 2 tokens + EOS.
+
+
+def test_build_with_tokenize_needs_output_features():
+    with pytest.raises(Exception, match="output_features"):
+        prompts.build_example(records(), kind="caption", language="en", tokenize=True)
+
+
+def test_one_decoding_graph_serves_every_task():
+    """decode_image traces its graph once per setting, not once per task."""
+    decode = image._decoder(16, False, image.DEFAULT_MAX_PIXELS, image.DEFAULT_BACKGROUND)
+    dataset = tf.data.Dataset.from_tensor_slices({"image/encoded": [""], "image/path": [""]})
+    before = decode.experimental_get_tracing_count()
+    for task in ("t_one", "t_two", "t_three"):
+        image.decode_image(dataset, image_size=16, task_name=task)
+    assert decode.experimental_get_tracing_count() - before <= 1
