@@ -5,8 +5,9 @@ COCO captions layout) and produce float32 [S, S, 3] images in [-1, 1]:
 
 - bare:    file list -> tf.io.read_file -> tf.io.decode_jpeg -> tf.image.resize -> scale
 - palimix: the seqio task `palimix.tasks.add_task(kind="caption", source=CocoCaptions)`
-           registers: source -> decode_image (Pillow, JPEG draft mode, EXIF, drop
-           counting) -> prompt + target -> tokenize -> EOS.
+           registers: source -> decode_image (header check; tf.io.decode_jpeg with DCT
+           scaling, or Pillow for other files; drop counting) -> prompt, target,
+           tokenize and EOS in one map (build_example(tokenize=True)).
 - also reported: `source_decode_per_s`, the source + `decode_image` alone.
 
 Each pipeline runs `--rounds` times, alternating, with AUTOTUNE parallelism; the best
