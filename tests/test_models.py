@@ -340,3 +340,24 @@ def test_relative_position_buckets_match_t5x():
         theirs = network_layers.RelativePositionBiases._relative_position_bucket(
             rel, bidirectional=bidirectional, num_buckets=32, max_distance=128)
         np.testing.assert_array_equal(ours, theirs)
+
+
+def test_wide_output_matmul_has_the_gradients_of_a_plain_product():
+    from palimix.models import layers
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(3, 5, 8)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(8, 40)), jnp.float32)
+    weights = jnp.asarray(rng.normal(size=(3, 5, 40)), jnp.float32)
+
+    def loss(matmul):
+        return lambda x, kernel: jnp.sum(jnp.tanh(matmul(x, kernel)) * weights)
+
+    plain = lambda x, kernel: jnp.einsum("bte,ev->btv", x, kernel)  # noqa: E731
+    ours = jax.jit(jax.value_and_grad(loss(layers.wide_output_matmul), argnums=(0, 1)))(x, kernel)
+    expected = jax.value_and_grad(loss(plain), argnums=(0, 1))(x, kernel)
+    for got, want in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(expected)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # Dense layers that widen their input use it; the others multiply as before.
+    assert layers._widens((1,), 2, (8,), (40,))
+    assert not layers._widens((1,), 2, (8,), (8,)) and not layers._widens((1, 2), 3, (4, 2), (40,))

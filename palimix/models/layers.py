@@ -38,7 +38,8 @@ class DenseGeneral(nn.Module):
     """A linear map over `axis` of the input onto `features`, kernel shape in + out.
 
     `kernel_axes` names every kernel dimension (in dims first); `bias_axes` the
-    bias (its shape is `features`).
+    bias (its shape is `features`). A 2-D kernel that widens its input (an MLP's
+    `wi`, the vocabulary logits) multiplies with `wide_output_matmul`.
     """
 
     features: Union[int, Sequence[int]]
@@ -66,11 +67,51 @@ class DenseGeneral(nn.Module):
         )
         kernel = param_with_axes("kernel", init, kernel_shape, self.param_dtype, axes=tuple(self.kernel_axes))
         x = jnp.asarray(inputs, self.dtype)
-        y = jax.lax.dot_general(x, jnp.asarray(kernel, self.dtype), ((axis, tuple(range(n_in))), ((), ())))
+        if _widens(axis, inputs.ndim, in_shape, features):
+            y = wide_output_matmul(x, jnp.asarray(kernel, self.dtype))
+        else:
+            y = jax.lax.dot_general(x, jnp.asarray(kernel, self.dtype), ((axis, tuple(range(n_in))), ((), ())))
         if self.use_bias:
             bias = param_with_axes("bias", self.bias_init, features, self.param_dtype, axes=tuple(self.bias_axes))
             y = y + jnp.asarray(bias, self.dtype)
         return y
+
+
+def _widens(axis, ndim, in_shape, features) -> bool:
+    """A map of the last axis onto more features (the case `wide_output_matmul` is for)."""
+    return axis == (ndim - 1,) and len(features) == 1 and features[0] > in_shape[0]
+
+
+def _matmul_last(x, kernel):
+    return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+@jax.custom_vjp
+def wide_output_matmul(x, kernel):
+    """`x [..., in] @ kernel [in, out]` with a kernel gradient that suits out > in.
+
+    The same product and gradients as autodiff gives: for the kernel gradient
+    `x^T @ dy`, XLA on CPU otherwise copies the output gradient `dy [tokens, out]` into
+    a transposed `[out, tokens]` array at every step (for the vocabulary logits of a
+    tiny model ~10% of its train step); here the narrower input is transposed instead
+    (an optimization barrier keeps XLA from folding the transpose back into the product).
+    """
+    return _matmul_last(x, kernel)
+
+
+def _wide_output_matmul_fwd(x, kernel):
+    return _matmul_last(x, kernel), (x, kernel)
+
+
+def _wide_output_matmul_bwd(residuals, dy):
+    x, kernel = residuals
+    dx = jax.lax.dot_general(dy, kernel, (((dy.ndim - 1,), (1,)), ((), ())))
+    x_t = jax.lax.optimization_barrier(x.reshape(-1, x.shape[-1]).T)  # [in, tokens]
+    dkernel = jnp.dot(x_t, dy.reshape(-1, dy.shape[-1]))
+    return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+wide_output_matmul.defvjp(_wide_output_matmul_fwd, _wide_output_matmul_bwd)
 
 
 class RMSNorm(nn.Module):
