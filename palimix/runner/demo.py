@@ -162,8 +162,7 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(path: str, evaluation, model, baseline, kinds: dict, *, steps: int,
-) -> None:
+def write_report(path: str, evaluation, model, baseline, kinds: dict, *, steps: int) -> None:
     """A self-contained HTML page: the score table, then example images with their
     prompt, reference, baseline and model prediction, in several languages and scripts."""
     from palimix import features

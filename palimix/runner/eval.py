@@ -111,6 +111,7 @@ class Evaluation:
         data_lib.check_split(provider, split)
         self.name, self.split = name, split
         self.num_shown, self.prefer_languages = num_shown, tuple(prefer_languages)
+        self._raw: dict[str, list[dict]] = {}
         self.evaluator = seqio.Evaluator(
             mixture_or_task_name=name, feature_converter=data_lib.feature_converter(pack=False),
             eval_split=split, sequence_length=dict(task_feature_lengths), num_examples=num_examples,
@@ -122,7 +123,11 @@ class Evaluation:
                           for task in self.evaluator.eval_tasks}
 
     def raw_examples(self, task_name: str) -> list[dict]:
-        return list(self.evaluator.cached_task_datasets[task_name].as_numpy_iterator())
+        """The task's evaluated examples (read from the evaluator's cache once: every
+        predictor's scoring, the baselines and the demo report use them)."""
+        if task_name not in self._raw:
+            self._raw[task_name] = list(self.evaluator.cached_task_datasets[task_name].as_numpy_iterator())
+        return self._raw[task_name]
 
     def score(self, predict_fn, *, step: int) -> EvalResult:
         """Scores `predict_fn(task, [(index, model features), ...]) -> [token rows]`
@@ -137,9 +142,10 @@ class Evaluation:
             vocabulary = task.output_features["targets"].vocabulary
             raw = self.raw_examples(task.name)
             example_languages = [_text(ex["language"]) if "language" in ex else language for ex in raw]
-            if len(set(example_languages)) > 1 and task.predict_metric_fns:
-                # A multilingual task (one task, many languages: span corruption, prefix
-                # LM): scored per language, as if each language were its own task.
+            if (len(set(example_languages)) > 1 or is_multilingual(task)) and task.predict_metric_fns:
+                # A multilingual task (one task, many languages: the demo's): scored per
+                # language with that language's metrics, as if each were its own task
+                # (also when the evaluated examples happen to be of one language).
                 for lang in sorted(set(example_languages)):
                     keep = [i for i, code in enumerate(example_languages) if code == lang]
                     tasks[f"{task.name}:{lang}"] = {
@@ -189,6 +195,14 @@ def shown_indices(example_languages: Sequence[str], count: int, prefer_languages
     order = [first[c] for c in prefer_languages if c in first] + sorted(first.values())
     order += range(len(example_languages))
     return list(dict.fromkeys(order))[:count]
+
+
+def is_multilingual(task) -> bool:
+    """Whether palimix registered `task` as one task over many languages."""
+    from palimix.tasks.registry import MULTILINGUAL, task_info
+
+    info = task_info(task.name)
+    return info is not None and info.language == MULTILINGUAL
 
 
 def _subset_metrics(task, raw_examples, tokens, language: str) -> dict:

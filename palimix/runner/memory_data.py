@@ -1,9 +1,9 @@
 """Train batches from a small task or mixture held in memory, sampled with numpy.
 
-A mixture like `palimix_demo` (7k examples over 114 tasks) is cheap to hold but dear
-to stream: 114 tf.data pipelines compete with the training step for the same few
-CPU cores, and filling their shuffle buffers takes most of a minute before the first
-step. `MemoryBatches` runs every task's seqio pipeline once (the same preprocessors
+A mixture like `palimix_demo` (7k examples) is cheap to hold but dear to stream: its
+tf.data pipelines compete with the training step for the same few CPU cores (on 2
+cores the demo's step took 0.47 s instead of 0.27 s), and filling their shuffle
+buffers delays the first step. `MemoryBatches` runs every task's seqio pipeline once (the same preprocessors
 and feature converter as `TrainBatches`, as seqio's own cached tasks do offline) and
 then assembles each batch with numpy in well under a millisecond.
 
@@ -91,11 +91,10 @@ class MemoryBatches:
         provider = data_lib.get_mixture_or_task(mixture_or_task_name)
         data_lib.check_split(provider, split)
         start = time.perf_counter()
-        self._images: list[np.ndarray] = []
         self._tasks: list[dict[str, np.ndarray]] = []
         names, rates = [], []
         tasks = task_rates(provider)
-        columns = self._read(tasks, shard_id, num_shards)
+        columns, self._image_pool = self._read(tasks, shard_id, num_shards)
         for (task, rate), task_columns in zip(tasks, columns):
             if task_columns is None:
                 log.warning("%s has no %s examples (after dropping bad images); it is left out of %s.",
@@ -108,8 +107,6 @@ class MemoryBatches:
             raise UsageError(f"{mixture_or_task_name} has no {split} examples to train on.")
         self.task_names = names
         self._probabilities = np.asarray(rates, np.float64) / sum(rates)
-        self._image_pool = np.stack(self._images)
-        del self._images
         self._positions = np.zeros(len(self._tasks), np.int64)
         self._permutations: dict[int, tuple[int, np.ndarray]] = {}
         self.num_examples = sum(len(t["_image"]) for t in self._tasks)
@@ -122,9 +119,10 @@ class MemoryBatches:
     def nbytes(self) -> int:
         return int(self._image_pool.nbytes + sum(a.nbytes for t in self._tasks for a in t.values()))
 
-    def _read(self, tasks, shard_id: int, num_shards: int) -> list[dict[str, np.ndarray] | None]:
+    def _read(self, tasks, shard_id: int, num_shards: int) -> tuple[list[dict[str, np.ndarray] | None], np.ndarray]:
         """Every task's feature-converted examples as column arrays (the image replaced by
-        its index in the pool), duplicates dropped; None for a task without examples.
+        its index in the pool), duplicates dropped, None for a task without examples;
+        and the pool of distinct images [N, S, S, 3].
 
         The tasks' datasets are concatenated and read by ONE iterator: creating a
         tf.data iterator costs ~0.3 s, once per task would be most of the read time.
@@ -152,28 +150,14 @@ class MemoryBatches:
         rows: list[dict[str, list[np.ndarray]]] = [{} for _ in tasks]
         seen: set[tuple[int, bytes]] = set()
         image_index: dict[bytes, int] = {}
+        images: list[np.ndarray] = []
         # Batched and prefetched: tf.data decodes ahead while Python files the rows.
         batched = datasets[0].batch(256).prefetch(tf.data.AUTOTUNE)
         for indices, columns in batched.as_numpy_iterator():
             for row, index in enumerate(indices.tolist()):
-                self._add(rows[index], {k: v[row] for k, v in columns.items()}, index, seen, image_index)
-        return [{k: np.stack(v) for k, v in task_rows.items()} if task_rows else None for task_rows in rows]
-
-    def _add(self, rows: dict, example: dict, index: int, seen: set, image_index: dict) -> None:
-        """Files one example under its task (its image by pool index), unless seen."""
-        image = example.pop(IMAGE_KEY)
-        key = hashlib.blake2b(image.tobytes(), digest_size=16).digest()
-        if key not in image_index:
-            image_index[key] = len(self._images)
-            self._images.append(image)
-        example["_image"] = np.asarray(image_index[key], np.int64)
-        identity = hashlib.blake2b(b"".join(example[k].tobytes() for k in sorted(example)),
-                                   digest_size=16).digest()
-        if (index, identity) in seen:
-            return
-        seen.add((index, identity))
-        for k, v in example.items():
-            rows.setdefault(k, []).append(v)
+                _add(rows[index], {k: v[row] for k, v in columns.items()}, index, seen, image_index, images)
+        return ([{k: np.stack(v) for k, v in task_rows.items()} if task_rows else None for task_rows in rows],
+                np.stack(images))
 
     def _take(self, task: int) -> int:
         """The next example of `task` in its current epoch's permutation."""
@@ -225,3 +209,20 @@ class MemoryBatches:
         self.batches_consumed = int(state["batches_consumed"])
         self._positions = np.asarray(state["positions"], np.int64)
         self._permutations.clear()
+
+
+def _add(rows: dict, example: dict, index: int, seen: set, image_index: dict, images: list) -> None:
+    """Files one example under its task (its image by pool index), unless seen."""
+    image = example.pop(IMAGE_KEY)
+    key = hashlib.blake2b(image.tobytes(), digest_size=16).digest()
+    if key not in image_index:
+        image_index[key] = len(images)
+        images.append(image)
+    example["_image"] = np.asarray(image_index[key], np.int64)
+    identity = hashlib.blake2b(b"".join(example[k].tobytes() for k in sorted(example)),
+                               digest_size=16).digest()
+    if (index, identity) in seen:
+        return
+    seen.add((index, identity))
+    for k, v in example.items():
+        rows.setdefault(k, []).append(v)
