@@ -124,7 +124,7 @@ def test_dynamic_image_size_mismatch_names_the_problem():
         list(converted.as_numpy_iterator())
 
 
-def test_targets_longer_than_length_are_caught_by_seqio():
+def test_targets_longer_than_their_length_are_an_error():
     examples = [dict(EXAMPLES[0], targets=[3] * 9)]
     converted = PaliFeatureConverter()(_dataset(examples), LENGTHS)
     with pytest.raises(tf.errors.InvalidArgumentError, match="targets"):
@@ -138,3 +138,11 @@ def test_a_length_for_has_image_is_ignored():
     model_ds = converter(_dataset(EXAMPLES), lengths)
     first = next(iter(model_ds.as_numpy_iterator()))
     assert first["encoder_image_mask"] == 1
+
+
+def test_without_length_check_long_sequences_are_trimmed():
+    examples = [dict(EXAMPLES[0], targets=[3] * 9)]
+    converted = PaliFeatureConverter(apply_length_check=False)(_dataset(examples), LENGTHS)
+    (only,) = list(converted.as_numpy_iterator())
+    np.testing.assert_array_equal(only["decoder_target_tokens"], [3] * 5)
+    np.testing.assert_array_equal(only["encoder_input_tokens"], [7, 8, 5, 1, 0, 0])
