@@ -72,13 +72,3 @@ def test_static_text_is_a_graph_constant_with_the_same_ids(output_features):
 def test_build_with_tokenize_needs_output_features():
     with pytest.raises(Exception, match="output_features"):
         prompts.build_example(records(), kind="caption", language="en", tokenize=True)
-
-
-def test_one_decoding_graph_serves_every_task():
-    """decode_image traces its graph once per setting, not once per task."""
-    decode = image._decoder(16, False, image.DEFAULT_MAX_PIXELS, image.DEFAULT_BACKGROUND)
-    dataset = tf.data.Dataset.from_tensor_slices({"image/encoded": [""], "image/path": [""]})
-    before = decode.experimental_get_tracing_count()
-    for task in ("t_one", "t_two", "t_three"):
-        image.decode_image(dataset, image_size=16, task_name=task)
-    assert decode.experimental_get_tracing_count() - before <= 1
