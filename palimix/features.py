@@ -64,6 +64,16 @@ def task_feature_lengths(inputs: int, targets: int, image_size: int) -> dict[str
     return {"inputs": int(inputs), "targets": int(targets), "image": check_image_size(image_size)}
 
 
+# `has_image` of an example that a decoding map marks for the filter after it (a bad
+# image, or no target): never seen after that filter (`is_kept`).
+DROPPED = -1
+
+
+def is_kept(example):
+    """tf.data filter predicate after a map that marks drops with has_image DROPPED."""
+    return example["has_image"][0] != DROPPED
+
+
 def has_real_image(example) -> bool:
     """Whether a numpy example (from `as_numpy_iterator`) has a real image: reads the
     [1] `has_image` feature; an example without it has one (as the converter assumes)."""

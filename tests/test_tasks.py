@@ -125,6 +125,17 @@ def test_standard_metrics_and_determinism(records):
     assert first == second
 
 
+def test_examples_are_trimmed_to_the_sequence_length_with_eos(records):
+    """The task trims in its own preprocessor (seqio's trimming map is left out)."""
+    add_task("tt_vqa", kind="vqa", source=records, languages=["en"], image_size=16, metrics=[])
+    task = seqio.get_mixture_or_task("tt_vqa_en")
+    examples = list(task.get_dataset({"inputs": 3, "targets": 2, "image": 16}, split="train", shuffle=False).as_numpy_iterator())
+    assert examples
+    for ex in examples:
+        assert len(ex["inputs"]) == 3 and len(ex["targets"]) <= 2  # "answer en what is 0?" is longer.
+        assert ex["inputs"][-1] == 1 and ex["targets"][-1] == 1
+
+
 def test_bad_registrations_are_clear_errors(records):
     with pytest.raises(UnknownLanguageError, match="xx-nope"):
         add_task("tt_caption", kind="caption", source=records, languages=["en", "xx-nope"], metrics=[])

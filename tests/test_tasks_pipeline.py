@@ -72,3 +72,45 @@ def test_static_text_is_a_graph_constant_with_the_same_ids(output_features):
 def test_build_with_tokenize_needs_output_features():
     with pytest.raises(Exception, match="output_features"):
         prompts.build_example(records(), kind="caption", language="en", tokenize=True)
+
+
+def _png(value):
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((12, 10, 3), value, np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_one_map_and_one_filter_drop_bad_images_and_empty_targets(output_features):
+    """decode_images=True: the image is decoded in the build map, and one filter drops
+    a bad image (counted) and a record without a target (that image decodes fine)."""
+    image.reset_dropped_image_counts("t_fused")
+    records = tf.data.Dataset.from_tensor_slices({
+        "id": ["good", "broken", "no_caption", "good2"],
+        "language": ["en"] * 4,
+        "image/encoded": np.array([_png(10), b"not an image", _png(20), _png(30)], dtype=object),
+        "image/path": ["a.png", "broken.png", "c.png", "d.png"],
+        "captions": tf.ragged.constant([["one"], ["two"], [], ["four", ""]], dtype=tf.string),
+    })
+    ds = prompts.build_example(records, kind="caption", language="en", tokenize=True, decode_images=True,
+                               image_size=8, task_name="t_fused", output_features=output_features,
+                               sequence_length={"inputs": 8, "targets": 8})
+    examples = list(ds.as_numpy_iterator())
+    assert [e["id"] for e in examples] == [b"good", b"good2"]
+    assert all(e["has_image"].tolist() == [1] and e["image"].shape == (8, 8, 3) for e in examples)
+    assert examples[1]["targets_pretokenized"] == b"four"
+    assert image.dropped_image_counts()["t_fused"] == {"not_an_image": 1}
+
+
+def test_blank_image_kinds_drop_empty_targets_in_the_same_filter(output_features):
+    records = tf.data.Dataset.from_tensor_slices({
+        "id": ["a", "b"], "language": ["en", "en"], "text": ["hello world", "  "],
+        "answers": tf.ragged.constant([["hallo welt"], ["leer"]], dtype=tf.string),
+    })
+    ds = prompts.build_example(records, kind="translation", language="de", source_language="en", blank_image=True,
+                               image_size=8)
+    (only,) = list(ds.as_numpy_iterator())
+    assert only["id"] == b"a" and only["has_image"].tolist() == [0] and not only["image"].any()

@@ -99,12 +99,22 @@ class PaliFeatureConverter(seqio.EncDecFeatureConverter):
         expected_shape = tf.constant([image_size, image_size, 3], dtype=tf.int32)
 
         def convert(features):
-            # One map: trim/pad (seqio.utils.trim_and_pad_dataset), seqio's example
+            # One map: trim/pad (seqio.utils.trim_and_pad_dataset), the example
             # conversion and the image, instead of a tf.data stage each.
             features = dict(features)
             for key, length in text_lengths.items():
                 features[key] = _trim_and_pad(features[key], key, length, self._check_input_lengths)
-            converted = dict(self._convert_example(features))
+            targets = features["targets"]
+            converted = {
+                "encoder_input_tokens": features["inputs"],
+                "decoder_target_tokens": targets,
+                # seqio.EncDecFeatureConverter's features for unpacked examples, in a
+                # few ops (seqio's make_autoregressive_inputs handles packing with a
+                # roll and a one-hot mask: ~60 graph nodes per example).
+                "decoder_input_tokens": tf.concat([tf.constant([self.bos_id], targets.dtype), targets[:-1]], 0),
+                "decoder_loss_weights": tf.cast(tf.not_equal(targets, 0), tf.int32),
+                **{k: features[k] for k in self._passthrough_features},
+            }
             image = features["image"]
             if check_image:
                 check = tf.debugging.assert_equal(
