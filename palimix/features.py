@@ -69,6 +69,7 @@ def task_feature_lengths(inputs: int, targets: int, image_size: int) -> dict[str
 DROPPED = -1
 
 
+@tf.autograph.experimental.do_not_convert  # Autograph would convert it on every task build.
 def is_kept(example):
     """tf.data filter predicate after a map that marks drops with has_image DROPPED."""
     return example["has_image"][0] != DROPPED
