@@ -64,15 +64,17 @@ def task_feature_lengths(inputs: int, targets: int, image_size: int) -> dict[str
     return {"inputs": int(inputs), "targets": int(targets), "image": check_image_size(image_size)}
 
 
-# `has_image` of an example that a decoding map marks for the filter after it (a bad
-# image, or no target): never seen after that filter (`is_kept`).
+# `has_image` values that a decoding map gives examples for the filter after it:
+# DROPPED (a bad image, or no target) and END_OF_DATA (the end marker of
+# `preprocessors.image.ImageDecoder`); never seen after that filter (`is_kept`).
 DROPPED = -1
+END_OF_DATA = -2
 
 
 @tf.autograph.experimental.do_not_convert  # Autograph would convert it on every task build.
 def is_kept(example):
-    """tf.data filter predicate after a map that marks drops with has_image DROPPED."""
-    return example["has_image"][0] != DROPPED
+    """tf.data filter predicate after a map that marks drops with has_image < 0."""
+    return example["has_image"][0] >= 0
 
 
 def has_real_image(example) -> bool:

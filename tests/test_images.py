@@ -252,3 +252,35 @@ def test_tensorflow_and_pillow_paths_agree():
     items = [(encode(picture, "JPEG", quality=95), "fast.jpg"), (encode(picture, "JPEG", quality=95, progressive=True), "slow.jpg")]
     fast, slow = [e["image"] for e in image.decode_image(dataset_of(items), image_size=224).as_numpy_iterator()]
     assert np.mean(np.abs(fast - slow)) < 0.02  # In [-1, 1] units: about 2/255.
+
+
+def _corrupt_tables_jpeg():
+    """A JPEG whose headers parse (the fast path takes it) but whose Huffman table is
+    bogus: tf.io.decode_jpeg raises on it (found by fuzzing)."""
+    data = bytearray(encode(photo(96, 64), "JPEG"))
+    table = data.index(b"\xff\xc4") + 5  # The first DHT's code-length counts.
+    data[table:table + 16] = b"\xff" * 16  # Far more codes than 16-bit lengths allow.
+    data = bytes(data)
+    assert image_files.jpeg_scale_for_tensorflow(data, 32) != 0
+    with pytest.raises(tf.errors.OpError):
+        tf.io.decode_jpeg(data, channels=3)
+    return data
+
+
+def test_jpegs_that_fail_inside_tensorflow_are_counted_not_fatal(caplog):
+    """Anywhere in the data, also at the very end, and in a task's fused pipeline."""
+    image.reset_dropped_image_counts("t_lost")
+    bad = _corrupt_tables_jpeg()
+    good = encode(photo(96, 64), "JPEG")
+    items = [(good, "0.jpg"), (bad, "1.jpg"), (bad, "2.jpg"), (good, "3.jpg"), (bad, "4.jpg")] + [
+        (good, f"{i}.jpg") for i in range(5, 40)] + [(bad, "40.jpg"), (bad, "41.jpg")]
+    with caplog.at_level(logging.WARNING, logger="palimix.preprocessors.image"):
+        ds = image.decode_image(dataset_of(items), image_size=32, task_name="t_lost")
+        kept = [e["id"] for e in ds.as_numpy_iterator()]
+    assert kept == [str(i).encode() for i in [0, 3] + list(range(5, 40))]
+    assert image.dropped_image_counts()["t_lost"] == {"corrupt": 5}
+    assert "before '3'" in caplog.text and "at the end of the data" in caplog.text
+    # A second pass counts again; strict mode stops at the first one.
+    assert len(list(ds)) == 37 and image.num_dropped_images("t_lost") == 10
+    with pytest.raises(tf.errors.OpError):
+        list(image.decode_image(dataset_of(items), image_size=32, strict=True))

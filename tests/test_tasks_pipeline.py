@@ -1,5 +1,7 @@
 """The fused task pipeline (build + tokenize + EOS in one map) gives seqio's examples."""
 
+import io
+
 import numpy as np
 import pytest
 import seqio
@@ -75,8 +77,6 @@ def test_build_with_tokenize_needs_output_features():
 
 
 def _png(value):
-    import io
-
     from PIL import Image
 
     buffer = io.BytesIO()
@@ -84,16 +84,29 @@ def _png(value):
     return buffer.getvalue()
 
 
+def _jpeg_failing_in_tensorflow():
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((32, 48, 3), 90, np.uint8)).save(buffer, "JPEG")
+    data = bytearray(buffer.getvalue())
+    table = data.index(b"\xff\xc4") + 5  # A bogus Huffman table: headers still parse.
+    data[table:table + 16] = b"\xff" * 16
+    return bytes(data)
+
+
 def test_one_map_and_one_filter_drop_bad_images_and_empty_targets(output_features):
     """decode_images=True: the image is decoded in the build map, and one filter drops
-    a bad image (counted) and a record without a target (that image decodes fine)."""
+    a bad image (counted), a record without a target (that image decodes fine), and
+    a JPEG that fails inside tf.io.decode_jpeg (counted, also as the last example)."""
     image.reset_dropped_image_counts("t_fused")
+    failing = _jpeg_failing_in_tensorflow()
     records = tf.data.Dataset.from_tensor_slices({
-        "id": ["good", "broken", "no_caption", "good2"],
-        "language": ["en"] * 4,
-        "image/encoded": np.array([_png(10), b"not an image", _png(20), _png(30)], dtype=object),
-        "image/path": ["a.png", "broken.png", "c.png", "d.png"],
-        "captions": tf.ragged.constant([["one"], ["two"], [], ["four", ""]], dtype=tf.string),
+        "id": ["good", "broken", "no_caption", "tf_fails", "good2", "tf_fails_last"],
+        "language": ["en"] * 6,
+        "image/encoded": np.array([_png(10), b"not an image", _png(20), failing, _png(30), failing], dtype=object),
+        "image/path": ["a.png", "broken.png", "c.png", "e.jpg", "d.png", "f.jpg"],
+        "captions": tf.ragged.constant([["one"], ["two"], [], ["x"], ["four", ""], ["y"]], dtype=tf.string),
     })
     ds = prompts.build_example(records, kind="caption", language="en", tokenize=True, decode_images=True,
                                image_size=8, task_name="t_fused", output_features=output_features,
@@ -102,7 +115,7 @@ def test_one_map_and_one_filter_drop_bad_images_and_empty_targets(output_feature
     assert [e["id"] for e in examples] == [b"good", b"good2"]
     assert all(e["has_image"].tolist() == [1] and e["image"].shape == (8, 8, 3) for e in examples)
     assert examples[1]["targets_pretokenized"] == b"four"
-    assert image.dropped_image_counts()["t_fused"] == {"not_an_image": 1}
+    assert image.dropped_image_counts()["t_fused"] == {"not_an_image": 1, "corrupt": 2}
 
 
 def test_blank_image_kinds_drop_empty_targets_in_the_same_filter(output_features):

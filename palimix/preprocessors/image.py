@@ -64,10 +64,16 @@ logger = logging.getLogger(__name__)
 LOGGED_DROPS_PER_REASON = 20
 
 # Status values returned by the decoding function next to the pixels.
-_NO_IMAGE, _IMAGE, _DROPPED = 0, 1, features.DROPPED
-# Decoding branches: no image, Pillow, tf.io.decode_jpeg at scale 1/1, 1/2, 1/4, 1/8.
+_NO_IMAGE, _IMAGE, _DROPPED, _END = 0, 1, features.DROPPED, features.END_OF_DATA
+# Decoding branches: no image, Pillow, tf.io.decode_jpeg at scale 1/1, 1/2, 1/4, 1/8,
+# the end marker.
 _ROUTE_NO_IMAGE, _ROUTE_PILLOW = 0, 1
 _ROUTE_TF_JPEG = {1: 2, 2: 3, 4: 4, 8: 5}
+_ROUTE_END = 6
+# The "file" of the one example `ImageDecoder.route` appends after the data.
+_END_MARK = b"\x00palimix: end of data\x00"
+# Each example's position in the data, from `route` to `finish` (removed there).
+_POSITION = "image/position"
 # The feature that carries each example's branch from the batched header check to
 # the per-example decoding map (removed there).
 _ROUTE = "image/route"
@@ -159,32 +165,46 @@ def decode_image(
     """
     decoder = ImageDecoder(image_size=image_size, strict=strict, task_name=task_name, max_pixels=max_pixels,
                            background=background, num_parallel_calls=num_parallel_calls)
-    decoded = decoder.route(dataset).map(decoder.decode, num_parallel_calls=num_parallel_calls, deterministic=True)
-    return decoded.filter(features.is_kept)
+    routed = decoder.route(dataset)
+    return decoder.finish(routed.map(decoder.decode, num_parallel_calls=num_parallel_calls, deterministic=True))
 
 
 class ImageDecoder:
-    """`decode_image` in its two parts, for a preprocessor that decodes inside a map
-    of its own (`prompts.build_example` does: every tf.data stage costs CPU per
-    example, ~0.15 ms here for a map or a filter):
+    """`decode_image` in three parts, for a preprocessor that decodes inside a map of
+    its own (`prompts.build_example` does: every tf.data stage costs CPU per example,
+    ~0.15 ms here for a map or a filter):
 
         decoder = ImageDecoder(image_size=224, task_name="coco_en")
-        dataset = decoder.route(dataset)   # the batched header check
-        dataset = dataset.map(lambda ex: ...decoder.decode(ex)...)
-        dataset = dataset.filter(features.is_kept)  # has_image DROPPED: a bad image
+        dataset = decoder.route(dataset)      # the batched header check
+        dataset = dataset.map(fn)             # fn calls decoder.decode(example) and
+                                              # keeps decoder.KEYS in its output
+        dataset = decoder.finish(dataset)     # drops bad images, counts lost examples
+
+    Nothing may drop examples between `route` and `finish`: `finish` counts every
+    position that goes missing there as a lost example. That is how a JPEG that
+    passes the header check but makes `tf.io.decode_jpeg` fail (corrupt tables or
+    scan data: TF raises exactly where a full decode fails, so no header check can
+    tell) is dropped and counted instead of stopping the pipeline: `finish` skips
+    errors (`ignore_errors`) and counts the gaps in the positions `route` gave, up
+    to an end marker that `route` appends after the data. Such drops are logged with
+    the ids of the examples around them (the failing example is gone); with
+    `strict=True` nothing is skipped and the first error stops the pipeline.
     """
+
+    KEYS = (_POSITION,)  # Features `finish` needs from the map's output.
 
     def __init__(self, *, image_size: int = 224, strict: bool = False, task_name: str = "",
                  max_pixels: int = DEFAULT_MAX_PIXELS, background: tuple[int, int, int] = DEFAULT_BACKGROUND,
                  num_parallel_calls: int = tf.data.AUTOTUNE):
-        self.image_size, self.task_name = int(image_size), str(task_name)
+        self.image_size, self.task_name, self.strict = int(image_size), str(task_name), bool(strict)
         self._routes = _router(self.image_size, int(max_pixels))
-        self._decode = _decoder(self.image_size, bool(strict), int(max_pixels), tuple(int(c) for c in background))
+        self._decode = _decoder(self.image_size, self.strict, int(max_pixels), tuple(int(c) for c in background))
         self._num_parallel_calls = num_parallel_calls
 
     def route(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
         """Adds each example's decoding branch (`image/route`), from a header check
-        run once per `ROUTE_BATCH` examples."""
+        run once per `ROUTE_BATCH` examples, and (unless strict) its position, plus
+        one end-of-data example."""
 
         @tf.autograph.experimental.do_not_convert
         def route(batch):
@@ -194,8 +214,16 @@ class ImageDecoder:
 
         # ragged_batch: features of varying length (a list of captions) batch as ragged
         # rows, and unbatch gives every example back with its own spec.
-        batches = dataset.ragged_batch(ROUTE_BATCH).map(route, num_parallel_calls=self._num_parallel_calls)
-        return batches.unbatch()
+        batches = dataset.ragged_batch(ROUTE_BATCH)
+        if not self.strict:
+            end = _end_marker(batches.element_spec)
+            if end is None:
+                logger.warning("Task %r: examples of this structure get no end marker; images that fail inside "
+                               "tf.data at the very end of the data are dropped without being counted.", self.task_name)
+            else:
+                batches = batches.concatenate(end)
+            batches = batches.scan(tf.constant(0, tf.int64), _stamp_positions)
+        return batches.map(route, num_parallel_calls=self._num_parallel_calls).unbatch()
 
     @tf.autograph.experimental.do_not_convert
     def decode(self, example):
@@ -206,6 +234,75 @@ class ImageDecoder:
         path = example.get("image/path", tf.constant("", tf.string))
         example["image"], example["has_image"] = self._decode(encoded, path, branch, tf.constant(self.task_name))
         return example
+
+    def finish(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        """After the decoding map: drops bad images and the end marker (one filter),
+        and (unless strict) examples lost to errors inside tf.data, counted."""
+        if self.strict:
+            return dataset.filter(features.is_kept)
+        task = tf.constant(self.task_name)
+
+        @tf.autograph.experimental.do_not_convert
+        def count_lost(state, example):
+            last, last_id = state
+            example = dict(example)
+            position = example.pop(_POSITION)
+            this_id = example.get("id", tf.constant("", tf.string))
+            this_id = this_id if this_id.dtype == tf.string else tf.strings.as_string(this_id)
+            lost = position - last - 1
+            at_end = tf.equal(example["has_image"][0], _END)
+            counted = tf.cond(
+                lost > 0,
+                lambda: tf.numpy_function(_count_lost, [task, lost, last_id, this_id, at_end], tf.int64,
+                                          stateful=True, name="palimix_count_lost"),
+                lambda: tf.constant(0, tf.int64))
+            return (position + 0 * counted, this_id), example  # (Uses `counted`: it runs.)
+
+        initial = (tf.constant(-1, tf.int64), tf.constant("", tf.string))
+        return dataset.ignore_errors().scan(initial, count_lost).filter(features.is_kept)
+
+
+def _stamp_positions(total, batch):
+    """scan over batches: each example's position in the data (`_POSITION`)."""
+    batch = dict(batch)
+    rows = tf.shape(batch["image/encoded"], out_type=tf.int64)[0]
+    batch[_POSITION] = total + tf.range(rows, dtype=tf.int64)
+    return total + rows, batch
+
+
+def _end_marker(batch_spec) -> tf.data.Dataset | None:
+    """A dataset of one batch of one example shaped like `batch_spec`, whose image is
+    the end mark; None for structures it cannot build (not dense or ragged)."""
+
+    def one_row(spec):
+        zeros = tf.zeros([1] + [0 if d is None else d for d in spec.shape[1:]], spec.dtype)
+        if isinstance(spec, tf.RaggedTensorSpec):
+            return tf.RaggedTensor.from_tensor(zeros, ragged_rank=spec.ragged_rank, row_splits_dtype=spec.row_splits_dtype)
+        if isinstance(spec, tf.TensorSpec):
+            return zeros
+        raise TypeError(spec)
+
+    try:
+        row = tf.nest.map_structure(one_row, batch_spec)
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(row, dict) or "image/encoded" not in row:
+        return None
+    row["image/encoded"] = tf.constant([_END_MARK])
+    return tf.data.Dataset.from_tensors(row)
+
+
+def _count_lost(task_name: bytes, lost, last_id: bytes, this_id: bytes, at_end) -> np.int64:
+    """Counts (and logs) `lost` examples that an error inside tf.data removed."""
+    before, after = last_id.decode("utf-8", "replace"), this_id.decode("utf-8", "replace")
+    where = f"after the example with id {before!r}" if before else "at the start of the data"
+    where += " (at the end of the data)" if at_end else f" and before {after!r}"
+    error = ImageDecodeError("corrupt", f"{int(lost)} example(s) {where}",
+                             "an error inside tf.data, e.g. tf.io.decode_jpeg on a JPEG whose headers parse but "
+                             "whose tables or scan data are corrupt")
+    for _ in range(int(lost)):
+        _DROPS.add(task_name.decode("utf-8", "replace"), error)
+    return np.int64(lost)
 
 
 @functools.lru_cache(maxsize=None)
@@ -218,6 +315,9 @@ def _router(size: int, max_pixels: int):
         for i, (data, path) in enumerate(zip(encoded, paths)):
             if not data and not path:
                 out[i] = _ROUTE_NO_IMAGE
+                continue
+            if data == _END_MARK:
+                out[i] = _ROUTE_END
                 continue
             scale = image_files.jpeg_scale_for_tensorflow(data, size, max_pixels=max_pixels)
             out[i] = _ROUTE_TF_JPEG[scale] if scale else _ROUTE_PILLOW
@@ -269,7 +369,10 @@ def _decoder(size: int, strict: bool, max_pixels: int, background: tuple[int, in
             # Same libjpeg(-turbo) DCT scaling as Pillow's draft mode, without the GIL.
             return lambda: (tf.io.decode_jpeg(encoded, channels=3, ratio=scale), tf.constant(_IMAGE, tf.int32))
 
-        pixels, status = tf.switch_case(branch, [no_image, pillow, tf_jpeg(1), tf_jpeg(2), tf_jpeg(4), tf_jpeg(8)])
+        def end():
+            return tf.zeros([1, 1, 3], tf.uint8), tf.constant(_END, tf.int32)
+
+        pixels, status = tf.switch_case(branch, [no_image, pillow, tf_jpeg(1), tf_jpeg(2), tf_jpeg(4), tf_jpeg(8), end])
         pixels.set_shape([None, None, 3])
         status.set_shape([])
         # The final resize runs in TensorFlow (outside the GIL, vectorized): bilinear
@@ -280,7 +383,7 @@ def _decoder(size: int, strict: bool, max_pixels: int, background: tuple[int, in
         # every elementwise op costs a pass); language-only examples get all zeros.
         is_image = tf.cast(tf.equal(status, _IMAGE), tf.float32)
         image = resized * (is_image * (2.0 / 255.0)) - is_image
-        # 1 image, 0 no image, -1 dropped: `features.is_kept` keeps only 0 and 1.
+        # 1 image, 0 no image, -1 dropped, -2 end marker: `features.is_kept` keeps 0 and 1.
         # Shape [1], not a scalar: seqio.Evaluator reads every feature's length from
         # its first dimension (palimix.features).
         return image, tf.reshape(status, [1])

@@ -201,13 +201,13 @@ def build_example(
         codes_tensor = tf.constant(codes)
         dataset = dataset.filter(_no_autograph(lambda ex: tf.reduce_any(tf.equal(ex["language"], codes_tensor))))
 
-    decoder = None
+    decoder, image_keys = None, ()
     if decode_images:
         # Imported here: the image module pulls in Pillow, not needed to list tasks.
         from palimix.preprocessors import image as image_preprocessors
 
         decoder = image_preprocessors.ImageDecoder(image_size=image_size, strict=strict_images, task_name=task_name)
-        dataset = decoder.route(dataset)
+        image_keys = decoder.KEYS  # What the decoder's `finish` reads after this map.
     # With an image step here, drops are marked in the map (has_image DROPPED) and
     # filtered once after it; otherwise examples without a target are filtered first.
     marks_drops = decode_images or blank_image
@@ -270,11 +270,12 @@ def build_example(
             "kind": tf.constant(kind),
             "id": tf.strings.as_string(example["id"]) if example["id"].dtype != tf.string else example["id"],
         }
-        for key in ("image", "has_image"):
+        for key in ("image", "has_image", *image_keys):
             if key in example:
                 out[key] = example[key]
-        if marks_drops:
-            out["has_image"] = tf.where(has_target(example), out["has_image"], features.DROPPED)
+        if marks_drops:  # (min: the decoder's end marker, END_OF_DATA, stays as it is.)
+            out["has_image"] = tf.where(has_target(example), out["has_image"],
+                                        tf.minimum(out["has_image"], features.DROPPED))
         return finish(out) if finish else out
 
     @_no_autograph
@@ -289,6 +290,10 @@ def build_example(
             return tf.strings.length(tf.strings.strip(example["text" if kind == "ocr" else "label"])) > 0
         return tf.strings.length(tf.strings.strip(example["targets"])) > 0
 
+    if decoder is not None:
+        # Routed right before the map: `finish` counts every example that goes
+        # missing between the two as lost, so no filter may stand between them.
+        return decoder.finish(build(decoder.route(dataset)))
     if marks_drops:
         return build(dataset).filter(features.is_kept)
     return build(dataset.filter(has_target))
