@@ -18,7 +18,9 @@ not an image, decompression bomb) are dropped and counted per task and reason:
 each drop logs a warning naming the file (the first `LOGGED_DROPS_PER_REASON` per task
 and reason, then only the counts). With `strict=True` the first bad image stops
 the pipeline with an error naming the file instead. Nothing raises inside tf.data
-otherwise, and nothing is dropped without being counted.
+otherwise, and nothing is dropped without being counted: a JPEG whose headers pass
+the check below but whose data makes `tf.io.decode_jpeg` fail is skipped and counted
+as corrupt, logged with the ids around it (`ImageDecoder` says how).
 
 Which examples have no image: `image/encoded` empty AND `image/path` empty (or
 absent). An empty `image/encoded` with a path means the source could not read the
