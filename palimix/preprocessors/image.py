@@ -43,7 +43,6 @@ here, and the walk needs hundreds per file.) The last resize to S x S is
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import threading
 
@@ -307,7 +306,6 @@ def _count_lost(task_name: bytes, lost, last_id: bytes, this_id: bytes, at_end) 
     return np.int64(lost)
 
 
-@functools.lru_cache(maxsize=None)
 def _router(size: int, max_pixels: int):
     """fn(encoded [B], paths [B] or None) -> the decoding branch [B] of each example
     (header parsing only, in Python, once per batch)."""
@@ -334,7 +332,6 @@ def _router(size: int, max_pixels: int):
     return routes
 
 
-@functools.lru_cache(maxsize=None)
 def _decoder(size: int, strict: bool, max_pixels: int, background: tuple[int, int, int]):
     """fn(encoded, path, branch, task_name) -> (image [S, S, 3] float32, has_image [1]
     int32), ops for the map function; `branch` comes from `_router`.
@@ -360,8 +357,8 @@ def _decoder(size: int, strict: bool, max_pixels: int, background: tuple[int, in
             return blank, np.int32(_DROPPED)
 
     def decode(encoded, path, branch, task_name):
-        def no_image():
-            return tf.zeros([1, 1, 3], tf.uint8), tf.constant(_NO_IMAGE, tf.int32)
+        def blank(status):  # No image, or the end marker: no pixels to decode.
+            return lambda: (tf.zeros([1, 1, 3], tf.uint8), tf.constant(status, tf.int32))
 
         def pillow():
             return tuple(tf.numpy_function(decode_or_drop, [encoded, path, task_name], [tf.uint8, tf.int32],
@@ -371,10 +368,8 @@ def _decoder(size: int, strict: bool, max_pixels: int, background: tuple[int, in
             # Same libjpeg(-turbo) DCT scaling as Pillow's draft mode, without the GIL.
             return lambda: (tf.io.decode_jpeg(encoded, channels=3, ratio=scale), tf.constant(_IMAGE, tf.int32))
 
-        def end():
-            return tf.zeros([1, 1, 3], tf.uint8), tf.constant(_END, tf.int32)
-
-        pixels, status = tf.switch_case(branch, [no_image, pillow, tf_jpeg(1), tf_jpeg(2), tf_jpeg(4), tf_jpeg(8), end])
+        branches = [blank(_NO_IMAGE), pillow, tf_jpeg(1), tf_jpeg(2), tf_jpeg(4), tf_jpeg(8), blank(_END)]
+        pixels, status = tf.switch_case(branch, branches)
         pixels.set_shape([None, None, 3])
         status.set_shape([])
         # The final resize runs in TensorFlow (outside the GIL, vectorized): bilinear

@@ -246,22 +246,13 @@ def build_example(
             example = dict(example)
             example["image"] = tf.zeros([image_size, image_size, 3], tf.float32)
             example["has_image"] = tf.constant([0], tf.int32)
-        if kind == "caption":
-            references = _as_list(example["captions"])
-            target = _sample(references, seed)
-        elif kind == "translation":
-            references = _as_list(example["answers"])
+        references = references_of(example)
+        if kind in ("caption", "translation"):
             target = _sample(references, seed)
         elif kind == "vqa":
-            references = _as_list(example["answers"])
             target = most_frequent(references)
-        elif kind in ("ocr", "classification"):
-            target = tf.strings.strip(example["text" if kind == "ocr" else "label"])
-            references = tf.reshape(target, [1])
-        else:  # span_corruption, prefix_lm: made by preprocessors.text (kept verbatim:
-            # a leading space before a sentinel is what makes it one token).
-            target = example["targets"]
-            references = tf.reshape(target, [1])
+        else:
+            target = references[0]
         out = {
             "inputs": prompt_for(example, {f: example[key] for f, key in field_of.items()}),
             "targets": target,
@@ -274,21 +265,28 @@ def build_example(
             if key in example:
                 out[key] = example[key]
         if marks_drops:  # (min: the decoder's end marker, END_OF_DATA, stays as it is.)
-            out["has_image"] = tf.where(has_target(example), out["has_image"],
+            out["has_image"] = tf.where(has_target(example, references), out["has_image"],
                                         tf.minimum(out["has_image"], features.DROPPED))
         return finish(out) if finish else out
 
-    @_no_autograph
-    def has_target(example):
+    def references_of(example):
+        """Every acceptable target of a record (the target is drawn from them)."""
         if kind in ("caption", "translation", "vqa"):
-            ok = tf.size(_as_list(example["captions" if kind == "caption" else "answers"])) > 0
+            return _as_list(example["captions" if kind == "caption" else "answers"])
+        if kind in ("ocr", "classification"):
+            return tf.reshape(tf.strings.strip(example["text" if kind == "ocr" else "label"]), [1])
+        # span_corruption, prefix_lm: made by preprocessors.text (kept verbatim: a
+        # leading space before a sentinel is what makes it one token).
+        return tf.reshape(example["targets"], [1])
+
+    def has_target(example, references):
+        if kind in ("caption", "translation", "vqa"):
+            ok = tf.size(references) > 0
             if kind in ("vqa", "translation"):
                 field = "question" if kind == "vqa" else "text"
                 ok = tf.logical_and(ok, tf.strings.length(tf.strings.strip(example[field])) > 0)
             return ok
-        if kind in ("ocr", "classification"):
-            return tf.strings.length(tf.strings.strip(example["text" if kind == "ocr" else "label"])) > 0
-        return tf.strings.length(tf.strings.strip(example["targets"])) > 0
+        return tf.strings.length(tf.strings.strip(references[0])) > 0
 
     if decoder is not None:
         # Routed right before the map: `finish` counts every example that goes
@@ -296,7 +294,7 @@ def build_example(
         return decoder.finish(build(decoder.route(dataset)))
     if marks_drops:
         return build(dataset).filter(features.is_kept)
-    return build(dataset.filter(has_target))
+    return build(dataset.filter(_no_autograph(lambda example: has_target(example, references_of(example)))))
 
 
 # Kinds whose metrics score a prediction against a list of references (palimix.metrics).
