@@ -106,6 +106,14 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     assert max(steps) < stopped_at
 
 
+def test_a_relative_model_dir_works(tmp_path, monkeypatch):
+    """The demo's default --model_dir is relative (palimix_runs/demo); orbax needs an
+    absolute path to write arrays."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(_train_args("runs/relative", "--steps", "2", "--checkpoint_every", "2")) == 0
+    assert os.listdir(tmp_path / "runs" / "relative" / "checkpoints") == ["2"]
+
+
 def test_unknown_task_name_suggests_close_matches(tmp_path):
     with pytest.raises(UnknownNameError, match="Did you mean: runner_fixture_colors"):
         _raise(["train", "runner_fixture_color", "--model_dir", str(tmp_path), "--lengths", LENGTHS])

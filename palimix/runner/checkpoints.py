@@ -68,7 +68,10 @@ class Checkpoints:
     """The checkpoints under `<model_dir>/checkpoints`."""
 
     def __init__(self, model_dir: str, *, keep: int = 3, read_only: bool = False):
-        self.directory = epath.Path(model_dir) / "checkpoints"
+        # Orbax writes arrays only to absolute paths; a relative --model_dir (the demo's
+        # default palimix_runs/demo) is taken from the working directory.
+        local = "://" not in model_dir
+        self.directory = epath.Path(os.path.abspath(model_dir) if local else model_dir) / "checkpoints"
         if read_only and not self.directory.exists():
             raise MissingCheckpointError(f"no checkpoints in {model_dir} (expected {self.directory}).")
         options = ocp.CheckpointManagerOptions(
