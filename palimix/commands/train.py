@@ -60,7 +60,7 @@ def build_config(args):
         if value is not None:
             overrides[field] = dict(value) if isinstance(value, dict) else value
     for flag, field in _FLAGS.items():
-        value = getattr(args, flag, None)
+        value = getattr(args, flag)
         if value is not None:
             overrides[field] = value
     if args.mixture_or_task:

@@ -22,6 +22,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import time
 from typing import Any, Callable, Mapping
 
@@ -257,6 +258,13 @@ class Trainer:
                        out_shardings=(shardings, self.replicated))
 
 
+def _test_sigkill_step() -> int | None:
+    """Tests: $PALIMIX_TEST_SIGKILL_AFTER_STEP=N makes the run SIGKILL itself right after
+    step N, a crash at a known step (tests/test_runner_resume.py), with no timing race."""
+    value = os.environ.get("PALIMIX_TEST_SIGKILL_AFTER_STEP")
+    return int(value) if value else None
+
+
 def train(config: TrainConfig, *, stop_after: int | None = None) -> TrainResult:
     """Trains until `config.train_steps` (resuming from `model_dir` when it holds a
     checkpoint). `stop_after`: return after that many steps of this call (tests)."""
@@ -371,6 +379,9 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> TrainResult:
                     resolve(keep_last=0)  # Never save past a NaN.
                     checkpoints.save(step, state, batches, {"loss": last_loss, "time": time.time()})
                     last_saved = step
+                if step == _test_sigkill_step():
+                    resolve(keep_last=0)  # This step's metrics are written; then die uncleanly.
+                    os.kill(os.getpid(), signal.SIGKILL)
             resolve(keep_last=0)
     finally:
         progress.close()
