@@ -9,6 +9,8 @@ Inputs:
     questions, caption templates) in 25 languages;
   - gflanguages (PyPI): UDHR and other sample sentences for ~140 palimix languages
     (span corruption and prefix-LM text);
+  - babel (PyPI, CLDR): each word-table language's list pattern ("A, B und C"), for
+    the scene sentences the text kinds learn from;
   - OFL Noto fonts from the fontpkg-noto-sans{,-arabic,-devanagari,-thai} packages,
     rendered with Pillow's raqm layout (Arabic joins, Indic and Thai shaping).
 
@@ -19,7 +21,8 @@ Outputs (all under palimix/data/demo/, ~2 MB):
   build_info.json                          counts and versions
 
 Validation scenes and OCR renders are separate images from the training ones; the
-translation validation phrases are held out of training.
+translation validation phrases and the validation text (UDHR chunks and scene
+sentences) are held out of training.
 """
 
 from __future__ import annotations
@@ -53,6 +56,22 @@ VQA_IMAGES = {"train": 24, "validation": 4}  # x 3 questions each.
 CLASSIFICATION = {"train": 24, "validation": 6}
 OCR_RENDERS = {"train": 6, "validation": 1}  # per word (4 colours + 3 shapes).
 TEXTS = {"train": 10, "validation": 2}  # gflanguages chunks per language.
+# Scene sentences per word-table language and split, beside its UDHR chunks. One UDHR
+# text per language cannot be learned in the demo's budget (its validation chunks are
+# words the model never saw), so span corruption and prefix LM lost to their trivial
+# baselines; these sentences are made of the demo's own words (captions, questions,
+# answers), and a validation sentence is a new combination of seen pieces.
+#   qa: a caption, a colour or shape question and its answer ("a red circle. What
+#       color is the shape? red"): 12 captions x 2 questions, SCENE_QA_HELD_OUT of them
+#       kept for validation; a masked or continued answer is read off the caption.
+#   list: 2 distinct captions in the language's CLDR list pattern ("a red circle and
+#       a blue square"): grammar and agreement (132 ordered pairs; 3 captions made
+#       some texts longer than the demo's 64 input tokens).
+SCENE_QA_HELD_OUT = 4
+SCENE_LISTS = {"train": 36, "validation": 4}
+# What ends a caption before the question (default ". "): the language's full stop;
+# Thai separates sentences with a space.
+SENTENCE_ENDS = {"zh": "。", "ja": "。", "hi": "। ", "bn": "। ", "th": " "}
 TRANSLATION_HELD_OUT = 3  # caption phrases per target language kept for validation.
 # OCR: languages whose script an installed Noto font covers (6 scripts).
 OCR_LANGUAGES = ("en", "de", "fr", "es", "pl", "tr", "vi", "ru", "uk", "el", "ar", "hi", "th")
@@ -82,6 +101,32 @@ def caption(words, color, shape):
         "art": words.get(f"art@{gender}", words.get("art", "")),
     }
     return words["caption"].format(**fields).strip()
+
+
+def scene_texts(lang: str, words) -> dict[str, list[str]]:
+    """{split: sentences} built from one language's word table (see SCENE_QA_HELD_OUT,
+    SCENE_LISTS); seeded by the language, and no validation sentence is a training one."""
+    from babel.lists import format_list
+
+    end = SENTENCE_ENDS.get(lang, ". ")
+    combos = [(color, shape) for color in COLORS for shape in SHAPES]
+    captions = [caption(words, color, shape) for color, shape in combos]
+    qa = [f"{caption(words, color, shape)}{end}{words[question]} {words[answer]}"
+          for color, shape in combos for question, answer in (("q_color", color), ("q_shape", shape))]
+    held_out = set(stable_rng("text-qa", lang).choice(len(qa), SCENE_QA_HELD_OUT, replace=False).tolist())
+    texts = {"validation": [t for i, t in enumerate(qa) if i in held_out],
+             "train": [t for i, t in enumerate(qa) if i not in held_out]}
+    rng = stable_rng("text-list", lang)
+    lists, wanted = [], SCENE_LISTS["validation"] + SCENE_LISTS["train"]
+    while len(lists) < wanted:
+        picked = rng.choice(len(captions), 2, replace=False)
+        text = format_list([captions[i] for i in picked], locale=lang)
+        if text not in lists:
+            lists.append(text)
+    texts["validation"] += lists[:SCENE_LISTS["validation"]]
+    texts["train"] += lists[SCENE_LISTS["validation"]:]
+    assert not set(texts["validation"]) & set(texts["train"]), lang
+    return texts
 
 
 def stable_rng(*key) -> np.random.Generator:
@@ -307,28 +352,34 @@ def build(out: Writer):
         out.jsonl(f"translation.{split}.jsonl", records)
         counts[f"translation.{split}"] = len(records)
 
-    # Text for span corruption and prefix LM: gflanguages sample sentences.
+    # Text for span corruption and prefix LM: gflanguages sample sentences in every
+    # language that has them, and scene sentences in the word-table languages.
     import gflanguages
 
     samples = gflanguages.LoadLanguages()
     texts = {"train": [], "validation": []}
     for lang in languages.all_languages():
-        if not lang.sample_text or lang.sample_text not in samples:
-            continue
-        sample = samples[lang.sample_text].sample_text
-        seen, pieces = set(), []
-        for field in SAMPLE_FIELDS:
-            for piece in chunks(getattr(sample, field, "") or "", lang.segmentation == "space"):
-                if piece not in seen:
-                    seen.add(piece)
-                    pieces.append(piece)
-        if len(pieces) < 4:
-            continue
-        n_val = TEXTS["validation"]
-        val, train = pieces[:n_val], pieces[n_val:n_val + TEXTS["train"]]
-        for split, chosen in (("train", train), ("validation", val)):
-            for i, piece in enumerate(chosen):
+        udhr = {"train": [], "validation": []}
+        if lang.sample_text and lang.sample_text in samples:
+            sample = samples[lang.sample_text].sample_text
+            seen, pieces = set(), []
+            for field in SAMPLE_FIELDS:
+                for piece in chunks(getattr(sample, field, "") or "", lang.segmentation == "space"):
+                    if piece not in seen:
+                        seen.add(piece)
+                        pieces.append(piece)
+            if len(pieces) >= 4:
+                n_val = TEXTS["validation"]
+                udhr = {"validation": pieces[:n_val], "train": pieces[n_val:n_val + TEXTS["train"]]}
+        scenes = scene_texts(lang.code, words[lang.code]) if lang.code in words else {"train": [], "validation": []}
+        for split in texts:
+            for i, piece in enumerate(udhr[split]):
                 texts[split].append({"id": f"text-{lang.code}-{split}-{i}", "language": lang.code, "text": piece})
+            for i, sentence in enumerate(scenes[split]):
+                texts[split].append({"id": f"text-{lang.code}-{split}-scene-{i}", "language": lang.code,
+                                     "text": sentence})
+    missing = set(words) - {r["language"] for r in texts["train"]}
+    assert not missing, f"word-table languages without text: {sorted(missing)}"
     for split, records in texts.items():
         out.jsonl(f"text.{split}.jsonl", records)
         counts[f"text.{split}"] = len(records)
@@ -341,7 +392,7 @@ def build(out: Writer):
         "ocr_languages": list(OCR_LANGUAGES),
         "text_languages": sorted({r["language"] for r in texts["train"]}),
         "versions": {p: importlib.metadata.version(p) for p in (
-            "gflanguages", "pillow", "fontpkg-noto-sans", "fontpkg-noto-sans-arabic",
+            "gflanguages", "babel", "pillow", "fontpkg-noto-sans", "fontpkg-noto-sans-arabic",
             "fontpkg-noto-sans-devanagari", "fontpkg-noto-sans-thai")},
     }
     out.add("build_info.json", (json.dumps(info, ensure_ascii=False, indent=1, sort_keys=True) + "\n").encode())

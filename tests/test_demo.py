@@ -84,3 +84,73 @@ def test_demo_validation_images_are_not_training_images():
         with open(os.path.join(root, f"translation.{split}.jsonl"), encoding="utf-8") as f:
             return {(r["language"], r["text"]) for r in map(json.loads, f)}
     assert not phrases("train") & phrases("validation")
+
+
+def _texts(split):
+    with open(os.path.join(demo.data_dir(), f"text.{split}.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def _build_script():
+    """scripts/build_demo_data.py as a module (scripts/ is not a package)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "build_demo_data.py")
+    spec = importlib.util.spec_from_file_location("build_demo_data", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_text_validation_is_held_out():
+    """No validation text of span corruption / prefix LM (UDHR chunk or scene sentence)
+    is a training text of its language; the scene sentences' words are all seen in
+    training, so a validation sentence is a new combination of known words."""
+    train, validation = _texts("train"), _texts("validation")
+    seen = {(r["language"], r["text"]) for r in train}
+    assert not {(r["language"], r["text"]) for r in validation} & seen
+    spaced = {code for code in demo.words() if languages.get(code).segmentation == "space"}
+    train_words = {}
+    for r in train:
+        train_words.setdefault(r["language"], set()).update(r["text"].split())
+    scene = [r for r in validation if "-scene-" in r["id"]]
+    assert len(scene) >= 4 * len(demo.words())
+    for r in scene:
+        if r["language"] in spaced:
+            assert set(r["text"].split()) <= train_words[r["language"]], r
+
+
+def test_demo_text_languages_have_enough_text():
+    """Every text language has training and validation text; the word-table languages
+    have scene sentences, the text the tiny model can learn in the demo's budget."""
+    info = demo.build_info()
+    counts = {}
+    for split in demo.SPLITS:
+        for r in _texts(split):
+            scene = "-scene-" in r["id"]
+            counts[(r["language"], split, scene)] = counts.get((r["language"], split, scene), 0) + 1
+    assert len(info["text_languages"]) >= 100
+    for lang in info["text_languages"]:
+        assert counts.get((lang, "train", False), 0) + counts.get((lang, "train", True), 0) >= 2, lang
+        assert counts.get((lang, "validation", False), 0) + counts.get((lang, "validation", True), 0) >= 2, lang
+    for lang in demo.words():
+        assert counts.get((lang, "train", True), 0) >= 50, lang
+        assert counts.get((lang, "validation", True), 0) >= 8, lang
+
+
+def test_demo_scene_text_is_what_the_build_script_makes():
+    """The scene sentences in text.*.jsonl are the seeded output of the build script
+    (generated, never hand-edited; the same every run)."""
+    import babel
+
+    info = demo.build_info()
+    if babel.__version__ != info["versions"]["babel"]:
+        pytest.skip(f"babel {babel.__version__} here, {info['versions']['babel']} built the data (CLDR list patterns)")
+    script = _build_script()
+    texts = {split: _texts(split) for split in demo.SPLITS}
+    for lang, words in demo.words().items():
+        built = script.scene_texts(lang, words)
+        assert built == script.scene_texts(lang, words)
+        for split in demo.SPLITS:
+            stored = [r["text"] for r in texts[split] if r["language"] == lang and "-scene-" in r["id"]]
+            assert stored == built[split], (lang, split)
