@@ -35,15 +35,6 @@ COMMANDS = {
 }
 
 
-def _load(module_name: str):
-    try:
-        return importlib.import_module(f"palimix.commands.{module_name}")
-    except ModuleNotFoundError as e:
-        if e.name == f"palimix.commands.{module_name}":
-            return None  # Not built yet: the command is left out of the parser.
-        raise
-
-
 def build_parser() -> argparse.ArgumentParser:
     from palimix import __version__
 
@@ -54,9 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"palimix {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
-        module = _load(module_name)
-        if module is None:
-            continue
+        module = importlib.import_module(f"palimix.commands.{module_name}")
         sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
         module.configure(sub)
         sub.set_defaults(_run=module.run)
@@ -66,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not getattr(args, "_run", None):
+    if args.command is None:
         parser.print_help()
         return 2
     try:

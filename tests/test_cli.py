@@ -25,9 +25,7 @@ def test_no_command_prints_help_and_exits_2():
 
 
 @pytest.mark.parametrize("command", sorted(cli.COMMANDS))
-def test_every_built_command_has_help(command):
-    if cli._load(cli.COMMANDS[command]) is None:
-        pytest.skip(f"`palimix {command}` is not built yet (no palimix/commands/{cli.COMMANDS[command]}.py)")
+def test_every_command_has_help(command):
     out = _palimix(command, "--help")
     assert out.returncode == 0, out.stderr
     assert f"usage: palimix {command}" in out.stdout

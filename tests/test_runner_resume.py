@@ -1,15 +1,16 @@
 """`kill -9` at any point + the same command again == the uninterrupted run.
 
 Runs `palimix train` in subprocesses on a small real task (tests/runner_fixture_tasks.py):
-once straight through, once killed with SIGKILL after a checkpoint (mid-interval) and
-started again with the same command. The per-step losses of both must be equal.
+once straight through, once killed with SIGKILL after step 7 (after the checkpoint at
+step 6, mid-interval) and started again with the same command. The per-step losses of
+both must be equal. The kill comes from the run itself ($PALIMIX_TEST_SIGKILL_AFTER_STEP),
+so it happens at step 7 however fast the machine is.
 """
 
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -17,6 +18,7 @@ from palimix.runner.summaries import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12
+KILL_AFTER_STEP = 7  # Between the checkpoints at 6 and 9.
 
 
 def _command(model_dir):
@@ -42,35 +44,26 @@ def _check(process):
     return stderr
 
 
-def _kill_after_step(process, model_dir, step):
-    """SIGKILLs a training process once `step` is logged."""
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        if max(read_metrics(str(model_dir)), default=0) >= step:
-            break
-        if process.poll() is not None:
-            pytest.fail(f"training ended before it could be killed: {process.communicate()[1][-3000:]}")
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.communicate()
-    return process.returncode
-
-
 def test_kill_9_then_same_command_continues_the_same_loss_curve(tmp_path, env):
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    start = lambda model_dir: subprocess.Popen(  # noqa: E731
-        _command(model_dir), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # The uninterrupted run and the one to kill run side by side (start-up dominates).
-    straight_process, interrupted_process = start(straight), start(interrupted)
-    assert _kill_after_step(interrupted_process, interrupted, 7) == -signal.SIGKILL
-    logged_before = max(read_metrics(str(interrupted)))
-    assert 7 <= logged_before < STEPS
+
+    def start(model_dir, **extra_env):
+        return subprocess.Popen(_command(model_dir), cwd=REPO, env=dict(env, **extra_env),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    # The uninterrupted run and the one that is killed run side by side (start-up dominates).
+    straight_process = start(straight)
+    interrupted_process = start(interrupted, PALIMIX_TEST_SIGKILL_AFTER_STEP=str(KILL_AFTER_STEP))
+    _, stderr = interrupted_process.communicate(timeout=600)
+    assert interrupted_process.returncode == -signal.SIGKILL, stderr[-3000:]
+    assert max(read_metrics(str(interrupted))) == KILL_AFTER_STEP
+    assert sorted(os.listdir(interrupted / "checkpoints"), key=int) == ["3", "6"]
     _check(straight_process)
     expected = {s: r["loss"] for s, r in read_metrics(str(straight)).items()}
     assert sorted(expected) == list(range(1, STEPS + 1))
 
     stderr = _check(start(interrupted))  # The same command again.
-    assert "resuming from the checkpoint at step" in stderr
+    assert "resuming from the checkpoint at step 6 " in stderr
     resumed = {s: r["loss"] for s, r in read_metrics(str(interrupted)).items()}
     assert sorted(resumed) == sorted(expected)
     for step in expected:

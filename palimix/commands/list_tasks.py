@@ -9,8 +9,9 @@ HELP = "List registered tasks and mixtures (kinds, languages, image size, rates)
 
 def add_registration_flags(parser) -> None:
     """--module and --gin_file, shared by list, show and stats."""
-    parser.add_argument("--module", action="append", default=[], metavar="MODULE",
-                        help="import this Python module first (it registers your tasks); repeatable")
+    from palimix.runner.config import add_module_flag
+
+    add_module_flag(parser)
     parser.add_argument("--gin_file", action="append", default=[], metavar="FILE",
                         help="parse this gin file first (e.g. a mixture defined with palimix.mixture); repeatable")
 
@@ -18,17 +19,11 @@ def add_registration_flags(parser) -> None:
 def load_registrations(args) -> list[str]:
     """Imports palimix.tasks, the --module modules and the --gin_file files; returns
     the names the gin files' MIXTURE_OR_TASK_NAME macros give."""
-    import importlib
-
     import palimix.tasks  # noqa: F401  (registers palimix's tasks)
-    from palimix.errors import UsageError
     from palimix.mixtures import load_gin_mixture
+    from palimix.runner.config import import_modules
 
-    for module in args.module:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            raise UsageError(f"--module {module}: {e}") from None
+    import_modules(args.module)
     return [load_gin_mixture(path) for path in args.gin_file]
 
 
@@ -36,7 +31,7 @@ def provider_summary(name: str) -> dict:
     """kind(s), languages, image size, tasks and rate description of a task or mixture."""
     import seqio
 
-    from palimix.mixtures import get_provider
+    from palimix.mixtures import PalimixMixture, get_provider
     from palimix.tasks import task_info
 
     provider = get_provider(name)
@@ -53,7 +48,8 @@ def provider_summary(name: str) -> dict:
         "splits": sorted(provider.splits),
     }
     if summary["type"] == "mixture":
-        summary["rate"] = getattr(provider, "description", "") or "seqio"
+        # A mixture registered with seqio directly has seqio's rates and no description.
+        summary["rate"] = (provider.description if isinstance(provider, PalimixMixture) else "") or "seqio"
         summary["entries"] = list(provider.rate_per_task_name)
     elif known:
         summary["source"] = known[0].source

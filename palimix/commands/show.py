@@ -50,10 +50,15 @@ def examples(name: str, n: int = 8, split: str = "train", seed: int = 0) -> list
 
 
 def _decode(value):
+    """A numpy feature value (bytes, a scalar or an array of them) as str/int/list."""
+    import numpy as np
+
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
-    if hasattr(value, "tolist"):
-        return [_decode(v) for v in value.tolist()] if getattr(value, "ndim", 0) else _decode(value.item())
+    if isinstance(value, np.ndarray) and value.ndim:
+        return [_decode(v) for v in value.tolist()]
+    if isinstance(value, (np.ndarray, np.generic)):
+        return _decode(value.item())
     return value
 
 

@@ -104,9 +104,7 @@ def parse_lengths(text: str | None) -> dict[str, int] | None:
 
 
 def add_common_flags(parser) -> None:
-    parser.add_argument("--module", action="append", default=[], metavar="MODULE",
-                        help="import this module (dotted name or .py file) first, e.g. to register "
-                             "your own tasks; repeatable")
+    add_module_flag(parser)
     parser.add_argument("--gin_file", action="append", default=[], metavar="FILE",
                         help="gin file (current dir, then `palimix gin-path`); repeatable")
     parser.add_argument("--gin", action="append", default=[], metavar="BINDING", dest="gin_bindings",
