@@ -36,25 +36,67 @@ def palimix_gin_dir() -> str:
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
 
 
+def add_module_flag(parser) -> None:
+    """`--module`, the same for every command that reads registered tasks."""
+    parser.add_argument("--module", action="append", default=[], metavar="MODULE",
+                        help="import this Python module first, e.g. one that registers your tasks: a "
+                             "dotted name (found in the current directory or the installed packages) "
+                             "or a .py file; repeatable")
+
+
 def import_modules(modules: Sequence[str]) -> None:
-    """Imports modules that register tasks: dotted names (from the current directory
-    or the installed packages) or paths to .py files."""
+    """Imports the `--module` modules, in order: each is a .py file (`mytasks.py`,
+    `dir/mytasks.py`) or a dotted module name (`mytasks`, `pkg.tasks`) looked up in the
+    current directory first, as `python -m` does. A module that does not exist is a
+    UsageError; an error raised while the module runs (an ImportError of one of its own
+    imports included) propagates unchanged, with its traceback."""
+    for module in modules:
+        if module.endswith(".py") or os.sep in module or "/" in module:
+            _import_file(module)
+        else:
+            _import_name(module)
+
+
+def _import_name(module: str) -> None:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    for module in modules or ():
-        try:
-            if module.endswith(".py") or os.sep in module:
-                if not os.path.exists(module):
-                    raise UsageError(f"--module {module}: no such file.")
-                name = os.path.splitext(os.path.basename(module))[0]
-                spec = importlib.util.spec_from_file_location(name, module)
-                loaded = importlib.util.module_from_spec(spec)
-                sys.modules[name] = loaded
-                spec.loader.exec_module(loaded)
-            else:
-                importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            raise UsageError(f"--module {module}: cannot import it ({e}).") from None
+    importlib.invalidate_caches()  # A module written since the last import (tests) is found.
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        # Only the module asked for (or a package above it) missing is the user's typo;
+        # a module that *it* imports and that is missing is an error inside it.
+        if e.name is None or not (module == e.name or module.startswith(e.name + ".")):
+            raise
+        raise UsageError(f"--module {module}: no module named {e.name!r} in the current directory "
+                         f"({os.getcwd()}) or the installed packages.") from None
+
+
+def _import_file(path: str) -> None:
+    if not path.endswith(".py"):
+        raise UsageError(f"--module {path}: a path must name a .py file (or give a dotted module name).")
+    if not os.path.isfile(path):
+        raise UsageError(f"--module {path}: no such file (in {os.getcwd()}).")
+    path = os.path.abspath(path)
+    name = os.path.splitext(os.path.basename(path))[0]
+    if name in sys.modules:
+        loaded_from = getattr(sys.modules[name], "__file__", None)  # None: a built-in module
+        if loaded_from and os.path.abspath(loaded_from) == path:
+            return  # Imported already (its tasks are registered).
+        raise UsageError(f"--module {path}: a module named {name!r} is already loaded "
+                         f"(from {loaded_from or 'the interpreter'}); rename the file.")
+    # As `python mytasks.py` would: the file's folder is importable, for its helper modules.
+    folder = os.path.dirname(path)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(name, path)
+    loaded = importlib.util.module_from_spec(spec)
+    sys.modules[name] = loaded
+    try:
+        spec.loader.exec_module(loaded)
+    except BaseException:
+        del sys.modules[name]  # As importlib does: no half-run module stays importable.
+        raise
 
 
 def parse_gin(gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = ()) -> None:
