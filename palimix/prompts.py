@@ -60,20 +60,13 @@ import string
 import threading
 from typing import Iterable, Mapping, Sequence
 
-from palimix import languages
+from palimix import kinds, languages
 from palimix.errors import UnknownNameError, UsageError, close_matches_hint
 
-# The fields the caller supplies, per kind. The order of KINDS is the listing order.
-_KIND_FIELDS: dict[str, tuple[str, ...]] = {
-    "caption": (),
-    "vqa": ("question",),
-    "ocr": (),
-    "classification": (),  # Open-ended: "what is in the image?"
-    "classification_choices": ("classes",),  # Pick from a class list.
-    "translation": ("source", "text"),  # The prompt language is the target.
-    "span_corruption": ("text",),  # Text with sentinels (<extra_id_0> ...).
-    "prefix_lm": ("text",),  # The prefix to continue.
-}
+# The template kinds and the fields the caller supplies for each, from the table of
+# kinds (classification has two: open-ended, and picking from a class list). The order
+# of KINDS is the listing order.
+_KIND_FIELDS: dict[str, tuple[str, ...]] = kinds.template_fields()
 KINDS: tuple[str, ...] = tuple(_KIND_FIELDS)
 STYLES: tuple[str, ...] = ("pali", "natural")
 

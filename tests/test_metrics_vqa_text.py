@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from palimix import metrics
-from palimix.errors import UnknownLanguageError, UnknownNameError, UsageError
-from palimix.metrics import vqa
+from palimix import kinds, metrics
+from palimix.errors import UnknownLanguageError, UsageError
+from palimix.metrics import per_language, vqa
 
 TEN = lambda answer: [answer] * 10  # noqa: E731
 
@@ -121,33 +121,48 @@ def test_sacrebleu_and_chrf_per_language():
 # --- kinds ---------------------------------------------------------------------------
 
 
-def test_metrics_for_kind_binds_the_language_and_fits_seqio():
+def test_each_kinds_metrics_bind_the_language_and_fit_seqio():
     import seqio
 
-    fns = metrics.metrics_for_kind("caption", "zh-Hant")
+    fns = kinds.get("caption").metric_fns("zh-Hant")
     assert [f.__name__ for f in fns] == ["cider_zh", "bleu_zh", "rouge_l_zh"]
     result = fns[0]([["两只猫"]], ["两只猫"])
     assert set(result) == {"cider"}
-    for kind in metrics.KINDS:
-        assert metrics.primary_metric(kind) in {
-            key for fn in metrics.metrics_for_kind(kind, "en") for key in fn([["a b c d"]], ["a b c d"])
-        }
+    for kind in kinds.KINDS.values():
+        assert kind.primary_metric in {key for fn in kind.metric_fns("en") for key in fn([["a b c d"]], ["a b c d"])}
     task = seqio.Task(
         "palimix_metrics_kind_check",
         source=seqio.FunctionDataSource(lambda split, shuffle_files: None, splits=["validation"]),
         output_features={},
-        metric_fns=metrics.metrics_for_kind("ocr", "en") + metrics.metrics_for_kind("translation", "de"),
+        metric_fns=kinds.get("ocr").metric_fns("en") + kinds.get("translation").metric_fns("de"),
     )
     assert len(task.predict_metric_fns) == 4
 
 
 def test_unknown_kind_and_language():
-    with pytest.raises(UnknownNameError, match="captions"):
-        metrics.metrics_for_kind("captions", "en")
-    with pytest.raises(UnknownNameError):
-        metrics.primary_metric("nope")
+    with pytest.raises(UsageError, match="captions"):
+        kinds.get("captions")
     with pytest.raises(UnknownLanguageError):
-        metrics.metrics_for_kind("caption", "xx-nope")
+        kinds.get("caption").metric_fns("xx-nope")
+
+
+def test_per_language_scores_each_language_with_its_own_metrics():
+    """One multilingual task's targets keep their language; each language is scored
+    with its metrics (Chinese CIDEr on jieba words), and the macro mean is unweighted."""
+    fn = per_language.by_language(lambda code: kinds.get("caption").metric_fns(code))
+    targets = [per_language.language_target("en", ["a red circle"]), per_language.language_target("zh", ["两只猫"]),
+               per_language.language_target("en", ["a blue square"])]
+    predictions = ["a red circle", "两只狗", "a blue square"]
+    values = fn(targets, predictions)
+    en = kinds.get("caption").metric_fns("en")[0]([["a red circle"], ["a blue square"]], ["a red circle", "a blue square"])
+    zh = kinds.get("caption").metric_fns("zh")[0]([["两只猫"]], ["两只狗"])
+    assert values["cider/en"] == en["cider"] and values["cider/zh"] == zh["cider"]
+    assert values["cider/macro"] == pytest.approx((en["cider"] + zh["cider"]) / 2)
+    assert values["examples/en"] == 2 and values["examples/zh"] == 1
+    assert per_language.split_keys(values)["zh"]["cider"] == zh["cider"]
+    assert per_language.example_counts(values) == {"en": 2, "zh": 1}
+    with pytest.raises(TypeError, match="language_target"):
+        fn(["a plain target"], ["a plain target"])
 
 
 # --- per-language aggregation ------------------------------------------------------

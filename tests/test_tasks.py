@@ -36,7 +36,8 @@ def records(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def cleanup():
     yield
-    for name in ("tt_caption", "tt_vqa", "tt_ocr", "tt_cls", "tt_translation", "tt_span", "tt_prefix", "tt_dup"):
+    for name in ("tt_caption", "tt_vqa", "tt_ocr", "tt_cls", "tt_translation", "tt_span", "tt_prefix", "tt_dup",
+                 "tt_bad_text", "tt_bad_source"):
         remove(name)
 
 
@@ -168,3 +169,144 @@ def test_multilingual_task_prompts_each_example_in_its_language(records):
     add_task("tt_cls", kind="classification", source=records, languages=["de"], image_size=16, metrics=[],
              per_language=False, classes=["a", "b"])
     assert all(ex["language"] == b"de" for ex in _examples("tt_cls_mul"))  # Other languages left out.
+
+
+# --- errors that are not bad images stop the pipeline ----------------------------------
+
+
+def _png_bytes(value):
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((12, 10, 3), value, np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _records_source(make_dataset):
+    return seqio.FunctionDataSource(lambda split, shuffle_files, seed=None: make_dataset(), splits=["train"])
+
+
+def test_text_that_breaks_prompt_building_stops_naming_task_and_example():
+    """Text in another encoding (Latin-1 bytes) stops the pipeline with an error that
+    names the task and the example id; it is not dropped as a bad image."""
+    import tensorflow as tf
+
+    from palimix.preprocessors import image
+
+    image.reset_dropped_image_counts()
+
+    def records():
+        return tf.data.Dataset.from_tensor_slices({
+            "id": ["ok", "latin1"], "language": ["en", "en"],
+            "image/encoded": np.array([_png_bytes(10), _png_bytes(20)], dtype=object),
+            "image/path": ["a.png", "b.png"],
+            "question": ["what colour?", "welche Größe?".encode("latin-1")],
+            "answers": tf.ragged.constant([["red"], ["big"]], dtype=tf.string),
+        })
+
+    add_task("tt_bad_text", kind="vqa", source=_records_source(records), languages=["en"], image_size=16, metrics=[])
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"Task tt_bad_text_en: the example with id latin1 has text that is not valid "
+                             r"UTF-8 in its field question"):
+        _examples("tt_bad_text_en")
+    assert image.dropped_image_counts() == {}
+
+
+def test_an_error_of_the_source_is_not_counted_as_a_bad_image():
+    import tensorflow as tf
+
+    from palimix.preprocessors import image
+
+    image.reset_dropped_image_counts()
+
+    def generate():
+        yield {"id": "r0", "language": "en", "image/encoded": _png_bytes(10), "image/path": "a.png", "text": "abc"}
+        raise ValueError("record r1 is unreadable")
+
+    def records():
+        spec = {k: tf.TensorSpec([], tf.string) for k in ("id", "language", "image/encoded", "image/path", "text")}
+        return tf.data.Dataset.from_generator(generate, output_signature=spec)
+
+    add_task("tt_bad_source", kind="ocr", source=_records_source(records), languages=["en"], image_size=16, metrics=[])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="record r1 is unreadable"):
+        _examples("tt_bad_source_en")
+    assert image.dropped_image_counts() == {}
+
+
+# --- registration is all-or-nothing ------------------------------------------------------
+
+
+def _group_state(name):
+    names = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+    return sorted(n for n in names if n == name or n.startswith(name + "_"))
+
+
+def test_a_source_failing_on_a_later_language_registers_nothing(records):
+    by_language = {"en": records.for_language("en"), "de": records.for_language("de")}
+    with pytest.raises(UsageError, match="no entry for language 'fr'"):
+        add_task("tt_caption", kind="caption", source=by_language, languages=["en", "de", "fr"], image_size=16)
+    assert _group_state("tt_caption") == [] and task_info("tt_caption_en") is None
+
+
+def test_a_failing_overwrite_keeps_the_group_it_would_replace(records):
+    add_task("tt_dup", kind="ocr", source=records, languages=["en"], image_size=16, metrics=[])
+    before = _group_state("tt_dup")
+    old_task = seqio.get_mixture_or_task("tt_dup_en")
+    # Fails while the tasks are planned: a language the source dict lacks.
+    with pytest.raises(UsageError, match="no entry for language 'de'"):
+        add_task("tt_dup", kind="caption", source={"en": records}, languages=["en", "de"], image_size=16,
+                 overwrite=True)
+    # Fails after the new tasks are built, in the mixture: a rate for a task it does not have.
+    with pytest.raises(UsageError, match="rate dict"):
+        add_task("tt_dup", kind="caption", source=records, languages=["de"], image_size=16, overwrite=True,
+                 rate={"tt_dup_fr": 1.0})
+    assert _group_state("tt_dup") == before == ["tt_dup", "tt_dup_en"]
+    assert seqio.get_mixture_or_task("tt_dup_en") is old_task and task_info("tt_dup_en").kind == "ocr"
+    assert [t.name for t in seqio.get_mixture_or_task("tt_dup").tasks] == ["tt_dup_en"]
+    assert task_info("tt_dup_de") is None
+
+
+def test_unknown_kind_options_are_refused(records):
+    with pytest.raises(UsageError, match=r"\['noise_density'\] is not an option of caption tasks"):
+        add_task("tt_caption", kind="caption", source=records, languages=["en"], noise_density=0.5)
+    assert _group_state("tt_caption") == []
+
+
+# --- a multilingual task reports each language ------------------------------------------
+
+
+def test_multilingual_task_metrics_are_per_language_through_seqio_evaluator(records):
+    """seqio.Evaluator (what t5x.eval runs) on one task over two languages: keys per
+    language, each scored with that language's metrics, and their macro average."""
+    from palimix import kinds
+    from palimix.metrics import per_language
+    from palimix.models.feature_converter import PaliFeatureConverter
+    from palimix.runner import eval as eval_lib
+
+    add_task("tt_caption", kind="caption", source=records, languages=["en", "de"], image_size=16, per_language=False)
+    task = seqio.get_mixture_or_task("tt_caption_mul")
+    evaluator = seqio.Evaluator("tt_caption_mul", feature_converter=PaliFeatureConverter(pack=False), eval_split="train",
+                                sequence_length=LENGTHS, use_memory_cache=False)
+    examples = list(evaluator.cached_task_datasets["tt_caption_mul"].as_numpy_iterator())
+    vocabulary = task.output_features["targets"].vocabulary
+    answers = {"r0": "caption 0", "r1": "something else", "r2": "caption 2", "r3": "caption 3"}
+
+    def predict(dataset, model_feature_shapes=None):  # Fixed-length rows, as t5x returns them.
+        rows = [vocabulary.encode(answers[ex["id"].decode()]) + [vocabulary.eos_id] for ex in examples]
+        return [(i, row + [0] * (LENGTHS["targets"] - len(row))) for i, row in zip(range(len(list(dataset))), rows)]
+
+    metrics, _ = evaluator.evaluate(compute_metrics=True, predict_fn=predict, score_fn=None)
+    values = {k: getattr(v, "value", v) for k, v in metrics.result()["tt_caption_mul"].items()}
+    assert {"cider/en", "cider/de", "cider/macro", "bleu4/de", "rouge_l/en", "examples/en"} <= set(values)
+    assert values["examples/en"] == 2 and values["examples/de"] == 2
+    de = [ex for ex in examples if ex["language"] == b"de"]
+    expected = kinds.get("caption").metric_fns("de")[0]([[r.decode() for r in ex["references"]] for ex in de],
+                                                       [answers[ex["id"].decode()] for ex in de])["cider"]
+    assert values["cider/de"] == pytest.approx(expected)
+    assert values["cider/macro"] == pytest.approx((values["cider/en"] + values["cider/de"]) / 2)
+    assert values["cider/en"] > values["cider/de"]
+    # palimix eval's table reads the same keys: one row per language.
+    rows = eval_lib._task_entries("tt_caption_mul", "en", "caption", 4, values)
+    assert sorted(rows) == ["tt_caption_mul:de", "tt_caption_mul:en"]
+    assert rows["tt_caption_mul:de"]["metrics"]["cider"] == values["cider/de"]
+    assert per_language.split_keys({"cider": 1.0}) == {}

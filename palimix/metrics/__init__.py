@@ -15,22 +15,22 @@ the language (`palimix.metrics.tokenize.tokenize(text, language, tokenizer)`).
 | `exact_match`, `accuracy`, `relaxed_accuracy` | one key each | their definitions |
 | `sacrebleu_bleu`, `chrf` | bleu, chrf | sacrebleu (chrF++) |
 
-`metrics_for_kind(kind, language)` gives the functions a task of each kind reports,
-`primary_metric(kind)` the key to show first, and `summarize` the per-language table
-and macro average of a mixture's evaluation.
+Which functions a task of each kind reports, and the key to show first, are in the
+table of kinds (`palimix.kinds.get(kind).metric_fns(language)`, `.primary_metric`).
+`per_language.by_language` scores one multilingual task per language (keys
+`cider/de`, `cider/macro`); `summarize` gives the per-language table and macro
+average of a mixture's evaluation.
 """
 
 from palimix.metrics.aggregate import LanguageReport, summarize
 from palimix.metrics.anls import anls
 from palimix.metrics.bleu import bleu
 from palimix.metrics.cider import cider
-from palimix.metrics.kinds import KINDS, metrics_for_kind, primary_metric
 from palimix.metrics.rouge import rouge_l
 from palimix.metrics.text import accuracy, chrf, exact_match, relaxed_accuracy, sacrebleu_bleu
 from palimix.metrics.vqa import normalize_answer, vqa_accuracy
 
 __all__ = [
-    "KINDS",
     "LanguageReport",
     "accuracy",
     "anls",
@@ -38,9 +38,7 @@ __all__ = [
     "chrf",
     "cider",
     "exact_match",
-    "metrics_for_kind",
     "normalize_answer",
-    "primary_metric",
     "relaxed_accuracy",
     "rouge_l",
     "sacrebleu_bleu",

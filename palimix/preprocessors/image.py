@@ -64,8 +64,9 @@ logger = logging.getLogger(__name__)
 # folder is missing must not print 100k lines.
 LOGGED_DROPS_PER_REASON = 20
 
-# Status values returned by the decoding function next to the pixels.
-_NO_IMAGE, _IMAGE, _DROPPED, _END = 0, 1, features.DROPPED, features.END_OF_DATA
+# Status values returned by the decoding function next to the pixels; _FAILED (an
+# unexpected error of the Pillow path) never reaches a filter: the count stops there.
+_NO_IMAGE, _IMAGE, _DROPPED, _END, _FAILED = 0, 1, features.DROPPED, features.END_OF_DATA, -3
 # Decoding branches: no image, Pillow, tf.io.decode_jpeg at scale 1/1, 1/2, 1/4, 1/8,
 # the end marker.
 _ROUTE_NO_IMAGE, _ROUTE_PILLOW = 0, 1
@@ -78,8 +79,12 @@ _POSITION = "image/position"
 # The feature that carries each example's branch from the batched header check to
 # the per-example decoding map (removed there).
 _ROUTE = "image/route"
+# The message of a _FAILED decoding, from the decoder to the count (removed there).
+_ERROR = "image/error"
 # Examples per call of the header check (see the module docstring).
 ROUTE_BATCH = 16
+# Batches decoded at once (each in its own small dataset, see ImageDecoder).
+_DECODE_CYCLE = 4
 
 
 class _DropCounter:
@@ -162,37 +167,36 @@ def decode_image(
       task_name: the name drops are counted under (`dropped_image_counts()`).
       max_pixels: larger images are refused before they are decoded.
       background: RGB colour that transparent pixels are composited on.
-      num_parallel_calls: for the decoding map; the output order is deterministic.
+      num_parallel_calls: for the decoding; the output order is deterministic.
     """
     decoder = ImageDecoder(image_size=image_size, strict=strict, task_name=task_name, max_pixels=max_pixels,
                            background=background, num_parallel_calls=num_parallel_calls)
-    routed = decoder.route(dataset)
-    return decoder.finish(routed.map(decoder.decode, num_parallel_calls=num_parallel_calls, deterministic=True))
+    return decoder.decode(dataset).filter(features.is_kept)
 
 
 class ImageDecoder:
-    """`decode_image` in three parts, for a preprocessor that decodes inside a map of
-    its own (`prompts.build_example` does: every tf.data stage costs CPU per example,
-    ~0.15 ms here for a map or a filter):
+    """`decode_image` without its final filter, for a preprocessor that filters after
+    a map of its own (`prompts.build_example` does: every tf.data stage costs CPU per
+    example, ~0.15 ms here for a filter):
 
         decoder = ImageDecoder(image_size=224, task_name="coco_en")
-        dataset = decoder.route(dataset)      # the batched header check
-        dataset = dataset.map(fn)             # fn calls decoder.decode(example) and
-                                              # keeps decoder.KEYS in its output
-        dataset = decoder.finish(dataset)     # drops bad images, counts lost examples
+        dataset = decoder.decode(dataset)     # image, has_image; bad images marked
+        dataset = dataset.map(fn)             # fn keeps has_image (may lower it)
+        dataset = dataset.filter(features.is_kept)
 
-    Nothing may drop examples between `route` and `finish`: `finish` counts every
-    position that goes missing there as a lost example. That is how a JPEG that
-    passes the header check but makes `tf.io.decode_jpeg` fail (corrupt tables or
-    scan data: TF raises exactly where a full decode fails, so no header check can
-    tell) is dropped and counted instead of stopping the pipeline: `finish` skips
-    errors (`ignore_errors`) and counts the gaps in the positions `route` gave, up
-    to an end marker that `route` appends after the data. Such drops are logged with
-    the ids of the examples around them (the failing example is gone); with
-    `strict=True` nothing is skipped and the first error stops the pipeline.
+    Stages: a header check in Python per `ROUTE_BATCH` examples picks each example's
+    decoding branch; each batch is then decoded, one example at a time, in a dataset
+    of its own (`interleave`, parallel and in order). A JPEG that passes the header
+    check but makes `tf.io.decode_jpeg` fail (corrupt tables or scan data: TF raises
+    exactly where a full decode fails, so no header check can tell) is skipped there
+    by `ignore_errors`, which sees nothing but that batch's decoding: an error of the
+    source, of the header check or of whatever map comes after stops the pipeline.
+    The skipped examples are counted from the gaps in the positions stamped before
+    decoding (up to an end marker appended after the data) and logged with the ids
+    around them. An unexpected error of the Pillow path (not an `ImageDecodeError`)
+    stops the pipeline naming the task and the example id. With `strict=True`
+    nothing is skipped: the first bad image stops the pipeline.
     """
-
-    KEYS = (_POSITION,)  # Features `finish` needs from the map's output.
 
     def __init__(self, *, image_size: int = 224, strict: bool = False, task_name: str = "",
                  max_pixels: int = DEFAULT_MAX_PIXELS, background: tuple[int, int, int] = DEFAULT_BACKGROUND,
@@ -202,65 +206,85 @@ class ImageDecoder:
         self._decode = _decoder(self.image_size, self.strict, int(max_pixels), tuple(int(c) for c in background))
         self._num_parallel_calls = num_parallel_calls
 
-    def route(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
-        """Adds each example's decoding branch (`image/route`), from a header check
-        run once per `ROUTE_BATCH` examples, and (unless strict) its position, plus
-        one end-of-data example."""
-
-        @tf.autograph.experimental.do_not_convert
-        def route(batch):
-            batch = dict(batch)
-            batch[_ROUTE] = self._routes(batch["image/encoded"], batch.get("image/path"))
-            return batch
-
+    def decode(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        """`image/encoded` -> `image` and `has_image` (1 image, 0 none; DROPPED a bad
+        image, counted, and END_OF_DATA the end marker: the caller's filter removes both)."""
         # ragged_batch: features of varying length (a list of captions) batch as ragged
         # rows, and unbatch gives every example back with its own spec.
         batches = dataset.ragged_batch(ROUTE_BATCH)
-        if not self.strict:
-            end = _end_marker(batches.element_spec)
-            if end is None:
-                logger.warning("Task %r: examples of this structure get no end marker; images that fail inside "
-                               "tf.data at the very end of the data are dropped without being counted.", self.task_name)
-            else:
-                batches = batches.concatenate(end)
-            batches = batches.scan(tf.constant(0, tf.int64), _stamp_positions)
-        return batches.map(route, num_parallel_calls=self._num_parallel_calls).unbatch()
+        if self.strict:
+            routed = batches.map(self._route, num_parallel_calls=self._num_parallel_calls)
+            return routed.unbatch().map(self._decode_example, num_parallel_calls=self._num_parallel_calls,
+                                        deterministic=True)
+        end = _end_marker(batches.element_spec)
+        if end is None:
+            logger.warning("Task %r: examples of this structure get no end marker; images that fail inside "
+                           "tf.data at the very end of the data are dropped without being counted.", self.task_name)
+        else:
+            batches = batches.concatenate(end)
+        routed = batches.scan(tf.constant(0, tf.int64), _stamp_positions).map(
+            self._route, num_parallel_calls=self._num_parallel_calls)
+        # block_length ROUTE_BATCH: a batch's examples come out together, batches in order.
+        parallel = self._num_parallel_calls
+        cycle = _DECODE_CYCLE if parallel in (None, tf.data.AUTOTUNE) else max(1, parallel)
+        decoded = routed.interleave(self._decode_batch_skipping_failures, cycle_length=cycle,
+                                    block_length=ROUTE_BATCH, num_parallel_calls=self._num_parallel_calls,
+                                    deterministic=True)
+        return decoded.scan((tf.constant(-1, tf.int64), tf.constant("", tf.string)), self._count_lost)
 
     @tf.autograph.experimental.do_not_convert
-    def decode(self, example):
-        """Per example (after `route`): `image/encoded` and `image/route` -> `image` and
-        `has_image` (1 image, 0 none, DROPPED a bad image, counted)."""
+    def _route(self, batch):
+        batch = dict(batch)
+        batch[_ROUTE] = self._routes(batch["image/encoded"], batch.get("image/path"))
+        return batch
+
+    @tf.autograph.experimental.do_not_convert
+    def _decode_batch_skipping_failures(self, batch):
+        """One routed batch -> its decoded examples, those whose decoding raised left out."""
+        examples = tf.data.Dataset.from_tensors(batch).unbatch()
+        return examples.map(self._decode_example).ignore_errors()
+
+    @tf.autograph.experimental.do_not_convert
+    def _decode_example(self, example):
         example = dict(example)
         encoded, branch = example.pop("image/encoded"), example.pop(_ROUTE)
         path = example.get("image/path", tf.constant("", tf.string))
-        example["image"], example["has_image"] = self._decode(encoded, path, branch, tf.constant(self.task_name))
+        image, status, error = self._decode(encoded, path, branch, tf.constant(self.task_name))
+        example["image"], example["has_image"] = image, status
+        if not self.strict:
+            example[_ERROR] = error
         return example
 
-    def finish(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
-        """After the decoding map: drops bad images and the end marker (one filter),
-        and (unless strict) examples lost to errors inside tf.data, counted."""
-        if self.strict:
-            return dataset.filter(features.is_kept)
+    @tf.autograph.experimental.do_not_convert
+    def _count_lost(self, state, example):
+        """scan after decoding: counts the examples skipped since the last one, and
+        stops on an unexpected decoding error (`_FAILED`)."""
+        last, last_id = state
+        example = dict(example)
+        position, error = example.pop(_POSITION), example.pop(_ERROR)
+        this_id = example.get("id", tf.constant("", tf.string))
+        this_id = this_id if this_id.dtype == tf.string else tf.strings.as_string(this_id)
         task = tf.constant(self.task_name)
+        status = example["has_image"][0]
+        lost = position - last - 1
+        counted = tf.cond(
+            lost > 0,
+            lambda: tf.numpy_function(_count_lost, [task, lost, last_id, this_id, tf.equal(status, _END)], tf.int64,
+                                      stateful=True, name="palimix_count_lost"),
+            lambda: tf.constant(0, tf.int64))
+        failed = tf.cond(
+            tf.equal(status, _FAILED),
+            lambda: tf.numpy_function(_raise_failure, [task, this_id, error], tf.int64, stateful=True,
+                                      name="palimix_image_failure"),
+            lambda: tf.constant(0, tf.int64))
+        return (position + 0 * (counted + failed), this_id), example  # (Uses both: they run.)
 
-        @tf.autograph.experimental.do_not_convert
-        def count_lost(state, example):
-            last, last_id = state
-            example = dict(example)
-            position = example.pop(_POSITION)
-            this_id = example.get("id", tf.constant("", tf.string))
-            this_id = this_id if this_id.dtype == tf.string else tf.strings.as_string(this_id)
-            lost = position - last - 1
-            at_end = tf.equal(example["has_image"][0], _END)
-            counted = tf.cond(
-                lost > 0,
-                lambda: tf.numpy_function(_count_lost, [task, lost, last_id, this_id, at_end], tf.int64,
-                                          stateful=True, name="palimix_count_lost"),
-                lambda: tf.constant(0, tf.int64))
-            return (position + 0 * counted, this_id), example  # (Uses `counted`: it runs.)
 
-        initial = (tf.constant(-1, tf.int64), tf.constant("", tf.string))
-        return dataset.ignore_errors().scan(initial, count_lost).filter(features.is_kept)
+def _raise_failure(task_name: bytes, example_id: bytes, error: bytes):
+    """An unexpected error of the Pillow path: a bug, not a bad file; never skipped."""
+    raise RuntimeError(f"Task {task_name.decode('utf-8', 'replace')!r}: decoding the image of the example with id "
+                       f"{example_id.decode('utf-8', 'replace')!r} failed unexpectedly: "
+                       f"{error.decode('utf-8', 'replace')}")
 
 
 def _stamp_positions(total, batch):
@@ -334,7 +358,7 @@ def _router(size: int, max_pixels: int):
 
 def _decoder(size: int, strict: bool, max_pixels: int, background: tuple[int, int, int]):
     """fn(encoded, path, branch, task_name) -> (image [S, S, 3] float32, has_image [1]
-    int32), ops for the map function; `branch` comes from `_router`.
+    int32, error message), ops for the map function; `branch` comes from `_router`.
 
     Not a tf.function shared by every task's map: calling one from a tf.data map
     costs ~0.25 ms of CPU per example here, while inlining its ops costs each task's
@@ -344,34 +368,44 @@ def _decoder(size: int, strict: bool, max_pixels: int, background: tuple[int, in
         path = path.decode("utf-8", "replace") if isinstance(path, bytes) else str(path)
         blank = np.zeros((1, 1, 3), np.uint8)
         if not encoded and not path:
-            return blank, np.int32(_NO_IMAGE)
+            return blank, np.int32(_NO_IMAGE), b""
         try:
             if not encoded:
                 raise ImageDecodeError("missing" if not _file_exists(path) else "empty", path)
             pixels = image_files.decode_near_size(encoded, size, path=path, max_pixels=max_pixels, background=background)
-            return pixels, np.int32(_IMAGE)
+            return pixels, np.int32(_IMAGE), b""
         except ImageDecodeError as error:
             if strict:
                 raise
             _DROPS.add(task_name.decode("utf-8", "replace"), error)
-            return blank, np.int32(_DROPPED)
+            return blank, np.int32(_DROPPED), b""
+        except Exception as error:  # noqa: BLE001 - a bug, reported (not skipped) by ImageDecoder's count.
+            if strict:
+                raise
+            # Raised here it would look like a corrupt JPEG to the `ignore_errors`
+            # around decoding; returned, it stops the pipeline with the example's id.
+            return blank, np.int32(_FAILED), f"{path}: {type(error).__name__}: {error}".encode("utf-8", "replace")
 
     def decode(encoded, path, branch, task_name):
+        no_error = tf.constant("", tf.string)
+
         def blank(status):  # No image, or the end marker: no pixels to decode.
-            return lambda: (tf.zeros([1, 1, 3], tf.uint8), tf.constant(status, tf.int32))
+            return lambda: (tf.zeros([1, 1, 3], tf.uint8), tf.constant(status, tf.int32), no_error)
 
         def pillow():
-            return tuple(tf.numpy_function(decode_or_drop, [encoded, path, task_name], [tf.uint8, tf.int32],
+            return tuple(tf.numpy_function(decode_or_drop, [encoded, path, task_name], [tf.uint8, tf.int32, tf.string],
                                            stateful=True, name="palimix_decode_image"))
 
         def tf_jpeg(scale):
             # Same libjpeg(-turbo) DCT scaling as Pillow's draft mode, without the GIL.
-            return lambda: (tf.io.decode_jpeg(encoded, channels=3, ratio=scale), tf.constant(_IMAGE, tf.int32))
+            return lambda: (tf.io.decode_jpeg(encoded, channels=3, ratio=scale), tf.constant(_IMAGE, tf.int32),
+                            no_error)
 
         branches = [blank(_NO_IMAGE), pillow, tf_jpeg(1), tf_jpeg(2), tf_jpeg(4), tf_jpeg(8), blank(_END)]
-        pixels, status = tf.switch_case(branch, branches)
+        pixels, status, error = tf.switch_case(branch, branches)
         pixels.set_shape([None, None, 3])
         status.set_shape([])
+        error.set_shape([])
         # The final resize runs in TensorFlow (outside the GIL, vectorized): bilinear
         # without antialiasing, as big_vision's `resize`; Pillow's is several times
         # slower. Its weights are convex, so the values stay in [0, 255]: no clipping.
@@ -383,6 +417,6 @@ def _decoder(size: int, strict: bool, max_pixels: int, background: tuple[int, in
         # 1 image, 0 no image, -1 dropped, -2 end marker: `features.is_kept` keeps 0 and 1.
         # Shape [1], not a scalar: seqio.Evaluator reads every feature's length from
         # its first dimension (palimix.features).
-        return image, tf.reshape(status, [1])
+        return image, tf.reshape(status, [1]), error
 
     return decode

@@ -9,27 +9,19 @@ One seqio-style preprocessor, `build_example`, turns the kind fields a source yi
                 all human answers; other kinds: the target)
     language, kind, id
 
-How each kind picks its target:
+What each kind reads, how its prompt is filled in and how its target is picked from
+its references is the kind's entry in `palimix.kinds`; this module carries the
+entries out. Examples whose target would be empty (no captions, no answers, empty
+text) are dropped: `palimix stats` shows input and output counts per task. Text that
+is not valid UTF-8 (a prompt field or a reference) stops the pipeline with an error
+naming the task, the example id and the field.
 
-| kind | record fields | target | references |
-|---|---|---|---|
-| caption | captions [n] | one caption, sampled (seeded) | all captions |
-| vqa | question, answers [n] | the most frequent answer (first on ties) | all answers |
-| ocr | text | the text | [text] |
-| classification | label | the label | [label] |
-| translation | text, answers [n] (reference translations) | one translation, sampled | all |
-| span_corruption | text | the masked spans (see preprocessors.text) | [target] |
-| prefix_lm | text | the continuation | [target] |
-
-Examples whose target would be empty (no captions, no answers, empty text) are
-dropped: `palimix stats` shows input and output counts per task.
-
-The image can be handled in the same map (`decode_images=True`: decode `image/encoded`
-as `palimix.preprocessors.image` does, bad images dropped and counted;
-`blank_image=True`: the all-zero image with has_image=0 of language-only kinds), and
-then one filter drops bad images and examples without a target together. Every
-tf.data stage costs CPU per example (~0.15 ms here for a map or a filter), so a task
-is one map and one filter, not a map and a filter per concern.
+The image can be handled with it (`decode_images=True`: `image/encoded` decoded by
+`palimix.preprocessors.image.ImageDecoder` right before the map, bad images dropped
+and counted; `blank_image=True`: the all-zero image with has_image=0 of
+language-only kinds, in the map), and then one filter drops bad images and examples
+without a target together. Every tf.data stage costs CPU per example (~0.15 ms here
+for a map or a filter), so prompt, target, tokenizing and EOS are one map.
 """
 
 from __future__ import annotations
@@ -41,36 +33,19 @@ import seqio
 import tensorflow as tf
 
 from palimix import features, prompts
+from palimix import kinds as kinds_lib
 from palimix.errors import UsageError
+from palimix.metrics import per_language
 from palimix.preprocessors import text as text_preprocessors
 from palimix.preprocessors.text import _no_autograph
-
-# The record fields each kind reads (beyond id, language and the image).
-REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
-    "caption": ("captions",),
-    "vqa": ("question", "answers"),
-    "ocr": ("text",),
-    "classification": ("label",),
-    "translation": ("text", "answers"),
-    "span_corruption": ("text",),
-    "prefix_lm": ("text",),
-}
-KINDS = tuple(REQUIRED_FIELDS)
-IMAGE_KINDS = ("caption", "vqa", "ocr", "classification")
-LANGUAGE_ONLY_KINDS = ("translation", "span_corruption")
-# prefix_lm takes an image when the source has one (PaLI's split-captioning); the demo's
-# prefix-LM text has none.
 
 # Keys an example keeps after build_example (plus image and has_image).
 EXAMPLE_KEYS = ("inputs", "targets", "references", "language", "kind", "id")
 
 
 def check_kind(kind: str) -> str:
-    if kind not in REQUIRED_FIELDS:
-        from palimix.errors import close_matches_hint
-
-        raise UsageError(f"Unknown task kind {kind!r}; kinds: {', '.join(KINDS)}.{close_matches_hint(kind, KINDS)}")
-    return kind
+    """`kind` if palimix.kinds has it, else a UsageError naming the kinds."""
+    return kinds_lib.get(kind).name
 
 
 def most_frequent(values: tf.Tensor) -> tf.Tensor:
@@ -85,6 +60,14 @@ def _sample(values: tf.Tensor, seed) -> tf.Tensor:
     values = _or_blank(values)
     index = tf.random.stateless_uniform([], seed, minval=0, maxval=tf.size(values), dtype=tf.int32)
     return values[index]
+
+
+# How a kind's target is picked from its references (kinds.Kind.target): fn(references, seed).
+_PICK_TARGET = {
+    kinds_lib.SAMPLE: _sample,
+    kinds_lib.MOST_FREQUENT: lambda references, seed: most_frequent(references),
+    kinds_lib.FIRST: lambda references, seed: references[0],
+}
 
 
 def _or_blank(values: tf.Tensor) -> tf.Tensor:
@@ -145,12 +128,7 @@ def build_example(
     kind: str,
     language,
     style: str = "pali",
-    classes=None,
-    source_language: str | None = None,
     segmentation="space",
-    noise_density: float = 0.15,
-    mean_noise_span_length: float = 3.0,
-    max_target_units: int | None = None,
     tokenize: bool = False,
     decode_images: bool = False,
     blank_image: bool = False,
@@ -159,163 +137,191 @@ def build_example(
     task_name: str = "",
     output_features=None,
     sequence_length=None,
+    **options,
 ) -> tf.data.Dataset:
     """Turns records into prompted examples of `kind` (see module doc).
 
     Args:
-      kind: one of KINDS.
+      kind: a kind of palimix.kinds.
       language: the normalized code of the prompt and target language; or a list of
         codes for a multilingual task: each example's prompt is in its record's
         `language`, and records in other languages are left out.
       style: prompt style ("pali" or "natural"; see palimix.prompts).
-      classes: classification only: the class labels listed in the prompt
-        ("classify de Kreis ; Quadrat ; Dreieck"): a list, or {language: list};
-        None asks an open question.
-      source_language: translation only: the language of `text`.
       segmentation: "space" or other (characters): the units that span corruption
         and prefix LM count (palimix.languages' `segmentation`); {language: name}
         for a multilingual task.
-      noise_density, mean_noise_span_length: span corruption (T5 defaults).
-      max_target_units: prefix LM: at most this many units in the target.
       tokenize: also tokenize `inputs` and `targets` and append EOS after trimming
         to `sequence_length` (`text.tokenize_and_append_eos`), in the same map: one
         tf.data stage and one traced function instead of three. seqio passes
         `output_features` and `sequence_length`.
-      decode_images: decode each record's `image/encoded` to `image`/`has_image` in
-        the same map (`image.ImageDecoder`: `image_size`, `strict_images`; bad images
-        are dropped and counted under `task_name`).
+      decode_images: decode each record's `image/encoded` to `image`/`has_image`
+        (`image.ImageDecoder`: `image_size`, `strict_images`; bad images are dropped
+        and counted under `task_name`).
       blank_image: give each example the all-zero `image_size` image, has_image 0
         (language-only kinds; no file is read).
+      task_name: named in drop counts and in errors about an example.
+      **options: the kind's options (`palimix.kinds`: classification `classes`, a
+        list or {language: list}; translation `source_language`; span corruption
+        `noise_density`, `mean_noise_span_length`; prefix LM `max_target_units`).
     """
-    check_kind(kind)
+    entry = kinds_lib.get(kind)
+    codes = [language] if isinstance(language, str) else list(language)
+    options = _prepared_options(entry, task_name or kind, options, codes)
     if (decode_images or blank_image) and not image_size:
         raise UsageError("build_example(decode_images=/blank_image=True) needs image_size.")
     if tokenize and output_features is None:
         raise UsageError("build_example(tokenize=True) needs output_features (seqio passes them to preprocessors).")
-    finish = text_preprocessors.tokenize_and_append_eos_fn(output_features, sequence_length) if tokenize else None
-    if kind == "translation" and not source_language:
-        raise UsageError("translation tasks need source_language= (the language of the records' `text`).")
-    codes = [language] if isinstance(language, str) else list(language)
-    multilingual = len(codes) > 1
-    if multilingual:
-        codes_tensor = tf.constant(codes)
-        dataset = dataset.filter(_no_autograph(lambda ex: tf.reduce_any(tf.equal(ex["language"], codes_tensor))))
-
-    decoder, image_keys = None, ()
+    dataset = _keep_languages(dataset, codes)
+    if entry.text_stage is not None:
+        dataset = entry.text_stage(dataset, segmentation, options)
     if decode_images:
         # Imported here: the image module pulls in Pillow, not needed to list tasks.
         from palimix.preprocessors import image as image_preprocessors
 
         decoder = image_preprocessors.ImageDecoder(image_size=image_size, strict=strict_images, task_name=task_name)
-        image_keys = decoder.KEYS  # What the decoder's `finish` reads after this map.
-    # With an image step here, drops are marked in the map (has_image DROPPED) and
-    # filtered once after it; otherwise examples without a target are filtered first.
-    marks_drops = decode_images or blank_image
+        dataset = decoder.decode(dataset)
+    finish = text_preprocessors.tokenize_and_append_eos_fn(output_features, sequence_length) if tokenize else None
+    build = _example_builder(entry, codes, style, options, task_name=task_name, finish=finish,
+                             blank_image_size=image_size if blank_image else None)
+    if decode_images or blank_image:
+        # Bad images and examples without a target are marked in the map
+        # (has_image < 0) and dropped by one filter after it.
+        return build(dataset).filter(features.is_kept)
+    return build(dataset.filter(_no_autograph(lambda example: _has_target(entry, example))))
 
-    if kind == "span_corruption":
-        dataset = text_preprocessors.span_corruption(
-            dataset, segmentation=segmentation, noise_density=noise_density, mean_noise_span_length=mean_noise_span_length
-        )
-    elif kind == "prefix_lm":
-        dataset = text_preprocessors.prefix_lm_split(dataset, segmentation=segmentation, max_target_units=max_target_units)
 
-    def classes_of(code):
-        return list(classes[code]) if isinstance(classes, Mapping) else list(classes)
+def _prepared_options(entry: kinds_lib.Kind, name: str, options, codes) -> dict:
+    """The kind's options, checked and prepared (add_task prepared them already, with
+    the source; preparing is idempotent, so direct callers get the same checks)."""
+    options = kinds_lib.kind_options(entry, name, options)
+    if entry.prepare_options is not None:
+        options = entry.prepare_options(name, options, None, codes[0] if len(codes) == 1 else codes)
+    return options
 
-    prompt_kind, static, dynamic, field_of = kind, (lambda code: {}), (), {}
-    if kind == "vqa":
-        dynamic, field_of = ("question",), {"question": "question"}
-    elif kind == "classification":
-        if classes:
-            prompt_kind, static = "classification_choices", (lambda code: {"classes": classes_of(code)})
-    elif kind == "translation":
-        static = lambda code: {"source": source_language}  # noqa: E731
-        dynamic, field_of = ("text",), {"text": "text"}
-    elif kind == "span_corruption":
-        dynamic, field_of = ("text",), {"text": "noised_text"}
-    elif kind == "prefix_lm":
-        dynamic, field_of = ("text",), {"text": "prefix"}
-    prompt_for = _prompt_builder(prompt_kind, codes, style, static, dynamic)
+
+def _keep_languages(dataset: tf.data.Dataset, codes: Sequence[str]) -> tf.data.Dataset:
+    """A multilingual task reads the records of its languages only."""
+    if len(codes) == 1:
+        return dataset
+    codes_tensor = tf.constant(list(codes))
+    return dataset.filter(_no_autograph(lambda ex: tf.reduce_any(tf.equal(ex["language"], codes_tensor))))
+
+
+def _example_builder(entry: kinds_lib.Kind, codes, style: str, options, *, task_name: str, finish,
+                     blank_image_size: int | None):
+    """The map from a record to its example (seqio seeds it per example)."""
+    template = entry.template_kind(options)
+    prompt_for = _prompt_builder(template, codes, style, _static_fields(entry, template, options),
+                                 tuple(entry.prompt_fields))
+    pick_target = _PICK_TARGET[entry.target]
+    multilingual = len(codes) > 1
 
     @seqio.map_over_dataset(num_seeds=1)
     @_no_autograph
     def build(example, seed):
-        if decoder is not None:
-            example = decoder.decode(example)
-        elif blank_image:
-            example = dict(example)
-            example["image"] = tf.zeros([image_size, image_size, 3], tf.float32)
-            example["has_image"] = tf.constant([0], tf.int32)
-        references = references_of(example)
-        if kind in ("caption", "translation"):
-            target = _sample(references, seed)
-        elif kind == "vqa":
-            target = most_frequent(references)
-        else:
-            target = references[0]
-        out = {
-            "inputs": prompt_for(example, {f: example[key] for f, key in field_of.items()}),
-            "targets": target,
-            "references": references,
-            "language": example["language"] if multilingual else tf.constant(codes[0]),
-            "kind": tf.constant(kind),
-            "id": tf.strings.as_string(example["id"]) if example["id"].dtype != tf.string else example["id"],
-        }
-        for key in ("image", "has_image", *image_keys):
-            if key in example:
-                out[key] = example[key]
-        if marks_drops:  # (min: the decoder's end marker, END_OF_DATA, stays as it is.)
-            out["has_image"] = tf.where(has_target(example, references), out["has_image"],
+        references = _references(entry, example)
+        values = {field: example[key] for field, key in entry.prompt_fields.items()}
+        checks = _utf8_checks(task_name, example, {**{entry.prompt_fields[f]: v for f, v in values.items()},
+                                                   entry.references: references})
+        with tf.control_dependencies(checks):
+            out = {
+                "inputs": tf.identity(prompt_for(example, values)),
+                "targets": tf.identity(pick_target(references, seed)),
+                "references": references,
+                "language": example["language"] if multilingual else tf.constant(codes[0]),
+                "kind": tf.constant(entry.name),
+                "id": _id_string(example),
+            }
+        if blank_image_size:
+            out["image"] = tf.zeros([blank_image_size, blank_image_size, 3], tf.float32)
+            out["has_image"] = tf.constant([0], tf.int32)
+        elif "image" in example:
+            out["image"], out["has_image"] = example["image"], example["has_image"]
+        if "has_image" in out:  # (min: the decoder's end marker, END_OF_DATA, stays as it is.)
+            out["has_image"] = tf.where(_has_target(entry, example, references), out["has_image"],
                                         tf.minimum(out["has_image"], features.DROPPED))
         return finish(out) if finish else out
 
-    def references_of(example):
-        """Every acceptable target of a record (the target is drawn from them)."""
-        if kind in ("caption", "translation", "vqa"):
-            return _as_list(example["captions" if kind == "caption" else "answers"])
-        if kind in ("ocr", "classification"):
-            return tf.reshape(tf.strings.strip(example["text" if kind == "ocr" else "label"]), [1])
-        # span_corruption, prefix_lm: made by preprocessors.text (kept verbatim: a
-        # leading space before a sentinel is what makes it one token).
-        return tf.reshape(example["targets"], [1])
-
-    def has_target(example, references):
-        if kind in ("caption", "translation", "vqa"):
-            ok = tf.size(references) > 0
-            if kind in ("vqa", "translation"):
-                field = "question" if kind == "vqa" else "text"
-                ok = tf.logical_and(ok, tf.strings.length(tf.strings.strip(example[field])) > 0)
-            return ok
-        return tf.strings.length(tf.strings.strip(references[0])) > 0
-
-    if decoder is not None:
-        # Routed right before the map: `finish` counts every example that goes
-        # missing between the two as lost, so no filter may stand between them.
-        return decoder.finish(build(decoder.route(dataset)))
-    if marks_drops:
-        return build(dataset).filter(features.is_kept)
-    return build(dataset.filter(_no_autograph(lambda example: has_target(example, references_of(example)))))
+    return build
 
 
-# Kinds whose metrics score a prediction against a list of references (palimix.metrics).
-MULTI_REFERENCE_KINDS = ("caption", "vqa")
+def _static_fields(entry: kinds_lib.Kind, template: str, options):
+    """fn(code) -> the template's fields that come from options (a class list, the
+    source language); an option given per language as {language: value}."""
+    names = [f for f in entry.templates[template] if f in entry.prompt_options]
+
+    def fields(code):
+        values = {f: options[entry.prompt_options[f]] for f in names}
+        return {f: (v[code] if isinstance(v, Mapping) else v) for f, v in values.items()}
+
+    return fields
 
 
-def postprocess_fn(kind: str):
-    """The seqio `postprocess_fn` for a kind (see `postprocess`)."""
-    check_kind(kind)
-    return functools.partial(postprocess, multi_reference=kind in MULTI_REFERENCE_KINDS)
+def _references(entry: kinds_lib.Kind, example) -> tf.Tensor:
+    """Every acceptable target of a record (the target is picked from them)."""
+    value = example[entry.references]
+    if entry.many_references:
+        return _as_list(value)
+    return tf.reshape(value if entry.verbatim_references else tf.strings.strip(value), [1])
 
 
-def postprocess(output, example=None, is_target: bool = False, multi_reference: bool = False):
-    """seqio postprocess_fn: predictions become stripped strings. Targets of caption
-    and vqa tasks (`multi_reference`) become their example's `references` (all
-    captions, all human answers), which palimix's caption and VQA metrics score
-    against; other targets stay the target string."""
-    if is_target and multi_reference and example is not None and "references" in example:
-        return [_text(r) for r in list(example["references"])]
-    output = _text(output)
-    return output.strip() if isinstance(output, str) else output
+def _has_target(entry: kinds_lib.Kind, example, references=None) -> tf.Tensor:
+    """Whether a record makes an example: a non-blank target and required text."""
+    references = _references(entry, example) if references is None else references
+    if entry.many_references:
+        ok = tf.size(references) > 0
+    else:
+        ok = tf.strings.length(tf.strings.strip(references[0])) > 0
+    for key in entry.required_text:
+        ok = tf.logical_and(ok, tf.strings.length(tf.strings.strip(example[key])) > 0)
+    return ok
+
+
+def _utf8_checks(task_name: str, example, texts: Mapping[str, tf.Tensor]) -> list:
+    """Assertions that each text is valid UTF-8, naming the task, the example id and
+    the field: text in another encoding would become a garbled prompt or target."""
+    checks = []
+    for field, value in texts.items():
+        # Transcoding replaces invalid bytes (U+FFFD): valid text comes back unchanged.
+        valid = tf.reduce_all(tf.equal(tf.strings.unicode_transcode(value, "UTF-8", "UTF-8"), value))
+        # No quotes: tf.debugging.Assert prints its strings C-escaped (\\').
+        message = tf.strings.join([f"Task {task_name or '<unnamed>'}: the example with id ", _id_string(example),
+                                   f" has text that is not valid UTF-8 in its field {field}"])
+        checks.append(tf.debugging.Assert(valid, [message]))
+    return checks
+
+
+def _id_string(example) -> tf.Tensor:
+    return example["id"] if example["id"].dtype == tf.string else tf.strings.as_string(example["id"])
+
+
+def postprocess_fn(kind: str, multilingual: bool = False):
+    """The seqio `postprocess_fn` for a task of `kind` (see `postprocess`)."""
+    entry = kinds_lib.get(kind)
+    return functools.partial(postprocess, multi_reference=entry.score_all_references, keep_language=multilingual)
+
+
+def postprocess(output, example=None, is_target: bool = False, multi_reference: bool = False,
+                keep_language: bool = False):
+    """seqio postprocess_fn: predictions become stripped strings. Targets of kinds
+    that score every reference (`multi_reference`: caption, vqa) become their
+    example's `references` (all captions, all human answers); other targets stay the
+    target string. With `keep_language` (a multilingual task), a target keeps its
+    example's language (`metrics.per_language.language_target`) for metric functions
+    that score each language on its own."""
+    if not is_target:
+        output = _text(output)
+        return output.strip() if isinstance(output, str) else output
+    if multi_reference and example is not None and "references" in example:
+        target = [_text(r) for r in list(example["references"])]
+    else:
+        target = _text(output)
+        target = target.strip() if isinstance(target, str) else target
+    if not keep_language:
+        return target
+    if example is None or "language" not in example:
+        raise UsageError("a multilingual task's targets need their example's `language` (seqio passes `example`).")
+    return per_language.language_target(_text(example["language"]), target)
 
 
 def _text(value):

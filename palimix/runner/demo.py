@@ -1,7 +1,8 @@
 """`palimix demo`: train a tiny PaLI on `palimix_demo`, evaluate it against trivial
 baselines per kind, and leave TensorBoard logs and an HTML report.
 
-Baselines (scored with the same tasks' metrics as the model):
+Baselines (each kind's `baseline` in palimix.kinds; scored with the same tasks'
+metrics as the model):
   caption, vqa, ocr, classification: the most frequent target of that language in
     the evaluated examples, for every example (a constant caption, the most frequent
     answer or label);
@@ -23,8 +24,6 @@ import time
 
 # Kinds the demo must learn (beat the baseline on); the text-only kinds are reported too.
 REQUIRED_KINDS = ("caption", "vqa", "ocr", "classification", "translation")
-# Kinds whose baseline answer is counted per language (see the module docstring).
-PER_LANGUAGE_BASELINE_KINDS = ("caption", "vqa", "ocr", "classification")
 # Report languages, chosen to show several scripts.
 SHOWCASE_LANGUAGES = ("en", "de", "ru", "el", "ar", "hi", "th", "zh", "ja", "sw")
 
@@ -44,7 +43,11 @@ class DemoSettings:
 
 
 def baseline_text(kind: str, example: dict, most_frequent: str) -> str:
-    if kind == "translation":
+    """The kind's trivial answer to `example` (palimix.kinds' `baseline`)."""
+    from palimix import kinds
+
+    if kinds.get(kind).baseline == kinds.COPY_SOURCE:
+        # The source text follows the prompt's first ": " ("translate en de: <text>").
         source = _text(example.get("inputs_pretokenized", b""))
         return source.split(": ", 1)[1] if ": " in source else source
     return most_frequent
@@ -60,8 +63,10 @@ def baseline_predictor(evaluation, targets_length: int):
     multilingual task's languages each get their own)."""
     def predict(task, indexed):
         raw = evaluation.raw_examples(task.name)
+        from palimix import kinds
+
         _, kind = evaluation.task_info[task.name]
-        per_language = kind in PER_LANGUAGE_BASELINE_KINDS
+        per_language = kinds.get(kind).baseline == kinds.MOST_FREQUENT_PER_LANGUAGE
 
         def group(example) -> str:
             return _text(example.get("language", b"")) if per_language else ""

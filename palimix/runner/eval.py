@@ -82,15 +82,13 @@ def macro_averages(tasks: dict) -> dict:
 
 
 def primary_metric(kind: str, metrics: dict) -> str | None:
-    """The kind's headline metric (palimix.metrics.primary_metric), else the first."""
-    try:
-        from palimix.metrics import primary_metric as primary
+    """The kind's headline metric (palimix.kinds), else the first (a task of no
+    palimix kind, or one with metrics of its own)."""
+    from palimix import kinds
 
-        name = primary(kind)
-        if name in metrics:
-            return name
-    except (ImportError, KeyError, ValueError):
-        pass
+    entry = kinds.KINDS.get(kind)
+    if entry is not None and entry.primary_metric in metrics:
+        return entry.primary_metric
     return next(iter(sorted(metrics)), None)
 
 
@@ -142,18 +140,7 @@ class Evaluation:
             vocabulary = task.output_features["targets"].vocabulary
             raw = self.raw_examples(task.name)
             example_languages = [_text(ex["language"]) if "language" in ex else language for ex in raw]
-            if (len(set(example_languages)) > 1 or is_multilingual(task)) and task.predict_metric_fns:
-                # A multilingual task (one task, many languages: the demo's): scored per
-                # language with that language's metrics, as if each were its own task
-                # (also when the evaluated examples happen to be of one language).
-                for lang in sorted(set(example_languages)):
-                    keep = [i for i, code in enumerate(example_languages) if code == lang]
-                    tasks[f"{task.name}:{lang}"] = {
-                        "language": lang, "kind": kind, "num_examples": len(keep),
-                        "metrics": _subset_metrics(task, [raw[i] for i in keep], [tokens[i] for i in keep], lang)}
-            else:
-                tasks[task.name] = {"language": language, "kind": kind, "num_examples": len(tokens),
-                                    "metrics": self._metrics(task, tokens)}
+            tasks.update(_task_entries(task.name, language, kind, len(tokens), self._metrics(task, tokens)))
             examples[task.name] = [
                 {"index": i, "language": example_languages[i], "input": _text(raw[i].get("inputs_pretokenized", b"")),
                  "target": _text(raw[i].get("targets_pretokenized", b"")), "prediction": vocabulary.decode(tokens[i])}
@@ -197,31 +184,19 @@ def shown_indices(example_languages: Sequence[str], count: int, prefer_languages
     return list(dict.fromkeys(order))[:count]
 
 
-def is_multilingual(task) -> bool:
-    """Whether palimix registered `task` as one task over many languages."""
-    from palimix.tasks.registry import MULTILINGUAL, task_info
+def _task_entries(name: str, language: str, kind: str, num_examples: int, metrics: dict) -> dict:
+    """The table rows of one task: one row; for a multilingual task, whose metric
+    functions score each language on its own (palimix.metrics.per_language: keys
+    `cider/de`, ...), a row `<task>:<language>` per language, as if each were its own
+    task (the per-language macro keys are left to `macro_averages`)."""
+    from palimix.metrics import per_language
 
-    info = task_info(task.name)
-    return info is not None and info.language == MULTILINGUAL
-
-
-def _subset_metrics(task, raw_examples, tokens, language: str) -> dict:
-    """seqio's postprocessing and the language's metric functions on a subset of a
-    task's examples (those of `language`)."""
-    from palimix.tasks.registry import metric_fns_for_language
-
-    vocabulary = task.output_features["targets"].vocabulary
-    targets = [task.postprocess_fn(_text(ex.get("targets_pretokenized", b"")), example=ex, is_target=True)
-               for ex in raw_examples]
-    predictions = [task.postprocess_fn(vocabulary.decode(row), example=ex, is_target=False)
-                   for ex, row in zip(raw_examples, tokens)]
-    values = {}
-    for fn in metric_fns_for_language(task, language):
-        for k, v in fn(targets, predictions).items():
-            v = getattr(v, "value", v)
-            if np.isscalar(v):
-                values[k] = float(v)
-    return values
+    by_language = per_language.split_keys(metrics)
+    if not by_language:
+        return {name: {"language": language, "kind": kind, "num_examples": num_examples, "metrics": metrics}}
+    counts = per_language.example_counts(metrics)
+    return {f"{name}:{code}": {"language": code, "kind": kind, "num_examples": counts[code], "metrics": values}
+            for code, values in sorted(by_language.items())}
 
 
 def _as_numpy(dataset):

@@ -9,9 +9,11 @@
 
 Each task's pipeline: read records (the source) -> one preprocessor,
 preprocessors.prompts.build_example: decode the image (or give a blank one to
-language-only kinds), build prompt and target, tokenize `inputs` and `targets` and
-append EOS, in ONE map, then one filter for bad images and empty targets (every
-tf.data stage costs CPU per example). Output features: palimix.features.
+language-only kinds), build prompt and target as the kind's entry in palimix.kinds
+says, tokenize `inputs` and `targets` and append EOS in ONE map, then one filter for
+bad images and empty targets (every tf.data stage costs CPU per example). Output
+features: palimix.features. A multilingual task (per_language=False) reports its
+metrics per language (palimix.metrics.per_language).
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import seqio
 
-from palimix import features
+from palimix import features, kinds
 from palimix import languages as languages_lib
 from palimix.errors import UsageError
+from palimix.metrics import per_language
 from palimix.mixtures import add_mixture, check_new_name
 from palimix.preprocessors import prompts as prompt_preprocessors
 
@@ -49,7 +53,6 @@ class TaskInfo:
     images: bool  # Whether examples carry real images (else a blank one).
     source: str  # repr of the source, for listings.
     languages: tuple[str, ...] = ()  # Every language of its examples.
-    standard_metrics: bool = True  # metrics=None: the kind's own, chosen per language.
 
     def __post_init__(self):
         if not self.languages:
@@ -87,24 +90,25 @@ def add_task(
     overwrite: bool = False,
     vocabulary: seqio.Vocabulary | None = None,
     images: bool | None = None,
-    classes=None,
-    source_language: str | None = None,
     strict_images: bool = False,
-    noise_density: float = 0.15,
-    mean_noise_span_length: float = 3.0,
-    max_target_units: int | None = None,
     shuffle_buffer_size: int | None = None,
+    per_language: bool = True,
     rate="examples",
     temperature: float = 1.0,
     max_rate: float | None = None,
     unimax=None,
-    per_language: bool = True,
+    **options,
 ):
     """Registers `<name>_<lang>` for each language and the mixture `<name>` over them.
 
+    Every task is built and checked before anything is registered, so an error
+    (a bad option, a source without a language, a name in use) leaves the registry
+    as it was; with `overwrite`, the group it replaces stays until the new one is in.
+
     Args:
       name: the task group's name (the mixture's name, and the tasks' prefix).
-      kind: caption, vqa, ocr, classification, translation, span_corruption, prefix_lm.
+      kind: a kind of `palimix.kinds` (caption, vqa, ocr, classification,
+        translation, span_corruption, prefix_lm).
       source: a seqio DataSource yielding palimix records (`palimix.sources`): one
         with `for_language(code)` (each task reads its language), a dict
         {language: source}, or any source when `languages` has one language.
@@ -113,96 +117,197 @@ def add_task(
       prompt_style: "pali" ("caption de") or "natural" (localized sentences).
       image_size: the image side the task resizes to (TASK_FEATURE_LENGTHS["image"]).
       metrics: seqio metric functions; None: the kind's standard metrics
-        (`palimix.metrics.metrics_for_kind`); [] for none.
+        (`palimix.kinds`); [] for none. A multilingual task scores each language on
+        its own with them (keys `<metric>/<language>` and `<metric>/macro`).
       overwrite: replace tasks and the mixture registered under these names before.
       vocabulary: the text vocabulary; default palimix's.
-      images: whether records carry images to decode. Default: yes for caption, vqa,
-        ocr, classification and prefix_lm; no (a blank image) for translation and
-        span_corruption.
-      classes: classification: the labels to list in the prompt: a list (every
-        language), {language: list}, or True (the source's `class_names(language)`);
-        None asks an open question.
-      source_language: translation: the language of the records' `text`.
+      images: whether records carry images to decode. Default: the kind's (yes for
+        caption, vqa, ocr, classification and prefix_lm; a blank image for
+        translation and span_corruption).
       strict_images: stop at the first unreadable image instead of dropping it.
-      noise_density, mean_noise_span_length: span corruption.
-      max_target_units: prefix LM: the most words (characters) in a target.
       shuffle_buffer_size: per task; default 64 for image tasks, 1000 for text.
-      rate, temperature, max_rate, unimax: the mixture over the languages
-        (palimix.mixtures.add_mixture).
       per_language: False registers ONE multilingual task `<name>_mul` over all
         `languages` (each example prompted in its record's language; records in
         other languages left out) instead of a task per language: far cheaper to
         build for 100+ small languages, at the cost of per-language rates.
+      rate, temperature, max_rate, unimax: the mixture over the tasks
+        (palimix.mixtures.add_mixture).
+      **options: the kind's own options (`palimix.kinds`): classification `classes`
+        (a list, {language: list}, or True for the source's `class_names(language)`;
+        None asks an open question), translation `source_language` (the language of
+        the records' `text`), span corruption `noise_density` and
+        `mean_noise_span_length`, prefix LM `max_target_units` (the most words or
+        characters in a target).
     Returns the mixture `<name>`.
     """
-    kind = prompt_preprocessors.check_kind(kind)
-    codes = _languages(languages)
-    images = (kind not in prompt_preprocessors.LANGUAGE_ONLY_KINDS) if images is None else bool(images)
-    features.check_image_size(image_size)
-    if kind == "translation":
-        if not source_language:
-            raise UsageError(f"{name}: translation tasks need source_language= (the language of `text`).")
-        source_language = languages_lib.normalize(source_language)
-    names = {code: task_name(name, code) for code in codes} if per_language else {MULTILINGUAL: task_name(name, MULTILINGUAL)}
-    if not per_language and isinstance(source, Mapping):
-        raise UsageError(f"{name}: a multilingual task (per_language=False) reads one source, not a dict.")
-
-    # Check every name before registering anything, so an error leaves no half group.
-    old = set(_GROUPS.get(name, [])) if overwrite else set()
-    for new in [name, *names.values()]:
-        if new not in old:
-            check_new_name(new, overwrite)
-    for stale in old:
-        seqio.TaskRegistry.remove(stale)
-        _TASKS.pop(stale, None)
-
+    entry = kinds.get(kind)
+    settings = _TaskSettings(
+        group=name, kind=entry, codes=tuple(_languages(languages)), prompt_style=prompt_style,
+        image_size=features.check_image_size(image_size), images=entry.images if images is None else bool(images),
+        strict_images=strict_images, metrics=None if metrics is None else tuple(metrics),
+        shuffle_buffer_size=shuffle_buffer_size)
+    options = kinds.kind_options(entry, name, options)
+    plan = _plan(settings, source, options, per_language)
     output_features = features.output_features(image_size, vocabulary)
-    _check_source_fields(name, kind, source)
-    registered = []
-    for code, full_name in names.items():
-        if code == MULTILINGUAL:
-            task_source, task_languages = source, codes
-            segmentation = {c: languages_lib.get(c).segmentation for c in codes}
-            task_classes = _multilingual_classes(name, classes, source, codes)
-        else:
-            task_source, task_languages = _source_for(name, source, code, codes), code
-            segmentation = languages_lib.get(code).segmentation
-            task_classes = _classes_for(name, classes, source, code)
-        build = functools.partial(
-            prompt_preprocessors.build_example,
-            kind=kind,
-            language=task_languages,
-            style=prompt_style,
-            classes=task_classes,
-            source_language=source_language,
-            segmentation=segmentation,
-            noise_density=noise_density,
-            mean_noise_span_length=mean_noise_span_length,
-            max_target_units=max_target_units,
-            tokenize=True,  # Tokenizing and EOS in the same map (one tf.data stage, one trace).
-            # The image in the same map too: decoded (bad ones dropped and counted), or blank.
-            decode_images=images,
-            blank_image=not images,
-            image_size=image_size,
-            strict_images=strict_images,
-            task_name=full_name,
-        )
-        task = _PretrimmedTask(
-            full_name,
-            source=task_source,
-            output_features=output_features,
-            preprocessors=[build],
-            postprocess_fn=prompt_preprocessors.postprocess_fn(kind),
-            metric_fns=list(metrics) if metrics is not None else _standard_metrics(kind, codes if code == MULTILINGUAL else code),
-            shuffle_buffer_size=shuffle_buffer_size or (IMAGE_SHUFFLE_BUFFER if images else TEXT_SHUFFLE_BUFFER),
-        )
-        seqio.TaskRegistry.add_provider(full_name, task)
-        _TASKS[full_name] = TaskInfo(full_name, name, kind, code, image_size, prompt_style, images, _describe(task_source),
-                                     tuple(codes) if code == MULTILINGUAL else (code,), metrics is None)
-        registered.append(full_name)
-    _GROUPS[name] = registered
-    return add_mixture(name, registered, rate=rate, temperature=temperature, max_rate=max_rate, unimax=unimax,
-                       overwrite=overwrite)
+    built = [_build_task(settings, spec, output_features) for spec in plan]
+    replaced = _names_to_replace(name, [task.name for task, _ in built], overwrite)
+    return _register(name, built, replaced,
+                     dict(rate=rate, temperature=temperature, max_rate=max_rate, unimax=unimax))
+
+
+@dataclasses.dataclass(frozen=True)
+class _TaskSettings:
+    """What every task of one add_task call shares."""
+
+    group: str
+    kind: kinds.Kind
+    codes: tuple[str, ...]
+    prompt_style: str
+    image_size: int
+    images: bool
+    strict_images: bool
+    metrics: tuple | None
+    shuffle_buffer_size: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class _TaskSpec:
+    """One task to build: its name, language (MULTILINGUAL for one over all),
+    source and prepared kind options."""
+
+    name: str
+    language: str
+    source: Any
+    options: dict
+
+
+def _plan(settings: _TaskSettings, source, options, per_language: bool) -> list[_TaskSpec]:
+    """The tasks of a group, each with its source and options (errors raised here,
+    before anything is built or registered)."""
+    group, kind = settings.group, settings.kind
+    _check_source_fields(group, kind, source)
+    prepare = kind.prepare_options or (lambda group, options, source, codes: options)
+    if not per_language:
+        if isinstance(source, Mapping):
+            raise UsageError(f"{group}: a multilingual task (per_language=False) reads one source, not a dict.")
+        return [_TaskSpec(task_name(group, MULTILINGUAL), MULTILINGUAL, source,
+                          prepare(group, options, source, list(settings.codes)))]
+    specs = []
+    for code in settings.codes:
+        task_source = _source_for(group, source, code, settings.codes)
+        specs.append(_TaskSpec(task_name(group, code), code, task_source, prepare(group, options, source, code)))
+    return specs
+
+
+def _build_task(settings: _TaskSettings, spec: _TaskSpec, output_features) -> tuple[seqio.Task, TaskInfo]:
+    """The seqio task of `spec` and its TaskInfo, not registered."""
+    kind = settings.kind
+    multilingual = spec.language == MULTILINGUAL
+    codes = list(settings.codes) if multilingual else [spec.language]
+    segmentation = ({c: languages_lib.get(c).segmentation for c in codes} if multilingual
+                    else languages_lib.get(spec.language).segmentation)
+    build = functools.partial(
+        prompt_preprocessors.build_example, kind=kind.name, language=codes if multilingual else spec.language,
+        style=settings.prompt_style, segmentation=segmentation,
+        tokenize=True,  # Tokenizing and EOS in the same map (one tf.data stage, one trace).
+        # The image right before that map (bad ones dropped and counted), or a blank one in it.
+        decode_images=settings.images, blank_image=not settings.images, image_size=settings.image_size,
+        strict_images=settings.strict_images, task_name=spec.name, **spec.options)
+    task = _PretrimmedTask(
+        spec.name, source=spec.source, output_features=output_features, preprocessors=[build],
+        postprocess_fn=prompt_preprocessors.postprocess_fn(kind.name, multilingual=multilingual),
+        metric_fns=_metric_fns(kind, settings.metrics, codes if multilingual else spec.language),
+        shuffle_buffer_size=settings.shuffle_buffer_size or (
+            IMAGE_SHUFFLE_BUFFER if settings.images else TEXT_SHUFFLE_BUFFER))
+    info = TaskInfo(spec.name, settings.group, kind.name, spec.language, settings.image_size, settings.prompt_style,
+                    settings.images, _describe(spec.source), tuple(codes))
+    return task, info
+
+
+def _metric_fns(kind: kinds.Kind, metrics, language) -> list:
+    """The task's metric functions: `metrics`, or the kind's for the language; for a
+    multilingual task one function scoring each language on its own (its own
+    metrics: CIDEr on jieba words for Chinese, ...)."""
+    def for_language(code):
+        return list(metrics) if metrics is not None else kind.metric_fns(code)
+
+    if isinstance(language, str):
+        return for_language(language)
+    for code in language:  # Unknown codes fail at registration, not at evaluation.
+        languages_lib.normalize(code)
+    if metrics is not None and not metrics:
+        return []
+    return [per_language.by_language(for_language, name=f"{kind.name}_per_language")]
+
+
+def _names_to_replace(group: str, new_names: Sequence[str], overwrite: bool) -> list[str]:
+    """The registered names the new group takes over (the old group's tasks, and any
+    task or mixture with one of its names); UsageError for a taken name without
+    `overwrite` or an invalid one. Nothing is removed here."""
+    registered = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+    old_group = _GROUPS.get(group, []) if overwrite else []
+    replaced = [n for n in old_group if n in registered]
+    for new in [group, *new_names]:
+        if new not in registered:
+            check_new_name(new)  # Only checks: the name is free.
+        elif not overwrite:
+            raise UsageError(f"a task or mixture named {new!r} is already registered; pass overwrite=True to replace it.")
+        elif new not in replaced:
+            replaced.append(new)
+    return replaced
+
+
+def _register(group: str, built, replaced: Sequence[str], mixture_options: dict):
+    """Registers the built tasks and their mixture in place of `replaced`; on any
+    error, puts everything back as it was."""
+    saved = _take_out(group, replaced)
+    names = [task.name for task, _ in built]
+    try:
+        for task, info in built:
+            seqio.TaskRegistry.add_provider(task.name, task)
+            _TASKS[task.name] = info
+        _GROUPS[group] = names
+        return add_mixture(group, names, **mixture_options)
+    except BaseException:
+        _take_out(group, [n for n in [group, *names] if _registered(n)])
+        _put_back(group, saved)
+        raise
+
+
+class _Saved(NamedTuple):
+    tasks: dict  # name -> seqio.Task
+    mixtures: dict  # name -> seqio.Mixture
+    infos: dict  # name -> TaskInfo
+    group: list | None  # The group's task names, if it was one.
+
+
+def _registered(name: str) -> bool:
+    return name in seqio.TaskRegistry.names() or name in seqio.MixtureRegistry.names()
+
+
+def _take_out(group: str, names: Sequence[str]) -> _Saved:
+    """Unregisters `names` (tasks or mixtures) and forgets `group`; returns what was there."""
+    saved = _Saved({}, {}, {}, _GROUPS.pop(group, None))
+    for name in names:
+        if name in seqio.TaskRegistry.names():
+            saved.tasks[name] = seqio.TaskRegistry.get(name)
+            seqio.TaskRegistry.remove(name)
+        if name in seqio.MixtureRegistry.names():
+            saved.mixtures[name] = seqio.MixtureRegistry.get(name)
+            seqio.MixtureRegistry.remove(name)
+        if name in _TASKS:
+            saved.infos[name] = _TASKS.pop(name)
+    return saved
+
+
+def _put_back(group: str, saved: _Saved) -> None:
+    for name, task in saved.tasks.items():
+        seqio.TaskRegistry.add_provider(name, task)
+    for name, mixture in saved.mixtures.items():
+        seqio.MixtureRegistry.add_provider(name, mixture)
+    _TASKS.update(saved.infos)
+    if saved.group is not None:
+        _GROUPS[group] = saved.group
 
 
 class _PretrimmedTask(seqio.Task):
@@ -252,61 +357,16 @@ def _source_for(name, source, code, codes):
         "or a dict {language: source}.")
 
 
-def _check_source_fields(name, kind, source):
+def _check_source_fields(name, kind: kinds.Kind, source):
     """Catch a source that lacks the kind's fields at registration, not deep in tf.data."""
     sample = next(iter(source.values())) if isinstance(source, Mapping) else source
     fields = getattr(sample, "fields", None)
     if fields is None:
         return  # A plain seqio DataSource: its records are checked when read.
-    missing = [f for f in prompt_preprocessors.REQUIRED_FIELDS[kind] if f not in fields]
+    missing = [f for f in kind.fields if f not in fields]
     if missing:
-        raise UsageError(f"{name}: {kind} tasks need the record fields {list(prompt_preprocessors.REQUIRED_FIELDS[kind])}; "
+        raise UsageError(f"{name}: {kind.name} tasks need the record fields {list(kind.fields)}; "
                          f"{sample!r} yields {list(fields)} (missing {missing}).")
-
-
-def _classes_for(name, classes, source, code):
-    if classes is None or classes is False:
-        return None
-    if classes is True:
-        if not hasattr(source, "class_names"):
-            raise UsageError(f"{name}: classes=True needs a source with class_names(language) (e.g. ImageFolder).")
-        return list(source.class_names(code))
-    if isinstance(classes, Mapping):
-        by_code = {languages_lib.normalize(k): v for k, v in classes.items()}
-        if code not in by_code:
-            raise UsageError(f"{name}: classes= has no class list for language {code!r}.")
-        return list(by_code[code])
-    return list(classes)
-
-
-def metric_fns_for_language(task, language: str) -> list:
-    """The metric functions that score `task`'s examples of `language`: for a
-    multilingual task with standard metrics, that language's own (CIDEr on jieba words
-    for Chinese, ...), not the task's one set for all its languages; else the task's."""
-    info = task_info(task.name)
-    if info is None or not info.standard_metrics or info.language != MULTILINGUAL:
-        return list(task.predict_metric_fns)
-    from palimix import metrics as metrics_lib
-
-    return list(metrics_lib.metrics_for_kind(info.kind, language))
-
-
-def _standard_metrics(kind: str, language):
-    """The kind's metrics for one language; for a multilingual task, those of its
-    first language whose segmentation the others share, else the English ones (a
-    multilingual task reports one score over all its languages)."""
-    from palimix import metrics as metrics_lib
-
-    if not isinstance(language, str):
-        segmentations = {languages_lib.get(c).segmentation for c in language}
-        language = language[0] if len(segmentations) == 1 else "en"
-    return list(metrics_lib.metrics_for_kind(kind, language))
-
-
-def _multilingual_classes(name, classes, source, codes):
-    if classes is None or classes is False:
-        return None
-    return {code: _classes_for(name, classes, source, code) for code in codes}
 
 
 def _describe(source) -> str:

@@ -1,0 +1,216 @@
+"""The table of task kinds: everything palimix knows about each kind, in one entry.
+
+A kind says how a source record becomes a prompted `(image, prompt) -> target`
+example and how its predictions are scored:
+
+| kind | record fields | prompt | target (from references) | metrics | baseline |
+|---|---|---|---|---|---|
+| caption | captions [n] | caption | sampled (seeded) | cider, bleu, rouge_l | most frequent, per language |
+| vqa | question, answers [n] | vqa {question} | most frequent answer | vqa_accuracy | most frequent, per language |
+| ocr | text | ocr | the text | anls, exact_match | most frequent, per language |
+| classification | label | classification / classification_choices {classes} | the label | accuracy | most frequent, per language |
+| translation | text, answers [n] | translation {source} {text} | sampled | bleu, chrf | the source copied |
+| span_corruption | text | span_corruption {text} | the masked spans | exact_match | most frequent of the task |
+| prefix_lm | text | prefix_lm {text} | the continuation | chrf, bleu | most frequent of the task |
+
+Readers: `palimix.prompts` (which template kinds exist and their placeholders),
+`palimix.preprocessors.prompts.build_example` (fields, references, target, prompt
+fields, text preprocessing), `palimix.tasks.registry.add_task` (per-kind options,
+whether records carry images, metrics), `palimix.runner.demo` (baselines) and
+reports (`primary_metric`). A new kind (detection, text-to-image) is a new entry.
+
+This module imports no TensorFlow and no model code: the listing commands and the
+prompt module read it; the text preprocessing adapters import TensorFlow when a task
+is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping
+from typing import Any, Callable
+
+from palimix import languages
+from palimix.errors import UsageError, close_matches_hint
+from palimix.metrics.anls import anls
+from palimix.metrics.bleu import bleu
+from palimix.metrics.cider import cider
+from palimix.metrics.rouge import rouge_l
+from palimix.metrics.text import accuracy, chrf, exact_match, sacrebleu_bleu
+from palimix.metrics.vqa import vqa_accuracy
+
+# How a kind's target is chosen from its references (preprocessors.prompts implements them).
+SAMPLE, MOST_FREQUENT, FIRST = "sample", "most_frequent", "first"
+# Baselines (runner.demo): the most frequent target of each language / of the whole
+# task, or the translation's source text copied unchanged.
+MOST_FREQUENT_PER_LANGUAGE, MOST_FREQUENT_OF_TASK, COPY_SOURCE = "most_frequent_per_language", "most_frequent", "copy_source"
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    fn: Callable  # seqio's fn(targets, predictions) -> {key: value}, with `language=` when takes_language.
+    takes_language: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """One task kind. `fields`, `references` and `prompt_fields` name record keys;
+    `templates` are the prompt template kinds (palimix.prompts) with their placeholders:
+    each is filled from a record key (`prompt_fields`) or from an option
+    (`prompt_options`; an option given per language as {language: value})."""
+
+    name: str
+    fields: tuple[str, ...]  # Record fields it reads (beyond id, language and the image).
+    references: str  # The record key holding every acceptable target.
+    many_references: bool  # A list (captions, answers) or one string.
+    target: str  # SAMPLE, MOST_FREQUENT or FIRST of the references.
+    templates: Mapping[str, tuple[str, ...]]  # Template kind -> placeholders the caller fills.
+    prompt_fields: Mapping[str, str] = dataclasses.field(default_factory=dict)  # placeholder -> record key.
+    prompt_options: Mapping[str, str] = dataclasses.field(default_factory=dict)  # placeholder -> option.
+    required_text: tuple[str, ...] = ()  # Record keys that must not be blank (else the example is left out).
+    verbatim_references: bool = False  # Keep the reference's spaces (else stripped).
+    score_all_references: bool = False  # Metrics score against every reference, not the target.
+    images: bool = True  # Whether records carry images by default (else a blank image).
+    text_stage: Callable | None = None  # fn(dataset, segmentation, options) run before the prompt.
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # add_task options and defaults.
+    prepare_options: Callable | None = None  # fn(group, options, source, code or codes) -> options.
+    metrics: tuple[Metric, ...] = ()  # Primary metric's function first.
+    primary_metric: str = ""  # The key reports show first.
+    baseline: str = MOST_FREQUENT_PER_LANGUAGE
+
+    def template_kind(self, options: Mapping[str, Any]) -> str:
+        """The prompt template kind for these options: classification lists its
+        classes only when it has some."""
+        return "classification_choices" if options.get("classes") else self.name
+
+    def metric_fns(self, language: str) -> list[Callable]:
+        """The seqio metric functions for a task of this kind in `language`.
+
+        Raises UnknownLanguageError for an unknown language code."""
+        code = languages.normalize(language)
+        return [_bind(m.fn, code) if m.takes_language else m.fn for m in self.metrics]
+
+
+def _bind(fn: Callable, language: str) -> Callable:
+    """fn with language bound, as a plain `(targets, predictions)` function that seqio
+    accepts (it inspects the positional parameters) and that logs as e.g. `cider_de`."""
+
+    def metric(targets, predictions):
+        return fn(targets, predictions, language=language)
+
+    functools.update_wrapper(metric, fn, assigned=("__module__", "__doc__"), updated=())
+    metric.__name__ = metric.__qualname__ = f"{fn.__name__}_{language.replace('-', '_')}"
+    del metric.__wrapped__  # seqio must see (targets, predictions), not fn's options.
+    return metric
+
+
+# --- per-kind adapters (TensorFlow imported when a task is built) -------------------
+
+
+def _span_corruption(dataset, segmentation, options):
+    from palimix.preprocessors import text
+
+    return text.span_corruption(dataset, segmentation=segmentation, noise_density=options["noise_density"],
+                                mean_noise_span_length=options["mean_noise_span_length"])
+
+
+def _prefix_lm(dataset, segmentation, options):
+    from palimix.preprocessors import text
+
+    return text.prefix_lm_split(dataset, segmentation=segmentation, max_target_units=options["max_target_units"])
+
+
+def _translation_options(group, options, source, codes):
+    if not options.get("source_language"):
+        raise UsageError(f"{group}: translation tasks need source_language= (the language of the records' `text`).")
+    return {**options, "source_language": languages.normalize(options["source_language"])}
+
+
+def _classification_options(group, options, source, codes):
+    """classes: a list (every language), {language: list}, or True (the source's
+    `class_names(language)`) -> {language: list} for each of `codes` (or None)."""
+    classes = options.get("classes")
+    if classes is None or classes is False:
+        return {**options, "classes": None}
+    if isinstance(codes, str):
+        return {**options, "classes": {codes: _classes_for(group, classes, source, codes)}}
+    return {**options, "classes": {code: _classes_for(group, classes, source, code) for code in codes}}
+
+
+def _classes_for(group, classes, source, code):
+    if classes is True:
+        if not hasattr(source, "class_names"):
+            raise UsageError(f"{group}: classes=True needs a source with class_names(language) (e.g. ImageFolder).")
+        return list(source.class_names(code))
+    if isinstance(classes, Mapping):
+        by_code = {languages.normalize(k): v for k, v in classes.items()}
+        if code not in by_code:
+            raise UsageError(f"{group}: classes= has no class list for language {code!r}.")
+        return list(by_code[code])
+    return list(classes)
+
+
+# --- the table ------------------------------------------------------------------------
+
+_KINDS = (
+    Kind("caption", fields=("captions",), references="captions", many_references=True, target=SAMPLE,
+         templates={"caption": ()}, score_all_references=True,
+         metrics=(Metric(cider, True), Metric(bleu, True), Metric(rouge_l, True)), primary_metric="cider"),
+    Kind("vqa", fields=("question", "answers"), references="answers", many_references=True, target=MOST_FREQUENT,
+         templates={"vqa": ("question",)}, prompt_fields={"question": "question"}, required_text=("question",),
+         score_all_references=True,
+         metrics=(Metric(vqa_accuracy),), primary_metric="vqa_accuracy"),
+    Kind("ocr", fields=("text",), references="text", many_references=False, target=FIRST, templates={"ocr": ()},
+         metrics=(Metric(anls), Metric(exact_match)), primary_metric="anls"),
+    Kind("classification", fields=("label",), references="label", many_references=False, target=FIRST,
+         # Open-ended ("what is in the image?") or picking from a class list.
+         templates={"classification": (), "classification_choices": ("classes",)},
+         prompt_options={"classes": "classes"}, options={"classes": None}, prepare_options=_classification_options,
+         metrics=(Metric(accuracy),), primary_metric="accuracy"),
+    Kind("translation", fields=("text", "answers"), references="answers", many_references=True, target=SAMPLE,
+         # The prompt language is the target language; `source` the records' language.
+         templates={"translation": ("source", "text")}, prompt_fields={"text": "text"}, required_text=("text",),
+         prompt_options={"source": "source_language"}, images=False, options={"source_language": None},
+         prepare_options=_translation_options,
+         metrics=(Metric(sacrebleu_bleu, True), Metric(chrf, True)), primary_metric="bleu", baseline=COPY_SOURCE),
+    # Span corruption and prefix LM targets are made by their text stage (kept verbatim:
+    # a leading space before a sentinel is what makes it one token).
+    Kind("span_corruption", fields=("text",), references="targets", many_references=False, target=FIRST,
+         templates={"span_corruption": ("text",)}, prompt_fields={"text": "noised_text"}, images=False,
+         verbatim_references=True,
+         text_stage=_span_corruption, options={"noise_density": 0.15, "mean_noise_span_length": 3.0},
+         # The targets are the dropped spans: reconstruction is right or wrong.
+         metrics=(Metric(exact_match),), primary_metric="exact_match", baseline=MOST_FREQUENT_OF_TASK),
+    # prefix_lm takes an image when the source has one (PaLI's split-captioning).
+    Kind("prefix_lm", fields=("text",), references="targets", many_references=False, target=FIRST,
+         templates={"prefix_lm": ("text",)}, prompt_fields={"text": "prefix"}, verbatim_references=True,
+         text_stage=_prefix_lm, options={"max_target_units": None},
+         # A continuation has many right answers: score overlap, not identity.
+         metrics=(Metric(chrf, True), Metric(sacrebleu_bleu, True)), primary_metric="chrf",
+         baseline=MOST_FREQUENT_OF_TASK),
+)
+KINDS: dict[str, Kind] = {kind.name: kind for kind in _KINDS}
+NAMES: tuple[str, ...] = tuple(KINDS)
+
+
+def get(name: str) -> Kind:
+    """The entry of kind `name`; UsageError naming the kinds for an unknown one."""
+    if name not in KINDS:
+        raise UsageError(f"Unknown task kind {name!r}; kinds: {', '.join(NAMES)}.{close_matches_hint(name, NAMES)}")
+    return KINDS[name]
+
+
+def template_fields() -> dict[str, tuple[str, ...]]:
+    """Every prompt template kind (palimix.prompts) -> its placeholders, in table order."""
+    return {template: fields for kind in _KINDS for template, fields in kind.templates.items()}
+
+
+def kind_options(kind: Kind, group: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The kind's options with `given` filled in; UsageError for an option it does not have."""
+    unknown = sorted(set(given) - set(kind.options))
+    if unknown:
+        known = ", ".join(kind.options) or "none"
+        raise UsageError(f"{group}: {unknown} {'is not an option' if len(unknown) == 1 else 'are not options'} "
+                         f"of {kind.name} tasks (their options: {known}).")
+    return {**kind.options, **given}
