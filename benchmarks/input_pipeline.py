@@ -7,8 +7,9 @@ batches of `--batch` as a training step consumes them:
 - bare:    file list -> tf.io.read_file -> tf.io.decode_jpeg -> tf.image.resize -> scale
            -> batch
 - palimix: the seqio task `palimix.tasks.add_task(kind="caption", source=CocoCaptions)`
-           registers (source -> one map: header check, tf.io.decode_jpeg with DCT
-           scaling or Pillow, drop counting, prompt, target, tokenize, EOS -> one
+           registers (source -> batched header check -> tf.io.decode_jpeg with DCT
+           scaling or Pillow, per batch in a dataset of its own that skips failing
+           JPEGs -> drop counting -> one map: prompt, target, tokenize, EOS -> one
            filter), then `PaliFeatureConverter` and batch: what t5x and the runner read.
 - also reported: `source_decode_per_s` (the source + `decode_image` alone, batched)
   and `task_unbatched_per_s` (the task's examples one by one in Python, the measure
@@ -125,21 +126,16 @@ def main() -> None:
         paths = [os.path.join(image_dir, f"{i:012d}.jpg") for i in range(args.images)]
         source = sources.CocoCaptions(annotations_json, image_dir, split="validation")
 
-        try:
-            if args.no_task:
-                raise ImportError("--no-task")
+        palimix_task = task_unbatched = None
+        through = "source + decode_image only (--no-task)"
+        if not args.no_task:
             import seqio
 
-            try:
-                from palimix.tasks import add_task
-            except ImportError:  # While palimix.tasks/__init__ does not export it yet.
-                from palimix.tasks.registry import add_task
-
-            add_task(
-                "benchmark_input_pipeline", kind="caption", source=source, languages=["en"], image_size=args.image_size, overwrite=True
-            )
             from palimix.models.feature_converter import PaliFeatureConverter
+            from palimix.tasks import add_task
 
+            add_task("benchmark_input_pipeline", kind="caption", source=source, languages=["en"],
+                     image_size=args.image_size, overwrite=True)
             task = seqio.get_mixture_or_task("benchmark_input_pipeline_en")
             lengths = {"inputs": 16, "targets": 32}
 
@@ -151,9 +147,6 @@ def main() -> None:
                 return converted.map(lambda ex: {"image": ex.pop("encoder_images"), **ex}).batch(args.batch)
 
             through = "palimix.tasks.add_task caption task + PaliFeatureConverter, batched"
-        except ImportError as e:  # The task layer is not there: measure source + decoder.
-            palimix_task = task_unbatched = None
-            through = f"source + decode_image only (palimix.tasks unavailable: {e})"
 
         def source_decode():
             dataset = source.get_dataset("validation", shuffle=False)

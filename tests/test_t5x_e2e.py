@@ -71,14 +71,20 @@ def test_t5x_eval_writes_per_task_per_language_metrics(model_dir, tmp_path):
     out = tmp_path / "eval"
     _t5x("eval", "eval.gin", tmp_path, f"CHECKPOINT_PATH='{model_dir}/checkpoint_{STEPS}'",
          f"EVAL_OUTPUT_DIR='{out}'", "BATCH_SIZE=16")
-    # t5x.eval's seqio.Evaluator writes under <EVAL_OUTPUT_DIR>/inference_eval.
-    # t5x.eval reports per task: a multilingual task gets one score over its languages
-    # (per-language tasks get one each; `palimix eval` splits a multilingual task).
+    # t5x.eval's seqio.Evaluator writes under <EVAL_OUTPUT_DIR>/inference_eval, one
+    # file per task; the multilingual task's metric function scores each language on
+    # its own (palimix.metrics.per_language), as `palimix eval` reports it.
     metric_files = sorted(glob.glob(str(out / "inference_eval" / f"{TASK}-metrics.jsonl")))
     assert len(metric_files) == 1
     with open(metric_files[0], encoding="utf-8") as f:
         record = json.loads(f.readline())
-    # The OCR kind's standard metrics (palimix.metrics.metrics_for_kind).
     assert record["step"] == STEPS
-    assert {"anls", "exact_match"} <= set(record)
-    assert all(0.0 <= record[m] <= 100.0 for m in ("anls", "exact_match"))
+    languages = {key.split("/", 1)[1] for key in record if key.startswith("examples/")}
+    assert len(languages) == 13 and "en" in languages and "ar" in languages
+    # The OCR kind's standard metrics (palimix.kinds), per language and their macro mean.
+    for metric in ("anls", "exact_match"):
+        assert {f"{metric}/{code}" for code in languages} | {f"{metric}/macro"} <= set(record)
+        per_language = [record[f"{metric}/{code}"] for code in languages]
+        assert all(0.0 <= value <= 100.0 for value in per_language)
+        assert abs(record[f"{metric}/macro"] - sum(per_language) / len(per_language)) < 1e-6
+    assert "anls" not in record  # No score over all languages at once.
