@@ -17,10 +17,11 @@ not an image, decompression bomb) are dropped and counted per task and reason:
 `dropped_image_counts()` is what `palimix stats` and the training logs report, and
 each drop logs a warning naming the file (the first `LOGGED_DROPS_PER_REASON` per task
 and reason, then only the counts). With `strict=True` the first bad image stops
-the pipeline with an error naming the file instead. Nothing raises inside tf.data
-otherwise, and nothing is dropped without being counted: a JPEG whose headers pass
-the check below but whose data makes `tf.io.decode_jpeg` fail is skipped and counted
-as corrupt, logged with the ids around it (`ImageDecoder` says how).
+the pipeline with an error naming the file instead. Nothing is dropped without being
+counted: a JPEG whose headers pass the check below but whose data makes
+`tf.io.decode_jpeg` fail is skipped and counted as corrupt, logged with the ids around
+it (`ImageDecoder` says how). Only image decoding is skipped that way: an error of the
+source, or of a map after decoding, stops the pipeline.
 
 Which examples have no image: `image/encoded` empty AND `image/path` empty (or
 absent). An empty `image/encoded` with a path means the source could not read the
