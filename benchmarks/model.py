@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from palimix.models import configs, decoding, pali
+from palimix.models import configs, decoding, losses, networks, pali
 
 
 def make_batch(config, batch_size, input_length, target_length, seed=0):
@@ -80,8 +80,7 @@ def train_steps(config, batch):
 
     def fused_loss(params, batch):
         logits = model.apply({"params": params}, **batch, enable_dropout=False)
-        total, count = pali.cross_entropy_loss(logits, batch["decoder_target_tokens"])
-        return total / count
+        return losses.cross_entropy(logits, batch["decoder_target_tokens"]).mean
 
     text_params = {k: v for k, v in params.items() if k not in ("img", "img_proj")}
     n_img = config.num_image_tokens
@@ -91,8 +90,7 @@ def train_steps(config, batch):
     def text_loss(params, batch):
         logits = model.apply({"params": params}, None, None, batch["encoder_input_tokens"],
                              batch["decoder_input_tokens"], batch["decoder_target_tokens"], enable_dropout=False)
-        total, count = pali.cross_entropy_loss(logits, batch["decoder_target_tokens"])
-        return total / count
+        return losses.cross_entropy(logits, batch["decoder_target_tokens"]).mean
 
     vit_params = {k: params[k] for k in ("img", "img_proj")}
 
@@ -155,7 +153,7 @@ def params_vs_paper() -> dict:
     ratios = {}
     print(f"{'model':<10} {'ViT':>8} {'text':>8} {'total':>8} {'paper':>7} {'diff':>7}")
     for name, paper in configs.PAPER_PARAMS.items():
-        counts = configs.count_params(name)
+        counts = networks.count_params(name)
         diff = counts["total"] / paper - 1
         ratios[name] = round(1 + diff, 4)
         print(f"{name:<10} {counts['vit'] / 1e9:>7.2f}B {counts['text'] / 1e9:>7.2f}B "

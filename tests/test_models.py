@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from palimix.errors import UnknownNameError, UsageError
-from palimix.models import configs, decoding, pali
+from palimix.models import configs, decoding, losses, networks, pali
 
 VOCAB = 128
 B, L, T = 4, 8, 8
@@ -42,8 +42,7 @@ def tiny():
 def loss_fn(model, params, batch, rng=None):
     logits = model.apply({"params": params}, **batch, enable_dropout=rng is not None,
                          rngs={"dropout": rng} if rng is not None else None)
-    total, count = pali.cross_entropy_loss(logits, batch["decoder_target_tokens"])
-    return total / count
+    return losses.cross_entropy(logits, batch["decoder_target_tokens"]).mean
 
 
 # Compiling dominates these tests on CPU: one jitted function per model and use.
@@ -107,7 +106,7 @@ def test_bad_configs_say_what_is_wrong(name, overrides, error, message):
 
 @pytest.mark.parametrize("name", ["pali_3b", "pali_15b", "pali_17b"])
 def test_param_counts_match_the_paper(name):
-    counts = configs.count_params(name)
+    counts = networks.count_params(name)
     assert abs(counts["total"] / configs.PAPER_PARAMS[name] - 1) < 0.03
     assert counts["total"] == counts["vit"] + counts["img_proj"] + counts["text"]
 
@@ -203,8 +202,8 @@ def test_packed_inputs_are_refused(tiny):
 
 
 def test_fusion_options(tiny):
-    _, _, params, _ = tiny  # pooling and freezing change no parameter shapes
-    config = configs.get("tiny", vocab_size=VOCAB, image_pooling="mean", freeze_vit=True)
+    _, _, params, _ = tiny  # pooling changes no parameter shapes
+    config = configs.get("tiny", vocab_size=VOCAB, image_pooling="mean")
     model = pali.Pali(config)
     batch = make_batch(config)
     encoded = jax.eval_shape(lambda: model.apply(
@@ -212,11 +211,6 @@ def test_fusion_options(tiny):
         enable_dropout=False, method=model.encode))
     assert encoded.shape[1] == 1 + L
     assert configs.get("tiny", max_image_tokens=4).num_image_tokens == 4
-    _, grads = jitted(model, "loss_and_grads")(params, batch)
-    assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree_util.tree_leaves(grads["img"]))
-    assert float(jnp.abs(grads["img_proj"]["kernel"]).max()) > 0
-    mask = pali.trainable_mask(params, config)
-    assert not any(jax.tree_util.tree_leaves(mask["img"])) and all(jax.tree_util.tree_leaves(mask["encoder"]))
 
 
 def test_remat_and_bfloat16_keep_the_math(tiny):
@@ -230,8 +224,7 @@ def test_remat_and_bfloat16_keep_the_math(tiny):
     bf16 = pali.Pali(configs.get("tiny", vocab_size=VOCAB, dtype="bfloat16"))
     logits = jitted(bf16, "logits")(params, batch)
     assert logits.dtype == jnp.float32  # logits stay float32 for the loss
-    total, count = pali.cross_entropy_loss(logits, batch["decoder_target_tokens"])
-    np.testing.assert_allclose(total / count, loss, rtol=0.05)
+    np.testing.assert_allclose(losses.cross_entropy(logits, batch["decoder_target_tokens"]).mean, loss, rtol=0.05)
 
 
 def test_dropout_uses_the_rng(tiny):

@@ -13,7 +13,7 @@ SCRIPT = textwrap.dedent(
     """
     import json
     import jax, jax.numpy as jnp, numpy as np
-    from palimix.models import configs, pali, partitioning
+    from palimix.models import configs, losses, pali, partitioning
 
     assert jax.device_count() == 8, jax.devices()
     # The tiny model with one layer per stack: the same code paths, half the compile time.
@@ -31,8 +31,7 @@ SCRIPT = textwrap.dedent(
 
     def loss(params, batch):
         logits = model.apply({"params": params}, **batch, enable_dropout=False)
-        total, count = pali.cross_entropy_loss(logits, batch["decoder_target_tokens"])
-        return total / count
+        return losses.cross_entropy(logits, batch["decoder_target_tokens"]).mean
 
     def sgd_step(params, batch):
         value, grads = jax.value_and_grad(loss)(params, batch)

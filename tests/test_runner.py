@@ -150,25 +150,31 @@ def test_gin_binds_train_config(tmp_path):
 
 
 def test_the_network_comes_from_the_sizes_gin_file(tmp_path):
-    """The same sizes/*.gin file as a T5X run picks the model and its image size."""
+    """The same sizes/*.gin file (or MODEL_SIZE / IMAGE_SIZE bindings) as a T5X run picks
+    the model and its image size."""
     import gin
 
     from palimix.commands import train as train_command
+    from palimix.runner.train import resolve_model
 
-    def config(*extra):
+    def resolved(*extra):
         args = cli.build_parser().parse_args(["train", "palimix_demo", "--model_dir", str(tmp_path), *extra])
         try:
-            return train_command.build_config(args)
+            return resolve_model(train_command.build_config(args))
         finally:
             gin.clear_config()
 
-    tiny = config("--gin_file", "sizes/tiny.gin")
-    assert tiny.model == "tiny" and tiny.task_feature_lengths["image"] == 64
-    small = config("--gin", "MODEL_SIZE = 'small'", "--gin", "IMAGE_SIZE = 32")
-    assert small.model == "small" and small.task_feature_lengths == {"inputs": 64, "targets": 32, "image": 32}
-    assert config("--gin", "MODEL_SIZE = 'small'", "--model", "tiny").model == "tiny"  # the flag wins
-    with pytest.raises(UsageError, match="IMAGE_SIZE = 32"):
-        config("--gin", "IMAGE_SIZE = 32", "--lengths", "inputs=8,targets=8,image=64")
+    config, tiny = resolved("--gin_file", "sizes/tiny.gin")
+    assert tiny.name == "tiny" and config.task_feature_lengths["image"] == 64 == tiny.config.vit.image_size
+    config, small = resolved("--gin", "MODEL_SIZE = 'small'", "--gin", "IMAGE_SIZE = 32")
+    assert small.name == "small" and small.config.vit.image_size == 32
+    assert config.task_feature_lengths == {"inputs": 64, "targets": 32, "image": 32}
+    assert resolved("--gin", "MODEL_SIZE = 'small'", "--model", "tiny")[1].name == "tiny"  # the flag wins
+    # No gin: tiny, at the image length the tasks are read with.
+    config, default = resolved("--lengths", "inputs=8,targets=8,image=32")
+    assert default.name == "tiny" and default.overrides["image_size"] == 32
+    with pytest.raises(UsageError, match="image_size is 32"):
+        resolved("--gin", "IMAGE_SIZE = 32", "--lengths", "inputs=8,targets=8,image=64")
 
 
 def test_resuming_with_other_settings_is_refused(trained):

@@ -91,7 +91,7 @@ def test_stream_refuses_a_memory_position(batches, tmp_path):
 
 
 def test_auto_input_mode_follows_the_memory_estimate():
-    from palimix.runner.data import choose_input_mode
+    from palimix.runner.inputs import choose_input_mode
 
     # 64 examples of 32x32 images: ~0.8 MB.
     assert choose_input_mode("auto", "runner_fixture_colors", "train", LENGTHS, 100) == "memory"

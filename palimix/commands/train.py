@@ -2,6 +2,9 @@
 
 HELP = "Train the palimix model on a task or mixture on this machine (resumes from --model_dir)."
 
+# Parsed before the user's gin files (see build_config).
+NETWORK_GIN = "models/pali_network.gin"
+
 # flag -> TrainConfig field (None defaults: gin or the config's default decides).
 _FLAGS = {
     "model_dir": "model_dir", "model": "model", "steps": "train_steps", "batch_size": "batch_size",
@@ -20,7 +23,14 @@ def configure(parser):
                         "gin's MIXTURE_OR_TASK_NAME, else palimix_demo)")
     parser.add_argument("--model_dir", help="where checkpoints, summaries and metrics go; a run "
                         "there is resumed")
-    parser.add_argument("--model", help="model config name (palimix.models.configs), default tiny")
+    parser.add_argument("--model", help="model config name (palimix.models.configs; default: gin's "
+                        "configs.get.name, i.e. MODEL_SIZE of a sizes/*.gin file, else tiny)")
+    parser.add_argument("--trainable", action="append", metavar="REGEX",
+                        help="train only parameters whose name (e.g. img_proj/kernel) fully matches one of "
+                             "these; repeatable (default: gin's ParamSelection.trainable, else all)")
+    parser.add_argument("--frozen", action="append", metavar="REGEX",
+                        help="freeze parameters whose name fully matches, e.g. 'img/.*' for the ViT; "
+                             "repeatable (default: gin's ParamSelection.frozen)")
     parser.add_argument("--steps", type=int, help="train until this step")
     parser.add_argument("--batch_size", type=int)
     parser.add_argument("--lengths", help="task feature lengths, e.g. inputs=32,targets=16,image=64")
@@ -52,7 +62,10 @@ def build_config(args):
     from palimix.runner.train import TrainConfig
 
     config_lib.import_modules(args.module)
-    config_lib.parse_gin(args.gin_file, args.gin_bindings)
+    # The network file T5X's models/pali.gin includes, first: a sizes/*.gin file or a
+    # binding (MODEL_SIZE, IMAGE_SIZE, DROPOUT_RATE, configs.get.*) then picks the network
+    # exactly as it does for t5x.train.
+    config_lib.parse_gin([NETWORK_GIN, *args.gin_file], args.gin_bindings)
     config = TrainConfig()  # gin-bound fields applied here
     overrides = {}
     for macro, field in config_lib.T5X_MACROS.items():
@@ -70,27 +83,19 @@ def build_config(args):
         overrides["task_feature_lengths"] = lengths
     if args.no_progress:
         overrides["progress"] = False
-    config = dataclasses.replace(config, **overrides)
-    return _with_gin_image_size(config, config_lib.gin_macro("IMAGE_SIZE"))
+    if args.trainable or args.frozen:
+        overrides["trainable"] = _param_selection(args.trainable, args.frozen)
+    return dataclasses.replace(config, **overrides)
 
 
-def _with_gin_image_size(config, image_size):
-    """A sizes/*.gin file's IMAGE_SIZE is the network's: it fills in the image length
-    of the demo's default lengths, and must agree with lengths given explicitly."""
-    import dataclasses
+def _param_selection(trainable, frozen):
+    """Flags over gin: a flag replaces that list of gin's `ParamSelection` bindings."""
+    from palimix.models.trainable import ParamSelection
+    from palimix.runner.model import gin_bindings
 
-    from palimix.errors import UsageError
-    from palimix.runner.train import default_task_feature_lengths
-
-    if image_size is None:
-        return config
-    if config.task_feature_lengths is None:
-        return dataclasses.replace(config, task_feature_lengths={**default_task_feature_lengths(),
-                                                                 "image": int(image_size)})
-    if int(config.task_feature_lengths.get("image", image_size)) != int(image_size):
-        raise UsageError(f"gin's IMAGE_SIZE = {image_size} but the task feature lengths say image="
-                         f"{config.task_feature_lengths['image']}; the network and the tasks must agree.")
-    return config
+    bound = gin_bindings(ParamSelection)
+    return ParamSelection(trainable=trainable or bound.get("trainable", (".*",)),
+                          frozen=frozen or bound.get("frozen", ()))
 
 
 def run(args) -> int:

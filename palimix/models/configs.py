@@ -3,7 +3,7 @@
     cfg = configs.get("tiny")                                   # the CPU demo model
     cfg = configs.get("pali_3b", vocab_size=250112, image_size=448)
     cfg = configs.get("small", vit="B/16", text="mt5_base")     # swap either tower
-    configs.count_params("pali_17b")                            # no memory allocated
+    networks.count_params("pali_17b")                           # no memory allocated
 
 A `PaliConfig` holds a `VitConfig` (the image tower, big_vision's variant table) and a
 `TextConfig` (the T5 1.1 / mT5 encoder-decoder, t5x's gin sizes). All three are frozen
@@ -19,9 +19,10 @@ from palimix.errors import UnknownNameError, UsageError, close_matches_hint
 
 # mT5's SentencePiece (250000 pieces + 100 extra ids) rounded up to a multiple of 128.
 MT5_VOCAB_SIZE = 250112
-# palimix's own vocabulary is a small SentencePiece (~8k pieces + 100 extra ids); the
-# runner passes the real size as `vocab_size=`, this is only the default for tiny/small.
-PALIMIX_VOCAB_SIZE = 8320
+# palimix's own vocabulary (palimix.vocab): 8,092 SentencePiece pieces + 100 extra ids,
+# already a multiple of 128. The runner and T5X both build the size a config names, and
+# both refuse a vocabulary larger than it (bind `configs.get.vocab_size` for another one).
+PALIMIX_VOCAB_SIZE = 8192
 
 
 def round_vocab_size(size: int, multiple: int = 128) -> int:
@@ -87,8 +88,7 @@ class PaliConfig:
     dtype: activations ("float32" or "bfloat16"); param_dtype: parameters.
     remat: per-layer rematerialisation: "none", "full" (save nothing) or "dots"
       (save matmul outputs without batch dims).
-    freeze_vit: no gradient flows into the ViT (mask its parameters out of the
-      optimizer too, see `pali.trainable_mask`).
+    (Which parameters train is not part of the network: see `palimix.models.trainable`.)
     image_pooling: "none" (all patch tokens) or "mean" (one mean-pooled token).
     max_image_tokens: keep only the first K image tokens (after pooling).
     """
@@ -98,7 +98,6 @@ class PaliConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"
-    freeze_vit: bool = False
     image_pooling: str = "none"
     max_image_tokens: Optional[int] = None
 
@@ -243,20 +242,14 @@ def get(name: str, **overrides: Any) -> PaliConfig:
     )
 
 
-def count_params(name_or_config, **overrides) -> dict:
-    """Parameter counts of the real module, from `jax.eval_shape` (nothing is allocated).
+def to_dict(config: PaliConfig) -> dict:
+    """Every field of `config` as JSON-ready data (what a run records in run.json)."""
+    return dataclasses.asdict(config)
 
-    Returns {"total", "vit", "img_proj", "text"} in parameters.
-    """
-    import jax
-    import numpy as np
 
-    from palimix.models import pali
-
-    config = name_or_config if isinstance(name_or_config, PaliConfig) else get(name_or_config, **overrides)
-    shapes = jax.eval_shape(lambda: pali.init_params(config, jax.random.PRNGKey(0)))
-    sizes = {k: sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(v)) for k, v in shapes.items()}
-    vit = sizes.pop("img", 0)
-    proj = sizes.pop("img_proj", 0)
-    text = sum(sizes.values())
-    return {"total": vit + proj + text, "vit": vit, "img_proj": proj, "text": text}
+def from_dict(data: dict) -> PaliConfig:
+    """The exact config `to_dict` recorded (tuples restored from JSON lists)."""
+    data = dict(data)
+    text = dict(data.pop("text"))
+    text["mlp_activations"] = tuple(text["mlp_activations"])
+    return PaliConfig(vit=VitConfig(**data.pop("vit")), text=TextConfig(**text), **data)

@@ -55,8 +55,6 @@ class Pali(nn.Module):
         """Images -> image tokens at the text width `[B, num_image_tokens, emb_dim]`."""
         cfg = self.config
         x = self.img(encoder_images, train=enable_dropout)
-        if cfg.freeze_vit:
-            x = jax.lax.stop_gradient(x)
         if cfg.image_pooling == "mean":
             x = jnp.mean(x, axis=1, keepdims=True)
         if cfg.max_image_tokens:
@@ -133,6 +131,16 @@ class Pali(nn.Module):
 
 # --- helpers for runners, tests and benchmarks ---------------------------------------
 
+# The model features `Pali.__call__` reads, in the order of its arguments (the feature
+# converter's names; docs/ARCHITECTURE.md).
+NETWORK_INPUTS = ("encoder_images", "encoder_image_mask", "encoder_input_tokens",
+                  "decoder_input_tokens", "decoder_target_tokens")
+
+
+def network_inputs(batch) -> tuple:
+    """The positional arguments of `Pali.__call__` from a feature-converted batch."""
+    return tuple(batch[k] for k in NETWORK_INPUTS)
+
 
 def dummy_batch(config: PaliConfig, batch_size: int = 1, input_length: int = 8, target_length: int = 8):
     """All-ones inputs of the right shapes and dtypes (for init and eval_shape)."""
@@ -170,27 +178,9 @@ def init_params(config: PaliConfig, rng):
     return init_variables(config, rng)["params"]
 
 
-def trainable_mask(params, config: PaliConfig):
-    """A bool tree for `optax.masked`: False on the ViT when `config.freeze_vit`."""
-    return {k: jax.tree_util.tree_map(lambda _: not (config.freeze_vit and k == "img"), v) for k, v in params.items()}
-
-
 def shift_right(targets):
     """Decoder inputs from targets: start with 0 (T5's BOS is the pad id)."""
     return jnp.pad(targets, ((0, 0), (1, 0)))[:, :-1]
-
-
-def cross_entropy_loss(logits, targets, weights=None, z_loss: float = 0.0):
-    """(sum of token cross entropies, number of target tokens); weights default to targets > 0.
-
-    z_loss adds `z_loss * log(Z)^2` per token (t5x's auxiliary loss for stable logits).
-    """
-    weights = (targets > 0).astype(jnp.float32) if weights is None else weights.astype(jnp.float32)
-    logits = logits.astype(jnp.float32)
-    log_z = jax.nn.logsumexp(logits, axis=-1)
-    target_logit = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    loss = log_z - target_logit + z_loss * jnp.square(log_z)
-    return jnp.sum(loss * weights), jnp.sum(weights)
 
 
 def num_params(tree) -> int:

@@ -31,9 +31,11 @@ import jax.numpy as jnp
 from absl import logging
 from flax import core as flax_core
 import tensorflow as tf
-from t5x import adafactor, decoding, models, partitioning, utils
+from flax import traverse_util
+from t5x import adafactor, decoding, models, optimizers, partitioning, utils
 
 from palimix.models import partitioning as pali_partitioning
+from palimix.models import trainable
 from palimix.models.feature_converter import PaliFeatureConverter
 
 PyTree = Any
@@ -134,6 +136,52 @@ def pali_logical_factor_rules():
         for name, kind in VIT_FACTOR_RULES.items()
     }
     return flax_core.freeze({**adafactor.standard_logical_factor_rules(), **factor_dims})
+
+
+class TrainableOptimizer(optimizers.MultiOptimizer):
+    """A t5x optimizer over the parameters a `trainable.ParamSelection` selects: the
+    others get no optimizer state (None in the checkpoint) and are never updated."""
+
+    def __init__(self, optimizer: optimizers.OptimizerDef, selection: trainable.ParamSelection):
+        self.selection = selection
+        # t5x's traversal paths start with "/" ("/img/embedding/kernel").
+        only_trainable = traverse_util.ModelParamTraversal(lambda path, _: selection.is_trainable(path[1:]))
+        super().__init__(((only_trainable, optimizer),))
+
+    def init_state(self, params):
+        self.selection.mask(params)  # Every pattern must name some parameter (a typo is an error).
+        return super().init_state(params)
+
+    # Checkpoints: t5x's MultiOptimizer leaves None where a parameter has no state, and
+    # t5x's orbax checkpointer would then look for arrays that were never written. The
+    # state dict leaves frozen parameters out instead, and restoring puts the None back.
+
+    def state_dict(self, target, state):
+        state_dict = super().state_dict(target, state)
+        param_states = traverse_util.flatten_dict(state_dict["state"]["param_states"], keep_empty_nodes=True)
+        frozen = self._frozen_paths(target)
+        kept = {k: v for k, v in param_states.items() if not any(k[:len(f)] == f for f in frozen)}
+        state_dict["state"]["param_states"] = traverse_util.unflatten_dict(kept)
+        return state_dict
+
+    def restore_state(self, opt_target, opt_state, state_dict):
+        param_states = traverse_util.flatten_dict(state_dict["state"]["param_states"], keep_empty_nodes=True)
+        param_states.update({path: None for path in self._frozen_paths(opt_target)})
+        state = {**state_dict["state"], "param_states": traverse_util.unflatten_dict(param_states)}
+        return super().restore_state(opt_target, opt_state, {**state_dict, "state": state})
+
+    def _frozen_paths(self, target) -> list[tuple]:
+        paths = traverse_util.flatten_dict(flax_core.unfreeze(target))
+        return [path for path in paths if not self.selection.is_trainable("/".join(path))]
+
+
+def trainable_optimizer(optimizer: optimizers.OptimizerDef,
+                        selection: trainable.ParamSelection) -> optimizers.OptimizerDef:
+    """`optimizer`, restricted to the selected parameters when some are frozen
+    (models/pali.gin binds it to gin's `ParamSelection`, which the runner reads too)."""
+    if selection.trains_everything:
+        return optimizer  # Everything trains: keep t5x's plain optimizer and checkpoint layout.
+    return TrainableOptimizer(optimizer, selection)
 
 
 class PaliModel(models.EncoderDecoderModel):

@@ -27,9 +27,10 @@ T5X_MACROS = {
     "TRAIN_STEPS": "train_steps",
     "BATCH_SIZE": "batch_size",
     "MODEL_DIR": "model_dir",
-    # From models/pali_network.gin + a sizes/*.gin file (the network T5X would build).
-    "MODEL_SIZE": "model",
 }
+# The network is not a macro: the runner reads gin's `configs.get` bindings, as T5X's
+# gin files apply them (MODEL_SIZE, IMAGE_SIZE, DROPOUT_RATE, sizes/*.gin overrides);
+# see palimix.runner.model.
 
 
 def palimix_gin_dir() -> str:

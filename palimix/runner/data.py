@@ -169,33 +169,3 @@ class TrainBatches:
             log.info("Replayed %d input batches in %.1f s.", state["batches_consumed"],
                      time.perf_counter() - start)
         self.batches_consumed = state["batches_consumed"]
-
-
-# --- which input a training run reads ---------------------------------------------------
-
-INPUT_MODES = ("auto", "memory", "stream")
-
-
-def choose_input_mode(mode: str, name: str, split: str, task_feature_lengths: Mapping[str, int],
-                      memory_limit_mb: float) -> str:
-    """"memory" or "stream" for `mode` ("auto": memory when the split's examples, each
-    with its own image, fit in `memory_limit_mb`)."""
-    from palimix.runner import memory_data
-
-    if mode not in INPUT_MODES:
-        raise UsageError(f"unknown input mode {mode!r}; choose from {', '.join(INPUT_MODES)}."
-                         + close_matches_hint(mode, INPUT_MODES))
-    if mode != "auto":
-        return mode
-    needed = memory_data.estimated_bytes(get_mixture_or_task(name), split, task_feature_lengths)
-    return "memory" if needed is not None and needed <= memory_limit_mb * 2**20 else "stream"
-
-
-def train_batches(mode: str, name: str, task_feature_lengths: Mapping[str, int], batch_size: int, *,
-                  seed: int = 0, split: str = "train", memory_passes: int = 2):
-    """The train iterator for an input mode chosen by `choose_input_mode`."""
-    if mode == "memory":
-        from palimix.runner.memory_data import MemoryBatches
-
-        return MemoryBatches(name, task_feature_lengths, batch_size, seed=seed, split=split, passes=memory_passes)
-    return TrainBatches(name, task_feature_lengths, batch_size, seed=seed, split=split)

@@ -15,9 +15,9 @@ from palimix.runner.checkpoints import Checkpoints, MissingCheckpointError, find
 class LoadedRun:
     model_dir: str
     step: int
-    description: dict  # run.json: model spec, mixture, task feature lengths, seed, batch size
+    description: dict  # run.json: the model (config and all), mixture, task feature lengths, seed, batch size
     train_config: dict
-    trainer: Any  # palimix.runner.train.Trainer (network, mesh, shardings)
+    trainer: Any  # palimix.runner.trainer.Trainer (network, mesh, shardings)
     params: Any
 
     @property
@@ -33,8 +33,8 @@ def load_run(path: str, *, step: int | None = None, batch_size: int = 1) -> Load
     """`path`: a model dir (latest checkpoint), or one `checkpoints/<step>` folder."""
     import jax
 
-    from palimix.runner import model as model_lib
-    from palimix.runner.train import Trainer
+    from palimix.runner.model import ModelDefinition
+    from palimix.runner.trainer import Trainer
 
     model_dir, path_step = find_checkpoint(path)
     step = path_step if step is None else step
@@ -45,8 +45,9 @@ def load_run(path: str, *, step: int | None = None, batch_size: int = 1) -> Load
         description = json.load(f)
     with open(os.path.join(model_dir, "train_config.json"), encoding="utf-8") as f:
         train_config = json.load(f)
-    spec = model_lib.ModelSpec.from_dict(description["model"])
-    trainer = Trainer(spec, description["task_feature_lengths"], batch_size=batch_size,
+    # Exactly the network the run trained (its recorded config), whatever gin says now.
+    definition = ModelDefinition.from_json(description["model"])
+    trainer = Trainer(definition, description["task_feature_lengths"], batch_size=batch_size,
                       seed=description.get("seed", 0))
     checkpoints = Checkpoints(model_dir, read_only=True)
     try:

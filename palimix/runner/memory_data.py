@@ -33,6 +33,7 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from palimix.errors import UsageError
+from palimix.runner import data as data_lib
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +46,14 @@ def estimated_bytes(provider, split: str, task_feature_lengths: Mapping[str, int
     its own image and token rows), or None when a task cannot count its examples."""
     import seqio
 
+    data_lib.check_split(provider, split)
     size = int(task_feature_lengths.get("image", 0))
     per_example = size * size * 3 * 4 + 4 * 2 * sum(int(v) for k, v in task_feature_lengths.items() if k != "image")
     total = 0
     for task in seqio.get_subtasks(provider):
         try:
             count = task.num_input_examples(split)
-        except Exception:  # noqa: BLE001 - a source that cannot count: stream instead.
+        except NotImplementedError:  # A source that cannot count its examples: stream instead.
             count = None
         if count is None:
             return None
@@ -76,8 +78,6 @@ class MemoryBatches:
     def __init__(self, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                  batch_size: int, *, seed: int = 0, split: str = "train", passes: int = 2,
                  shard_id: int = 0, num_shards: int = 1):
-        from palimix.runner import data as data_lib
-
         if passes < 1:
             raise UsageError(f"passes must be >= 1, got {passes}.")
         self.name = mixture_or_task_name
@@ -129,8 +129,6 @@ class MemoryBatches:
         """
         import seqio
         import tensorflow as tf
-
-        from palimix.runner import data as data_lib
 
         start = time.perf_counter()
         tf.random.set_seed(self.seed)  # As TrainBatches: the same draws in every build.
