@@ -8,15 +8,20 @@ Each subcommand lives in its own module `palimix/commands/<module>.py` that defi
 
 Command modules import heavy libraries (TensorFlow, JAX) inside `run`, so that
 building the parser for `--help` stays fast. To add a command, write the module and
-add one row to COMMANDS.
+add one row to COMMANDS (and name it in WITHOUT_TENSORFLOW if it never loads them).
+
+Every command takes `--verbose`; without it, the libraries' start-up and log noise is
+kept off the terminal (palimix.quiet).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
+from palimix import quiet
 from palimix.errors import PalimixError
 
 # command name -> module in palimix.commands
@@ -33,6 +38,8 @@ COMMANDS = {
     "infer": "infer",
     "gin-path": "gin_path",
 }
+# Commands that never load TensorFlow or JAX: nothing to quiet, and they stay fast.
+WITHOUT_TENSORFLOW = {"languages", "prompts", "gin-path"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"palimix.commands.{module_name}")
         sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
         module.configure(sub)
+        sub.add_argument("--verbose", action="store_true",
+                         help=f"show the libraries' own log lines too (TensorFlow, XLA, SentencePiece, "
+                              f"orbax, seqio); the same as {quiet.VERBOSE_ENV}=1")
         sub.set_defaults(_run=module.run)
     return parser
 
@@ -58,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.verbose:
+        os.environ[quiet.VERBOSE_ENV] = "1"  # Also for the processes a command starts.
+    if args.command not in WITHOUT_TENSORFLOW:
+        quiet.quiet_libraries()
     try:
         return int(args._run(args) or 0)
     except PalimixError as e:

@@ -1,10 +1,13 @@
 """`palimix demo --json`, shortened (a few steps, one kind evaluated): the output schema,
-the report and the TensorBoard logs. The full demo is the README's main command."""
+the report and the TensorBoard logs, and no library noise on stderr. The full demo is
+the README's main command."""
 
 import json
 import os
 import subprocess
 import sys
+
+from tests.library_noise import noise_lines
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,6 +21,7 @@ def test_short_demo_prints_the_json_summary_and_writes_report_and_logs(tmp_path)
          "--no_progress"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert noise_lines(result.stderr) == []  # Quiet by default (tests/test_cli_quiet.py).
     lines = result.stdout.strip().splitlines()
     summary = json.loads(lines[-1])
     assert set(summary) == {"kinds", "languages", "seconds"}

@@ -75,7 +75,10 @@ class Checkpoints:
         if read_only and not self.directory.exists():
             raise MissingCheckpointError(f"no checkpoints in {model_dir} (expected {self.directory}).")
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
+            # Read only: nothing is saved or deleted (given explicitly, orbax does not
+            # warn that it overrides them).
+            max_to_keep=None if read_only else keep,
+            save_interval_steps=0 if read_only else 1,
             create=not read_only,
             read_only=read_only,
             # Small models: a synchronous save costs little and keeps the state that is
