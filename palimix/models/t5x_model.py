@@ -360,64 +360,62 @@ class PaliModel(models.EncoderDecoderModel):
             return_all_decodes = self._default_decoder_params.return_all_decodes
         if num_decodes is None:
             num_decodes = self._default_decoder_params.num_decodes
-        decoder_params = dict(decoder_params or {})
-        if rng is not None:
-            if decoder_params.get("decode_rng") is not None:
-                raise ValueError(
-                    "Got an RNG both as `rng` and as decoder_params['decode_rng']; pass one."
-                )
-            decoder_params["decode_rng"] = rng
-
-        encoder_input_tokens = batch["encoder_input_tokens"]
-        decoder_input_tokens = batch["decoder_input_tokens"]
-        encoder_image_mask = _image_mask(batch)
-        if prompt_with_targets:
-            # Strip EOS so decoding does not stop right after the forced prompt.
-            decoder_prompt_inputs = decoder_input_tokens * (
-                decoder_input_tokens != self.output_vocabulary.eos_id
-            )
-        else:
-            decoder_prompt_inputs = jnp.zeros_like(decoder_input_tokens)
-
+        decoder_params = self._decoder_params(decoder_params, rng)
+        decoder_prompt = self._decoder_prompt(batch["decoder_input_tokens"], prompt_with_targets)
         encoded_inputs = self._encode(params, batch)
-        prefill = self._can_prefill()
         cache, initial_index = self._compute_kv_cache(
             params,
             encoded_inputs=encoded_inputs,
-            encoder_image_mask=encoder_image_mask,
-            encoder_input_tokens=encoder_input_tokens,
-            decoder_input_tokens=decoder_prompt_inputs,
-            prefill_decoder_prompt=prefill,
-        )
-        # Beam search / sampling work on [batch * num_decodes, ...], each example
-        # repeated in place; the cache is expanded inside the decode function.
-        tokens_ids_to_logits = functools.partial(
-            self._compute_logits_from_slice,
-            params=params,
-            encoded_inputs=decoding.flat_batch_beam_expand(encoded_inputs, num_decodes),
-            encoder_image_mask=(
-                None
-                if encoder_image_mask is None
-                else decoding.flat_batch_beam_expand(encoder_image_mask, num_decodes)
-            ),
-            encoder_input_tokens=decoding.flat_batch_beam_expand(encoder_input_tokens, num_decodes),
-            max_decode_length=decoder_input_tokens.shape[1],
+            encoder_image_mask=_image_mask(batch),
+            encoder_input_tokens=batch["encoder_input_tokens"],
+            decoder_input_tokens=decoder_prompt,
+            prefill_decoder_prompt=self._can_prefill(),
         )
         if initial_index is not None:
             decoder_params["initial_index"] = initial_index
-        decoder_params.setdefault("eos_id", self.output_vocabulary.eos_id or 1)
-        scanned = bool(getattr(self.module, "scan_layers", False))
         decodes, scores = self._decode_fn(
-            inputs=decoder_prompt_inputs,
+            inputs=decoder_prompt,
             cache=cache,
-            tokens_to_logits=tokens_ids_to_logits,
+            tokens_to_logits=self._tokens_to_logits(params, encoded_inputs, batch, num_decodes),
             num_decodes=num_decodes,
-            cache_offset=1 if scanned else 0,
+            # The network's layers are not scanned, so its cache has no leading layer axis
+            # (t5x passes cache_offset=1 for scanned decoders).
+            cache_offset=0,
             **decoder_params,
         )
         if return_all_decodes:
             return decodes, {"scores": scores}
         return decodes[:, -1, :], {"scores": scores[:, -1]}
+
+    def _decoder_params(self, decoder_params, rng) -> dict:
+        """decode_fn's keyword arguments: the caller's, the RNG, and the EOS id."""
+        decoder_params = dict(decoder_params or {})
+        if rng is not None:
+            if decoder_params.get("decode_rng") is not None:
+                raise ValueError("Got an RNG both as `rng` and as decoder_params['decode_rng']; pass one.")
+            decoder_params["decode_rng"] = rng
+        decoder_params.setdefault("eos_id", self.output_vocabulary.eos_id or 1)
+        return decoder_params
+
+    def _decoder_prompt(self, decoder_input_tokens, prompt_with_targets: bool):
+        """The forced decoder prefix: the targets without EOS (so decoding does not stop
+        right after the forced prompt), or nothing."""
+        if prompt_with_targets:
+            return decoder_input_tokens * (decoder_input_tokens != self.output_vocabulary.eos_id)
+        return jnp.zeros_like(decoder_input_tokens)
+
+    def _tokens_to_logits(self, params, encoded_inputs, batch, num_decodes: int):
+        """One cached decoder step over [batch * num_decodes, ...]: beam search and
+        sampling repeat each example in place (the cache is expanded inside decode_fn)."""
+        image_mask = _image_mask(batch)
+        return functools.partial(
+            self._compute_logits_from_slice,
+            params=params,
+            encoded_inputs=decoding.flat_batch_beam_expand(encoded_inputs, num_decodes),
+            encoder_image_mask=None if image_mask is None else decoding.flat_batch_beam_expand(image_mask, num_decodes),
+            encoder_input_tokens=decoding.flat_batch_beam_expand(batch["encoder_input_tokens"], num_decodes),
+            max_decode_length=batch["decoder_input_tokens"].shape[1],
+        )
 
     def _can_prefill(self) -> bool:
         """Prefill a forced decoder prompt when both decode_fn and the network can."""
