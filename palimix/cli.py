@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[quiet.VERBOSE_ENV] = "1"  # Also for the processes a command starts.
     if args.command not in WITHOUT_TENSORFLOW:
         quiet.quiet_libraries()
+        if argv is None:  # The palimix program itself (not a caller's process): its fd 2 is ours.
+            quiet.filter_native_stderr(quiet.SENTENCEPIECE_LOAD_LINES)
     try:
         return int(args._run(args) or 0)
     except PalimixError as e:

@@ -12,12 +12,15 @@ tables below, and nothing else: every other line, warning or error still shows.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import io
 import logging
 import os
 import re
 import sys
 import tempfile
+import threading
 from typing import Iterator, Sequence
 
 VERBOSE_ENV = "PALIMIX_VERBOSE"
@@ -39,7 +42,9 @@ TENSORFLOW_START_UP_LINES = tuple(re.compile(p) for p in (
     r"\] TF-TRT Warning: Could not find TensorRT",
 ))
 
-# What SentencePiece prints each time a model with identity normalization loads.
+# What SentencePiece prints each time a model with identity normalization loads: once
+# per tf.data pipeline that tokenizes (its kernel loads the model when the pipeline's
+# iterator is created), so anywhere in a run; `filter_native_stderr` drops it.
 SENTENCEPIECE_LOAD_LINES = (
     re.compile(r"^normalizer\.cc\(\d+\) LOG\(INFO\) precompiled_charsmap is empty\. use identity normalization\.$"),
 )
@@ -105,6 +110,46 @@ def native_stderr_without(lines: Sequence[re.Pattern]) -> Iterator[None]:
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()
+
+
+_filter_thread: threading.Thread | None = None
+
+
+def filter_native_stderr(lines: Sequence[re.Pattern]) -> None:
+    """For the rest of the process (the palimix program, not a library user): what
+    native code writes to file descriptor 2 goes through a pipe that a thread copies
+    to the real stderr line by line, leaving out the lines matching `lines`. For lines
+    C++ writes at any time, from any thread (SentencePiece loads its model in every
+    tf.data pipeline that tokenizes, when the pipeline's iterator is created).
+
+    Python's own `sys.stderr` (palimix's lines, the progress bar, warnings, tracebacks)
+    is re-opened on the real stderr and bypasses the pipe. At exit the pipe is drained
+    and fd 2 restored. Once per process; nothing when verbose()."""
+    global _filter_thread
+    if verbose() or _filter_thread is not None:
+        return
+    sys.stderr.flush()
+    real_stderr = os.dup(2)
+    sys.stderr = io.TextIOWrapper(os.fdopen(os.dup(real_stderr), "wb", buffering=0), encoding=sys.stderr.encoding,
+                                  errors=sys.stderr.errors, line_buffering=True, write_through=True)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def copy_lines():
+        with os.fdopen(read_end, "rb") as pipe, os.fdopen(real_stderr, "wb", buffering=0) as out:
+            for line in pipe:
+                if not any(p.search(line.decode("utf-8", "replace").rstrip("\n")) for p in lines):
+                    out.write(line)
+
+    def restore():
+        sys.stderr.flush()
+        os.dup2(real_stderr, 2)  # Closes the pipe's last write end: the thread reads to EOF.
+        _filter_thread.join(timeout=5)
+
+    _filter_thread = threading.Thread(target=copy_lines, name="palimix-stderr-filter", daemon=True)
+    _filter_thread.start()
+    atexit.register(restore)
 
 
 def _keep_log_record(record: logging.LogRecord) -> bool:

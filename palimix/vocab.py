@@ -34,7 +34,6 @@ import importlib.resources
 import os
 
 import gin
-import seqio
 
 from palimix.errors import UsageError
 
@@ -75,33 +74,11 @@ def mt5_vocabulary():
     return default_vocabulary(MT5_VOCABULARY_PATH, extra_ids=0)
 
 
-class SentencePieceVocabulary(seqio.SentencePieceVocabulary):
-    """seqio's SentencePiece vocabulary with one TensorFlow tokenizer per model and
-    process. seqio builds a new tensorflow_text tokenizer, loading the model again (and
-    SentencePiece logging a line about it), every time a pipeline tokenizes or
-    detokenizes; this one loads it once, and pipelines share it."""
-
-    @property
-    def tf_tokenizer(self):
-        return _tf_tokenizer(self.sp_model)
-
-
 @functools.lru_cache(maxsize=None)
-def _vocabulary(path: str, extra_ids: int) -> SentencePieceVocabulary:
-    return SentencePieceVocabulary(path, extra_ids=extra_ids)
+def _vocabulary(path: str, extra_ids: int):
+    import seqio
 
-
-@functools.lru_cache(maxsize=None)
-def _tf_tokenizer(sp_model: bytes):
-    import tensorflow as tf
-    import tensorflow_text as tf_text
-
-    from palimix import quiet
-
-    # Created eagerly even when first asked for while a tf.data function is traced, so
-    # that the model loads here, once (functions capture the tokenizer's resource).
-    with tf.init_scope(), quiet.native_stderr_without(quiet.SENTENCEPIECE_LOAD_LINES):
-        return tf_text.SentencepieceTokenizer(model=sp_model)
+    return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
 
 
 @dataclasses.dataclass(frozen=True)
