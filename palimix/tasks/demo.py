@@ -1,11 +1,14 @@
 """The bundled demo mixture `palimix_demo`: every task kind, 100+ languages, on CPU.
 
-Data: `palimix/data/demo/` (built by `scripts/build_demo_data.py`, ~2.3 MB):
+Data: `palimix/data/demo/` (built by `scripts/build_demo_data.py`, ~2.4 MB):
 synthetic scenes (one red/green/blue/yellow circle/square/triangle at the
 left/right/top/bottom of a 64 x 64 image), words rendered in 6 scripts for OCR,
 captions, questions, answers, class labels and translations in 25 languages from a
-hand-written word table (`words.tsv`), and UDHR sample sentences of ~130 languages
-from `gflanguages` for span corruption and prefix LM.
+hand-written word table (`words.tsv`), and text for span corruption and prefix LM:
+UDHR sample sentences of 138 languages from `gflanguages`, and in the 25 word-table
+languages scene sentences built from the same words (a caption, a colour or shape
+question and its answer; two captions in the language's CLDR list pattern), the text
+the tiny model learns in the demo's budget (one UDHR text per language it does not).
 
 | mixture | kind | languages | train / validation examples |
 |---|---|---|---|
@@ -14,8 +17,8 @@ from `gflanguages` for span corruption and prefix LM.
 | palimix_demo_classification | classification (3 shapes, listed) | 25 | 600 / 150 |
 | palimix_demo_ocr | ocr (Latin, Cyrillic, Greek, Arabic, Devanagari, Thai) | 13 | 546 / 91 |
 | palimix_demo_translation | translation from English | 24 | 480 / 72 |
-| palimix_demo_span_corruption | span_corruption (one multilingual task, `_mul`) | ~130 | ~1290 / ~276 |
-| palimix_demo_prefix_lm | prefix_lm (text only; one multilingual task) | ~130 | ~1290 / ~276 |
+| palimix_demo_span_corruption | span_corruption (one multilingual task, `_mul`) | 138 | 2265 / 476 |
+| palimix_demo_prefix_lm | prefix_lm (text only; one multilingual task) | 138 | 2265 / 476 |
 
 Each kind is ONE multilingual task, `palimix_demo_<kind>_mul` (`per_language=False`):
 every example is prompted in its record's language, `palimix eval` scores each
@@ -27,8 +30,8 @@ demo's 10 minutes on it; 7 tasks build in seconds and sample the languages in
 proportion to their examples, which is what the per-language mixture did.
 
 Validation images are other renders than the training ones, and the translation
-validation phrases are held out of training. Images are 64 px (`IMAGE_SIZE`): a tiny
-PaLI learns the image kinds in ~1,500 CPU steps at this size.
+phrases and texts of the validation split are held out of training. Images are 64 px
+(`IMAGE_SIZE`): a tiny PaLI learns the image kinds in ~1,500 CPU steps at this size.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ KIND_RATES = {
 }
 # Text lengths (tokens, palimix vocabulary, EOS included). Every caption, VQA,
 # classification, OCR and translation example fits (their longest: 46 input, 28
-# target tokens); span corruption and prefix LM (p99 73 / 28 tokens) lose the tail of
+# target tokens); span corruption and prefix LM (p99 55 / 24 tokens) lose the tail of
 # their few longest texts to seqio's trimming. `palimix stats palimix_demo` prints
 # the percentiles; tests/test_demo.py checks these numbers.
 INPUTS_LENGTH = 64
