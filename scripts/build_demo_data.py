@@ -114,8 +114,8 @@ def scene_texts(lang: str, words) -> dict[str, list[str]]:
     end = SENTENCE_ENDS.get(lang, ". ")
     combos = [(color, shape) for color in COLORS for shape in SHAPES]
     captions = [caption(words, color, shape) for color, shape in combos]
-    qa = [f"{caption(words, color, shape)}{end}{words[question]} {words[answer]}"
-          for color, shape in combos for question, answer in (("q_color", color), ("q_shape", shape))]
+    qa = [f"{text}{end}{words[question]} {words[answer]}" for text, (color, shape) in zip(captions, combos)
+          for question, answer in (("q_color", color), ("q_shape", shape))]
     held_out = set(stable_rng("text-qa", lang).choice(len(qa), SCENE_QA_HELD_OUT, replace=False).tolist())
     texts = {"validation": [t for i, t in enumerate(qa) if i in held_out],
              "train": [t for i, t in enumerate(qa) if i not in held_out]}
@@ -382,7 +382,7 @@ def build(out: Writer):
                 texts[split].append({"id": f"text-{lang.code}-{split}-scene-{i}", "language": lang.code,
                                      "text": sentence})
     missing = set(words) - {r["language"] for r in texts["train"]}
-    assert not missing, f"word-table languages without text: {sorted(missing)}"
+    assert not missing, f"word-table languages missing from the languages table: {sorted(missing)}"
     for split, records in texts.items():
         out.jsonl(f"text.{split}.jsonl", records)
         counts[f"text.{split}"] = len(records)
