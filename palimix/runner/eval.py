@@ -44,12 +44,6 @@ class EvalResult:
                 "languages": self.languages, "examples": self.examples, "seconds": self.seconds}
 
 
-def _first_example(dataset) -> dict:
-    for example in dataset.take(1).as_numpy_iterator():
-        return example
-    return {}
-
-
 def _text(value) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
@@ -58,9 +52,9 @@ def _text(value) -> str:
     return str(value)
 
 
-def task_language_and_kind(task, dataset) -> tuple[str, str]:
+def task_language_and_kind(task, examples: Sequence[dict]) -> tuple[str, str]:
     """From the examples' `language`/`kind` features, else the task name's suffix."""
-    first = _first_example(dataset)
+    first = examples[0] if examples else {}
     language = _text(first["language"]) if "language" in first else task.name.rsplit("_", 1)[-1]
     kind = _text(first["kind"]) if "kind" in first else "unknown"
     return language, kind
@@ -117,7 +111,9 @@ class Evaluation:
             async_compute_metrics=False)
         if not self.evaluator.eval_tasks:
             raise data_lib.UsageError(f"{name} has no task with metrics and a {split!r} split to evaluate.")
-        self.task_info = {task.name: task_language_and_kind(task, self.evaluator.cached_task_datasets[task.name])
+        # From the examples read whole (reading only the first of a cached dataset makes
+        # tf.data discard the partial cache and warn).
+        self.task_info = {task.name: task_language_and_kind(task, self.raw_examples(task.name))
                           for task in self.evaluator.eval_tasks}
 
     def raw_examples(self, task_name: str) -> list[dict]:
