@@ -22,8 +22,6 @@ import os
 import time
 
 
-# Kinds the demo must learn (beat the baseline on); the text-only kinds are reported too.
-REQUIRED_KINDS = ("caption", "vqa", "ocr", "classification", "translation")
 # Report languages, chosen to show several scripts.
 SHOWCASE_LANGUAGES = ("en", "de", "ru", "el", "ar", "hi", "th", "zh", "ja", "sw")
 
