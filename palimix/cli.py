@@ -62,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _keep_tensorflow_off_accelerators() -> None:
+    """TensorFlow only reads data in palimix; hidden from the GPUs it leaves their memory
+    to JAX (as t5x.train does). Before TensorFlow runs anything: only then may it."""
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -72,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[quiet.VERBOSE_ENV] = "1"  # Also for the processes a command starts.
     if args.command not in WITHOUT_TENSORFLOW:
         quiet.quiet_libraries()
-        if argv is None:  # The palimix program itself (not a caller's process): its fd 2 is ours.
+        if argv is None:  # The palimix program itself (not a caller's process): its fd 2 and devices are ours.
             quiet.filter_native_stderr(quiet.SENTENCEPIECE_LOAD_LINES)
+            _keep_tensorflow_off_accelerators()
     try:
         return int(args._run(args) or 0)
     except PalimixError as e:
