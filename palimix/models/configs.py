@@ -5,9 +5,18 @@
     cfg = configs.get("small", vit="B/16", text="mt5_base")     # swap either tower
     networks.count_params("pali_17b")                           # no memory allocated
 
-A `PaliConfig` holds a `VitConfig` (the image tower, big_vision's variant table) and a
-`TextConfig` (the T5 1.1 / mT5 encoder-decoder, t5x's gin sizes). All three are frozen
-dataclasses, so they are hashable and can be attributes of flax modules.
+Two model families (the `family` of each `MODELS` entry):
+
+- "pali": a `PaliConfig` holds a `VitConfig` (the image tower, big_vision's variant
+  table) and a `TextConfig` (the T5 1.1 / mT5 encoder-decoder, t5x's gin sizes);
+- "paligemma": a `PaliGemmaConfig` holds a `VitConfig` and a `GemmaConfig` (a
+  decoder-only Gemma language model reading the image tokens as a prefix).
+
+    cfg = configs.get("paligemma_3b")                       # So400m/14 + Gemma-2B
+    cfg = configs.get("tiny_decoder", llm_num_kv_heads=4)   # `llm_` like `text_`
+
+All configs are frozen dataclasses, so they are hashable and can be attributes of
+flax modules.
 """
 
 from __future__ import annotations
@@ -23,6 +32,10 @@ MT5_VOCAB_SIZE = 250112
 # already a multiple of 128. The runner and T5X both build the size a config names, and
 # both refuse a vocabulary larger than it (bind `configs.get.vocab_size` for another one).
 PALIMIX_VOCAB_SIZE = 8192
+
+
+# Gemma's SentencePiece (256000 pieces) + PaliGemma's 1024 <locNNNN> and 128 <segNNN> tokens.
+GEMMA_VOCAB_SIZE = 257152
 
 
 def round_vocab_size(size: int, multiple: int = 128) -> int:
@@ -102,14 +115,7 @@ class PaliConfig:
     max_image_tokens: Optional[int] = None
 
     def __post_init__(self):
-        for field, allowed in (
-            ("dtype", ("float32", "bfloat16")),
-            ("param_dtype", ("float32", "bfloat16")),
-            ("remat", ("none", "full", "dots")),
-            ("image_pooling", ("none", "mean")),
-        ):
-            if getattr(self, field) not in allowed:
-                raise UsageError(f"PaliConfig.{field}={getattr(self, field)!r}: use one of {allowed}.")
+        _check_choices(self, dict(_NETWORK_CHOICES, image_pooling=("none", "mean")))
         if self.max_image_tokens is not None and self.max_image_tokens < 1:
             raise UsageError(f"max_image_tokens must be >= 1, got {self.max_image_tokens}.")
 
@@ -118,6 +124,82 @@ class PaliConfig:
         """How many image tokens the encoder sees in front of the prompt."""
         n = 1 if self.image_pooling == "mean" else self.vit.num_patches
         return min(n, self.max_image_tokens) if self.max_image_tokens else n
+
+    @property
+    def vocab_size(self) -> int:
+        """The size of the token embedding and of the logits (every family has one)."""
+        return self.text.vocab_size
+
+
+@dataclasses.dataclass(frozen=True)
+class GemmaConfig:
+    """A Gemma decoder-only language model (RMSNorm, rotary positions, GeGLU MLP,
+    multi-query or grouped-query attention, embeddings tied to the logits).
+
+    num_kv_heads: key/value heads; every group of num_heads // num_kv_heads query
+      heads shares one (1: multi-query, as Gemma-2B; num_heads: plain multi-head).
+    """
+
+    vocab_size: int
+    width: int
+    depth: int
+    mlp_dim: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    dropout_rate: float = 0.0
+    norm_epsilon: float = 1e-6
+    rope_max_wavelength: float = 10_000.0
+
+    def __post_init__(self):
+        if self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads:
+            raise UsageError(
+                f"Gemma num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}: "
+                "each key/value head serves a whole group of query heads."
+            )
+        if self.head_dim % 2:
+            raise UsageError(f"Gemma head_dim must be even for rotary positions, got {self.head_dim}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class PaliGemmaConfig:
+    """A ViT whose tokens, projected to the LM width, are the fully attended prefix of a
+    decoder-only Gemma (PaliGemma, Beyer et al. 2024).
+
+    dtype, param_dtype, remat: as in `PaliConfig`.
+    """
+
+    vit: VitConfig
+    llm: GemmaConfig
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: str = "none"
+
+    def __post_init__(self):
+        _check_choices(self, _NETWORK_CHOICES)
+
+    @property
+    def num_image_tokens(self) -> int:
+        """How many image tokens stand in front of the text (every ViT patch)."""
+        return self.vit.num_patches
+
+    @property
+    def vocab_size(self) -> int:
+        return self.llm.vocab_size
+
+
+# The choices every network config offers (see PaliConfig).
+_NETWORK_CHOICES = {
+    "dtype": ("float32", "bfloat16"),
+    "param_dtype": ("float32", "bfloat16"),
+    "remat": ("none", "full", "dots"),
+}
+
+
+def _check_choices(config, choices: dict) -> None:
+    for field, allowed in choices.items():
+        if getattr(config, field) not in allowed:
+            raise UsageError(f"{type(config).__name__}.{field}={getattr(config, field)!r}: use one of {allowed}.")
 
 
 # big_vision's ViT variants (Table 2 of arXiv:2106.04560, plus So400m and PaLI's ViT-e)
@@ -148,20 +230,39 @@ TEXT_SIZES = {
     "mt5_xxl": (4096, 64, 64, 10240, 24, 24),
 }
 
-# Named models: ViT variant (big_vision "Name/patch"), text size, vocabulary, image size.
+# Gemma sizes (big_vision's models/ppp/gemma.py): width, depth, mlp_dim, num_heads,
+# num_kv_heads, head_dim. `tiny` (grouped-query: 2 kv heads for 4 query heads) is for
+# tests and the CPU demo.
+GEMMA_SIZES = {
+    "tiny": (64, 2, 128, 4, 2, 16),
+    "gemma_2b": (2048, 18, 16384, 8, 1, 256),
+    "gemma_7b": (3072, 28, 24576, 16, 16, 256),
+}
+
+# Named models: family ("pali": ViT + mT5 encoder-decoder; "paligemma": ViT + Gemma
+# decoder), ViT variant (big_vision "Name/patch"), language model size (`text` for
+# pali, `llm` for paligemma), vocabulary, image size.
 MODELS = {
     # 64x64 images, 16 image tokens, width 64, 2 layers a side: trains in minutes on CPU.
-    "tiny": dict(vit="tiny/16", text="tiny", vocab_size=PALIMIX_VOCAB_SIZE, image_size=64),
-    "small": dict(vit="S/16", text="mt5_small", vocab_size=PALIMIX_VOCAB_SIZE, image_size=224),
-    "base": dict(vit="B/16", text="mt5_base", vocab_size=MT5_VOCAB_SIZE, image_size=224),
+    "tiny": dict(family="pali", vit="tiny/16", text="tiny", vocab_size=PALIMIX_VOCAB_SIZE, image_size=64),
+    "small": dict(family="pali", vit="S/16", text="mt5_small", vocab_size=PALIMIX_VOCAB_SIZE, image_size=224),
+    "base": dict(family="pali", vit="B/16", text="mt5_base", vocab_size=MT5_VOCAB_SIZE, image_size=224),
     # The PaLI paper's models (Chen et al. 2022, Table 1), at the 224px pretraining size.
-    "pali_3b": dict(vit="G/14", text="mt5_large", vocab_size=MT5_VOCAB_SIZE, image_size=224),
-    "pali_15b": dict(vit="G/14", text="mt5_xxl", vocab_size=MT5_VOCAB_SIZE, image_size=224),
-    "pali_17b": dict(vit="e/14", text="mt5_xxl", vocab_size=MT5_VOCAB_SIZE, image_size=224),
+    "pali_3b": dict(family="pali", vit="G/14", text="mt5_large", vocab_size=MT5_VOCAB_SIZE, image_size=224),
+    "pali_15b": dict(family="pali", vit="G/14", text="mt5_xxl", vocab_size=MT5_VOCAB_SIZE, image_size=224),
+    "pali_17b": dict(family="pali", vit="e/14", text="mt5_xxl", vocab_size=MT5_VOCAB_SIZE, image_size=224),
+    # The tiny ViT in front of a 2-layer, width-64 Gemma: the decoder-only demo model.
+    "tiny_decoder": dict(family="paligemma", vit="tiny/16", llm="tiny", vocab_size=PALIMIX_VOCAB_SIZE,
+                         image_size=64),
+    # PaliGemma (big_vision configs/proj/paligemma): SigLIP So400m/14 at 224 px, Gemma-2B.
+    "paligemma_3b": dict(family="paligemma", vit="So400m/14", llm="gemma_2b", vocab_size=GEMMA_VOCAB_SIZE,
+                         image_size=224),
 }
 
 # Parameter counts the PaLI paper reports (Table 1), for `count_params` comparisons.
 PAPER_PARAMS = {"pali_3b": 3.0e9, "pali_15b": 15.0e9, "pali_17b": 16.9e9}
+# ... and PaliGemma's report (Beyer et al. 2024: 0.4B SigLIP + 2.5B Gemma, "about 3B").
+PALIGEMMA_PARAMS = {"paligemma_3b": 2.92e9}
 
 
 def names() -> list[str]:
@@ -199,57 +300,120 @@ def text_config(size: str, *, vocab_size: int, **overrides) -> TextConfig:
     return TextConfig(**kw)
 
 
-_VIT_FIELDS = {f.name for f in dataclasses.fields(VitConfig)}
-_TEXT_FIELDS = {f.name for f in dataclasses.fields(TextConfig)}
-_PALI_FIELDS = {f.name for f in dataclasses.fields(PaliConfig)} - {"vit", "text"}
+def gemma_config(size: str, *, vocab_size: int, **overrides) -> GemmaConfig:
+    """A Gemma config by size name ("tiny", "gemma_2b", "gemma_7b")."""
+    if size not in GEMMA_SIZES:
+        raise UnknownNameError(
+            f"Unknown Gemma size {size!r}; known: {', '.join(GEMMA_SIZES)}." + close_matches_hint(size, GEMMA_SIZES)
+        )
+    width, depth, mlp_dim, heads, kv_heads, head_dim = GEMMA_SIZES[size]
+    kw = dict(vocab_size=vocab_size, width=width, depth=depth, mlp_dim=mlp_dim, num_heads=heads,
+              num_kv_heads=kv_heads, head_dim=head_dim)
+    kw.update(overrides)
+    return GemmaConfig(**kw)
 
 
-def get(name: str, **overrides: Any) -> PaliConfig:
-    """The named config with overrides.
+def _field_names(cls, *exclude) -> frozenset:
+    return frozenset(f.name for f in dataclasses.fields(cls)) - set(exclude)
 
-    Overrides are field names of PaliConfig, TextConfig or VitConfig; a name both towers
-    have (num_heads, mlp_dim, dropout_rate) needs a `vit_` or `text_` prefix. `vit="L/16"`
-    and `text="mt5_base"` swap a whole tower.
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """How a model family's config is assembled: the network config class, and its
+    language model (the field that holds it, its config class, a size -> config
+    builder). The image tower is always `vit`."""
+
+    config_class: type
+    language_field: str
+    language_class: type
+    language_builder: Any
+
+    @property
+    def top_fields(self) -> frozenset:
+        return _field_names(self.config_class, "vit", self.language_field)
+
+
+FAMILIES = {
+    "pali": Family(PaliConfig, "text", TextConfig, text_config),
+    "paligemma": Family(PaliGemmaConfig, "llm", GemmaConfig, gemma_config),
+}
+_VIT_FIELDS = _field_names(VitConfig)
+
+
+def family_of(config) -> str:
+    """The family name of a network config ("pali", "paligemma")."""
+    for name, family in FAMILIES.items():
+        if isinstance(config, family.config_class):
+            return name
+    raise TypeError(f"{type(config).__name__} is not a palimix network config.")
+
+
+def get(name: str, **overrides: Any):
+    """The named config (a `PaliConfig` or `PaliGemmaConfig`, by the entry's family)
+    with overrides.
+
+    Overrides are field names of the network config, of its language model config
+    (TextConfig for pali, GemmaConfig for paligemma) or of VitConfig; a name both towers
+    have (num_heads, mlp_dim, dropout_rate, ...) needs a `vit_` prefix or the language
+    model's (`text_` for pali, `llm_` for paligemma). `vit="L/16"` and `text="mt5_base"`
+    (pali) or `llm="gemma_7b"` (paligemma) swap a whole tower.
     """
     if name not in MODELS:
         raise UnknownNameError(
             f"Unknown model config {name!r}; known: {', '.join(names())}." + close_matches_hint(name, MODELS)
         )
     base = dict(MODELS[name])
+    family = FAMILIES[base.pop("family")]
+    lang = family.language_field
     vit_variant = overrides.pop("vit", base.pop("vit"))
-    text_size = overrides.pop("text", base.pop("text"))
-    vit_kw, text_kw, pali_kw = {"image_size": base.pop("image_size")}, {"vocab_size": base.pop("vocab_size")}, {}
-    for key, value in overrides.items():
-        if key.startswith("vit_") and key[4:] in _VIT_FIELDS:
-            vit_kw[key[4:]] = value
-        elif key.startswith("text_") and key[5:] in _TEXT_FIELDS:
-            text_kw[key[5:]] = value
-        elif key in _PALI_FIELDS:
-            pali_kw[key] = value
-        elif key in _VIT_FIELDS and key in _TEXT_FIELDS:
-            raise UsageError(f"Override {key!r} exists in both towers: write vit_{key}= or text_{key}=.")
-        elif key in _VIT_FIELDS:
-            vit_kw[key] = value
-        elif key in _TEXT_FIELDS:
-            text_kw[key] = value
-        else:
-            known = sorted(_PALI_FIELDS | _VIT_FIELDS | _TEXT_FIELDS | {"vit", "text"})
-            raise UsageError(f"Unknown model config override {key!r}." + close_matches_hint(key, known))
-    if "mlp_activations" in text_kw:
-        text_kw["mlp_activations"] = tuple(text_kw["mlp_activations"])
-    return PaliConfig(
-        vit=vit_config(vit_variant, **vit_kw), text=text_config(text_size, **text_kw), **pali_kw
+    lang_size = overrides.pop(lang, base.pop(lang))
+    vit_kw, lang_kw, top_kw = _split_overrides(family, overrides)
+    vit_kw.setdefault("image_size", base.pop("image_size"))
+    lang_kw.setdefault("vocab_size", base.pop("vocab_size"))
+    if "mlp_activations" in lang_kw:
+        lang_kw["mlp_activations"] = tuple(lang_kw["mlp_activations"])
+    return family.config_class(
+        vit=vit_config(vit_variant, **vit_kw), **{lang: family.language_builder(lang_size, **lang_kw)}, **top_kw
     )
 
 
-def to_dict(config: PaliConfig) -> dict:
-    """Every field of `config` as JSON-ready data (what a run records in run.json)."""
-    return dataclasses.asdict(config)
+def _split_overrides(family: Family, overrides: dict) -> tuple[dict, dict, dict]:
+    """`get`'s overrides -> (ViT fields, language model fields, network config fields)."""
+    lang, lang_fields, top_fields = family.language_field, _field_names(family.language_class), family.top_fields
+    vit_kw, lang_kw, top_kw = {}, {}, {}
+    for key, value in overrides.items():
+        if key.startswith("vit_") and key[4:] in _VIT_FIELDS:
+            vit_kw[key[4:]] = value
+        elif key.startswith(f"{lang}_") and key[len(lang) + 1:] in lang_fields:
+            lang_kw[key[len(lang) + 1:]] = value
+        elif key in top_fields:
+            top_kw[key] = value
+        elif key in _VIT_FIELDS and key in lang_fields:
+            raise UsageError(f"Override {key!r} exists in both towers: write vit_{key}= or {lang}_{key}=.")
+        elif key in _VIT_FIELDS:
+            vit_kw[key] = value
+        elif key in lang_fields:
+            lang_kw[key] = value
+        else:
+            known = sorted(top_fields | _VIT_FIELDS | lang_fields | {"vit", lang})
+            raise UsageError(f"Unknown model config override {key!r}." + close_matches_hint(key, known))
+    return vit_kw, lang_kw, top_kw
 
 
-def from_dict(data: dict) -> PaliConfig:
-    """The exact config `to_dict` recorded (tuples restored from JSON lists)."""
+def to_dict(config) -> dict:
+    """Every field of `config`, and its family, as JSON-ready data (what a run records
+    in run.json)."""
+    return {"family": family_of(config), **dataclasses.asdict(config)}
+
+
+def from_dict(data: dict):
+    """The exact config `to_dict` recorded (tuples restored from JSON lists; a record
+    without a family, from before there were two, is a PaLI)."""
     data = dict(data)
-    text = dict(data.pop("text"))
-    text["mlp_activations"] = tuple(text["mlp_activations"])
-    return PaliConfig(vit=VitConfig(**data.pop("vit")), text=TextConfig(**text), **data)
+    family = FAMILIES[data.pop("family", "pali")]
+    lang = dict(data.pop(family.language_field))
+    if "mlp_activations" in lang:
+        lang["mlp_activations"] = tuple(lang["mlp_activations"])
+    return family.config_class(
+        vit=VitConfig(**data.pop("vit")), **{family.language_field: family.language_class(**lang)}, **data
+    )

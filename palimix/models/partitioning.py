@@ -54,7 +54,15 @@ VIT_RULES: LogicalRules = (
     ("vit_posemb_batch", None),
 )
 
-DEFAULT_RULES: LogicalRules = TEXT_RULES + VIT_RULES
+# Gemma (palimix.models.gemma): "stack" is the leading axis of weights that hold
+# several projections in one array (q/k/v, gate/up; t5x's name for it); "kv_heads"
+# the key/value heads of multi-query attention, replicated (often a single head).
+GEMMA_RULES: LogicalRules = (
+    ("stack", None),
+    ("kv_heads", None),
+)
+
+DEFAULT_RULES: LogicalRules = TEXT_RULES + VIT_RULES + GEMMA_RULES
 
 # Adafactor factoring for the ViT's axes (strings t5x's `factor_name_to_factordim`
 # reads): the width is the row, the other matrix dims are columns.
@@ -68,6 +76,12 @@ VIT_FACTOR_RULES = {
     "vit_channels": "column",
     "vit_tokens": "column",
     "vit_posemb_batch": "batch",
+}
+
+# ... and for Gemma's axis that t5x's standard factor rules lack ("stack" is there:
+# batch, so q/k/v and gate/up are factored apart).
+GEMMA_FACTOR_RULES = {
+    "kv_heads": "column",
 }
 
 

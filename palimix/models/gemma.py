@@ -1,0 +1,275 @@
+"""Gemma: a decoder-only language model with big_vision's parameter names and shapes
+(`big_vision/models/ppp/gemma.py`), so that big_vision's PaliGemma checkpoints load
+by renaming keys (and stacking/unstacking layers: see below).
+
+The math, as in Gemma and big_vision: token embeddings scaled by sqrt(width) (the
+caller's prefix embeddings, e.g. image tokens, are not); pre-norm blocks with RMSNorm
+whose stored `scale` is applied as `1 + scale`; rotary positions on queries and keys
+(the two halves of each head rotated against each other); queries scaled by
+1/sqrt(head_dim); multi-query / grouped-query attention; a GeGLU MLP; a final RMSNorm;
+logits from the transposed input embedding (tied weights).
+
+Parameters (under the module's name, `llm` in `paligemma.PaliGemma`):
+
+    embedder/input_embedding                 [vocab, width]           ("vocab", "embed")
+    layers_N/pre_attention_norm/scale        [width]                  ("embed",)
+    layers_N/attn/q_einsum/w                 [heads, width, head_dim] ("heads", "embed", "kv")
+    layers_N/attn/kv_einsum/w                [2, kv_heads, width, head_dim]
+                                                                      ("stack", "kv_heads", "embed", "kv")
+      or, when kv_heads == heads, one
+    layers_N/attn/qkv_einsum/w               [3, heads, width, head_dim] ("stack", "heads", "embed", "kv")
+    layers_N/attn/attn_vec_einsum/w          [heads, head_dim, width] ("heads", "kv", "embed")
+    layers_N/pre_ffw_norm/scale              [width]
+    layers_N/mlp/gating_einsum               [2, width, mlp_dim]      ("stack", "embed", "mlp")
+    layers_N/mlp/linear                      [mlp_dim, width]         ("mlp", "embed")
+    final_norm/scale                         [width]
+
+Layers are UNSTACKED (`layers_0`, `layers_1`, ...; one flax module each, like palimix's
+ViT and T5), where big_vision scans them into one `layers/...` tree with a leading depth
+axis: a checkpoint loader stacks/unstacks along axis 0.
+
+Decoding cache (collection "cache"), per layer `layers_N/attn/{k_cache,v_cache}`
+`[B, cache_length, kv_heads, head_dim]` (batch first, so beam search can reorder rows).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from palimix.models import layers
+from palimix.models.configs import GemmaConfig
+
+# Logit of a key a query may not attend to (a `where`, not an added bias: finite, so a
+# query with no key at all, e.g. a padding position, gets a uniform row and no NaN).
+MASKED_LOGIT = -1e30
+
+
+def _fan_in_init(in_axis, out_axis, batch_axis=()):
+    return nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=in_axis,
+                                            out_axis=out_axis, batch_axis=batch_axis)
+
+
+def rotary_embedding(x, positions, max_wavelength: float):
+    """Rotates `x [B, T, heads, head_dim]` by `positions [B, T]` (RoPE, in float32).
+
+    Feature i of the first half and feature i of the second half form a pair rotated
+    by the angle position / max_wavelength^(2i / head_dim).
+    """
+    half = x.shape[-1] // 2
+    inverse_timescale = max_wavelength ** (-jnp.arange(half, dtype=jnp.float32) * 2.0 / x.shape[-1])
+    angles = positions.astype(jnp.float32)[..., None, None] * inverse_timescale  # [B, T, 1, half]
+    sin, cos = jnp.sin(angles), jnp.cos(angles)
+    first, second = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
+    return rotated.astype(x.dtype)
+
+
+class GemmaRMSNorm(nn.Module):
+    """RMSNorm whose `scale` (zero-initialised) multiplies as `1 + scale`; in float32."""
+
+    epsilon: float = 1e-6
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        scale = layers.param_with_axes("scale", nn.initializers.zeros, (x.shape[-1],), self.param_dtype,
+                                       axes=("embed",))
+        x = jnp.asarray(x, jnp.float32)
+        normed = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.epsilon)
+        return jnp.asarray(normed * (1.0 + jnp.asarray(scale, jnp.float32)), self.dtype)
+
+
+class Embedder(nn.Module):
+    """`input_embedding [vocab, width]`: token embeddings in, tied logits out."""
+
+    vocab_size: int
+    width: int
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        self.input_embedding = layers.param_with_axes(
+            "input_embedding", nn.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=1, out_axis=0),
+            (self.vocab_size, self.width), self.param_dtype, axes=("vocab", "embed"),
+        )
+
+    def encode(self, tokens):
+        """Token ids `[B, T]` -> embeddings times sqrt(width) (Gemma's input scaling)."""
+        x = jnp.take(jnp.asarray(self.input_embedding, self.dtype), tokens.astype(jnp.int32), axis=0)
+        return layers.constrain(x * jnp.sqrt(self.width).astype(self.dtype), ("batch", "length", "embed"))
+
+    def decode(self, x):
+        """Hidden states `[B, T, width]` -> float32 logits `[B, T, vocab]`."""
+        logits = jnp.einsum("btd,vd->btv", x, jnp.asarray(self.input_embedding, self.dtype),
+                            preferred_element_type=jnp.float32)
+        return layers.constrain(logits, ("batch", "length", "vocab"))
+
+
+class EinsumWeight(nn.Module):
+    """A module holding one einsum weight `w` (big_vision's `Einsum` parameter layout)."""
+
+    shape: tuple
+    axes: tuple
+    init: layers.Initializer
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self):
+        return layers.param_with_axes("w", self.init, self.shape, self.param_dtype, axes=self.axes)
+
+
+class GemmaAttention(nn.Module):
+    """Multi-query / grouped-query self-attention with rotary positions and a KV cache."""
+
+    config: GemmaConfig
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def _weight(self, name, shape, axes, init):
+        w = EinsumWeight(tuple(shape), tuple(axes), init, self.param_dtype, name=name)()
+        return jnp.asarray(w, self.dtype)
+
+    def _project(self, x):
+        """x `[B, T, width]` -> queries `[B, T, heads, hd]`, keys and values `[B, T, kv_heads, hd]`."""
+        cfg = self.config
+        width = x.shape[-1]
+        if cfg.num_kv_heads == cfg.num_heads:
+            w = self._weight("qkv_einsum", (3, cfg.num_heads, width, cfg.head_dim),
+                             ("stack", "heads", "embed", "kv"), _fan_in_init(2, (0, 1, 3)))
+            q, k, v = jnp.einsum("btd,snde->sbtne", x, w)
+        else:
+            w_q = self._weight("q_einsum", (cfg.num_heads, width, cfg.head_dim), ("heads", "embed", "kv"),
+                               _fan_in_init(1, (0, 2)))
+            w_kv = self._weight("kv_einsum", (2, cfg.num_kv_heads, width, cfg.head_dim),
+                                ("stack", "kv_heads", "embed", "kv"), _fan_in_init(2, (0, 1, 3)))
+            q = jnp.einsum("btd,nde->btne", x, w_q)
+            k, v = jnp.einsum("btd,skde->sbtke", x, w_kv)
+        return q, k, v
+
+    def _cached(self, k, v, cache_length, cache_index):
+        """The keys and values to attend to: this call's own (no cache), or the cache
+        after writing them: at slots 0.. (prefill, creating a `cache_length` cache) or
+        at each example's slot `cache_index [B]` (one decoding step)."""
+        if cache_length is None and cache_index is None:
+            return k, v
+        b, t, kv_heads, head_dim = k.shape
+        if cache_length is not None:
+            shape = (b, cache_length, kv_heads, head_dim)
+            k_cache = self.variable("cache", "k_cache", jnp.zeros, shape, self.dtype)
+            v_cache = self.variable("cache", "v_cache", jnp.zeros, shape, self.dtype)
+            k_cache.value = jax.lax.dynamic_update_slice_in_dim(jnp.zeros(shape, self.dtype), k, 0, axis=1)
+            v_cache.value = jax.lax.dynamic_update_slice_in_dim(jnp.zeros(shape, self.dtype), v, 0, axis=1)
+        else:
+            if t != 1:
+                raise ValueError(f"A decoding step feeds one position per example, got {t}.")
+            k_cache, v_cache = self.variable("cache", "k_cache"), self.variable("cache", "v_cache")
+            rows = jnp.arange(b)
+            k_cache.value = k_cache.value.at[rows, cache_index].set(k[:, 0])
+            v_cache.value = v_cache.value.at[rows, cache_index].set(v[:, 0])
+        return k_cache.value, v_cache.value
+
+    @nn.compact
+    def __call__(self, x, positions, attention_mask, *, cache_length: Optional[int] = None, cache_index=None):
+        """x `[B, T, width]`, positions `[B, T]`, attention_mask `[B, 1, T, S]` bool
+        (True = attend; S = T without a cache, the cache length with one)."""
+        cfg = self.config
+        q, k, v = self._project(jnp.asarray(x, self.dtype))
+        q = rotary_embedding(q, positions, cfg.rope_max_wavelength) * jnp.asarray(cfg.head_dim**-0.5, self.dtype)
+        k = rotary_embedding(k, positions, cfg.rope_max_wavelength)
+        q = layers.constrain(q, ("batch", "length", "heads", "kv"))
+        k, v = self._cached(k, v, cache_length, cache_index)
+        # Each key/value head serves `group` consecutive query heads.
+        group = cfg.num_heads // cfg.num_kv_heads
+        q = q.reshape(q.shape[:2] + (cfg.num_kv_heads, group, cfg.head_dim))
+        logits = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32)
+        logits = jnp.where(attention_mask[:, :, None], logits, MASKED_LOGIT)
+        probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        out = jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(q.shape[:2] + (cfg.num_heads, cfg.head_dim))
+        w_out = self._weight("attn_vec_einsum", (cfg.num_heads, cfg.head_dim, x.shape[-1]),
+                             ("heads", "kv", "embed"), _fan_in_init((0, 1), 2))
+        return jnp.einsum("btnh,nhd->btd", out, w_out)
+
+
+class GemmaMlp(nn.Module):
+    """GeGLU: gelu(x W_gate) * (x W_up), then `linear` back to the width."""
+
+    mlp_dim: int
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        width = x.shape[-1]
+        gating = layers.param_with_axes("gating_einsum", _fan_in_init(1, (0, 2)), (2, width, self.mlp_dim),
+                                        self.param_dtype, axes=("stack", "embed", "mlp"))
+        linear = layers.param_with_axes("linear", _fan_in_init(0, 1), (self.mlp_dim, width), self.param_dtype,
+                                        axes=("mlp", "embed"))
+        gate, up = jnp.einsum("btd,sdf->sbtf", jnp.asarray(x, self.dtype), jnp.asarray(gating, self.dtype))
+        hidden = layers.constrain(nn.gelu(gate) * up, ("batch", "length", "mlp"))
+        return jnp.einsum("btf,fd->btd", hidden, jnp.asarray(linear, self.dtype))
+
+
+class GemmaLayer(nn.Module):
+    """One pre-norm block: attention and GeGLU MLP, each added to the residual stream."""
+
+    config: GemmaConfig
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, positions, attention_mask, deterministic: bool = True,
+                 cache_length: Optional[int] = None, cache_index=None):
+        cfg = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        dropout = nn.Dropout(rate=cfg.dropout_rate)
+        h = GemmaRMSNorm(cfg.norm_epsilon, name="pre_attention_norm", **kw)(x)
+        h = GemmaAttention(cfg, name="attn", **kw)(h, positions, attention_mask, cache_length=cache_length,
+                                                    cache_index=cache_index)
+        x = x + dropout(h, deterministic=deterministic)
+        h = GemmaMlp(cfg.mlp_dim, name="mlp", **kw)(GemmaRMSNorm(cfg.norm_epsilon, name="pre_ffw_norm", **kw)(x))
+        x = x + dropout(h, deterministic=deterministic)
+        return layers.constrain(x, ("batch", "length", "embed"))
+
+
+class Gemma(nn.Module):
+    """Embedded prefix (e.g. image tokens) ++ embedded tokens -> logits of the tokens.
+
+    The caller builds the attention mask and the positions (prefix-LM, causal, or a
+    decoding step's row over the cache): this module only runs the network.
+    """
+
+    config: GemmaConfig
+    remat: str = "none"
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, prefix, tokens, positions, attention_mask, *, deterministic: bool = True,
+                 cache_length: Optional[int] = None, cache_index=None):
+        """prefix `[B, P, width]` (None: no prefix) and tokens `[B, T]` ->
+        float32 logits `[B, T, vocab]` for the token positions only.
+
+        positions `[B, P + T]`; attention_mask `[B, 1, P + T, S]` bool (True = attend).
+        cache_length: also create the decoding cache with that many slots (prefill);
+        cache_index `[B]`: one decoding step writing each example's slot.
+        """
+        cfg = self.config
+        embedder = Embedder(cfg.vocab_size, cfg.width, self.dtype, self.param_dtype, name="embedder")
+        x = embedder.encode(tokens)
+        if prefix is not None:
+            x = jnp.concatenate([jnp.asarray(prefix, self.dtype), x], axis=1)
+        x = nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=deterministic)
+        layer = GemmaLayer
+        decoding = cache_length is not None or cache_index is not None
+        if self.remat != "none" and not decoding:  # remat saves training memory only
+            layer = nn.remat(GemmaLayer, static_argnums=(4,), policy=layers.remat_policy(self.remat))
+        for i in range(cfg.depth):
+            x = layer(cfg, self.dtype, self.param_dtype, name=f"layers_{i}")(
+                x, positions, attention_mask, deterministic, cache_length, cache_index)
+        x = GemmaRMSNorm(cfg.norm_epsilon, self.dtype, self.param_dtype, name="final_norm")(x[:, x.shape[1] - tokens.shape[1]:])
+        return embedder.decode(x)
