@@ -1,8 +1,12 @@
-"""Loading pretrained towers into PaLI parameters: big_vision ViTs and t5x mT5s.
+"""Loading pretrained towers: big_vision ViTs, t5x mT5s, big_vision PaliGemma and Gemma.
 
     params = pali.init_params(config, rng)
     params = checkpoints.load_vit("siglip_so400m14_224.npz:img", params)
     params = checkpoints.load_mt5("mt5_base/checkpoint_1000000", params)
+
+    params = checkpoints.load_paligemma("pt_224.npz", params)       # a PaliGemma network
+    params = checkpoints.load_gemma("pt_224.npz", params)           # its llm/ part only
+    checkpoints.save_paligemma(params, "mine.npz")                  # big_vision's layout
 
 What loads:
 
@@ -26,7 +30,22 @@ What loads:
   * a dict: nested, or flat with "/"-joined keys, optionally under "target/".
   Only local paths are tested; gs:// works where TensorStore/Orbax can reach GCS.
 
-Both check every shape and raise `CheckpointMismatchError` listing every missing or
+`load_paligemma(checkpoint, params)`: a whole big_vision PaliGemma `.npz` (float32 or
+  bfloat16, e.g. `pt_224.npz`, `pt_224.bf16.npz`; plain params or a train state) into
+  palimix's `PaliGemma`: `img/...` (the ViT as `load_vit` reads it, with `img/head`, the
+  projection) and `llm/...` (Gemma: `embedder/input_embedding`, `layers/attn/q_einsum/w`
+  + `kv_einsum/w` or `qkv_einsum/w`, `attn_vec_einsum/w`, `mlp/gating_einsum`,
+  `mlp/linear`, `pre_attention_norm/scale`, `pre_ffw_norm/scale`, `final_norm/scale`).
+  big_vision stacks the blocks of both towers along a leading depth axis
+  (`img/Transformer/encoderblock/...`, `llm/layers/...`); they are split into the
+  model's per-block names (`encoderblock_N`, `layers_N`) where it has them.
+  Strict: a checkpoint parameter the model does not use is an error too.
+`load_gemma(checkpoint, params)`: only `llm/...` (from a PaliGemma file, "file.npz:llm",
+  or a Gemma-only big_vision file); `img/...` keeps its values. A checkpoint with fewer
+  embedding rows (Gemma's 256,000 under PaliGemma's 257,152) fills the first rows.
+`save_paligemma(params, path)`: the inverse of load_paligemma, bit for bit.
+
+All check every shape and raise `CheckpointMismatchError` listing every missing or
 mis-shaped parameter (a different vocabulary gets a hint: `skip=` or `vocab_size=`).
 """
 
@@ -66,10 +85,28 @@ def _to_dict(tree):
     return tree
 
 
-def _merge(params, loaded: dict, *, under: tuple, exclude: tuple = (), skip: Iterable[str] = (), source: str):
+# When the embedding/softmax is what differs, the cause is the vocabulary, not the model.
+_VOCABULARY_HINTS = {
+    "token_embedder/embedding": "mt5",
+    "decoder/logits_dense/kernel": "mt5",
+    "llm/embedder/input_embedding": "gemma",
+}
+_HINTS = {
+    "mt5": "  The checkpoint has another vocabulary: build the model with its vocab_size (mT5: "
+           "vocab_size=250112), or load with skip=('token_embedder/.*', 'decoder/logits_dense/.*') "
+           "to keep those freshly initialised.",
+    "gemma": "  The checkpoint has another vocabulary: build the model with its vocab_size (PaliGemma: "
+             "vocab_size=257152, Gemma: 256000), or load with skip=('llm/embedder/.*',) to keep the "
+             "embeddings freshly initialised.",
+}
+
+
+def _merge(params, loaded: dict, *, under: tuple, exclude: tuple = (), skip: Iterable[str] = (), source: str,
+           strict: bool = False):
     """Copies `loaded` (flat names relative to `under`) into `params`, checking shapes.
 
-    Parameters matching a `skip` regex keep their current (fresh) value.
+    Parameters matching a `skip` regex keep their current (fresh) value. strict: names of
+    `loaded` that the model does not use are errors too (else they are logged).
     """
     flat = _flatten(params)
     prefix = "/".join(under) + "/" if under else ""
@@ -93,38 +130,42 @@ def _merge(params, loaded: dict, *, under: tuple, exclude: tuple = (), skip: Ite
         value = value.astype(current.dtype)
         sharding = getattr(current, "sharding", None)
         updated[name] = jax.device_put(value, sharding) if sharding is not None else jax.numpy.asarray(value)
-    if missing or mismatched:
-        lines = [f"{source} does not fit the model:"]
-        lines += [f"  {n}: checkpoint {a} vs model {b}" for n, a, b in mismatched[:20]]
-        lines += [f"  {n}: not in the checkpoint" for n in missing[:20]]
-        if len(missing) + len(mismatched) > 40:
-            lines.append(f"  ... {len(missing) + len(mismatched) - 40} more")
-        if any(n in ("token_embedder/embedding", "decoder/logits_dense/kernel") for n, _, _ in mismatched):
-            lines.append(
-                "  The checkpoint has another vocabulary: build the model with its vocab_size (mT5: "
-                "vocab_size=250112), or load with skip=('token_embedder/.*', 'decoder/logits_dense/.*') "
-                "to keep those freshly initialised."
-            )
-        raise CheckpointMismatchError("\n".join(lines))
     unused = sorted(set(loaded) - loaded_names - {n for n in loaded if any(r.fullmatch(n) for r in skip_res)})
+    if missing or mismatched or (strict and unused):
+        raise CheckpointMismatchError(_mismatch_message(source, missing, mismatched, unused if strict else []))
     if unused:
         logging.info("%s: %d parameters not used by the model, e.g. %s", source, len(unused), unused[:5])
     nested = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in updated.items()})
     return nested
 
 
+def _mismatch_message(source: str, missing: list, mismatched: list, unused: list) -> str:
+    lines = [f"{source} does not fit the model:"]
+    lines += [f"  {n}: checkpoint {a} vs model {b}" for n, a, b in mismatched[:20]]
+    lines += [f"  {n}: not in the checkpoint" for n in missing[:20]]
+    lines += [f"  {n}: in the checkpoint, not in the model" for n in unused[:20]]
+    listed = min(len(mismatched), 20) + min(len(missing), 20) + min(len(unused), 20)
+    if len(missing) + len(mismatched) + len(unused) > listed:
+        lines.append(f"  ... {len(missing) + len(mismatched) + len(unused) - listed} more")
+    hints = {_VOCABULARY_HINTS[n] for n, _, _ in mismatched if n in _VOCABULARY_HINTS}
+    lines += [_HINTS[h] for h in sorted(hints)]
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------------------
 # big_vision ViT (.npz).
 
 
-def read_big_vision_npz(checkpoint: str) -> dict:
-    """Flat {name: array} of the ViT params in a big_vision .npz ("path.npz:sub/model" ok)."""
+def read_npz(checkpoint: str) -> dict:
+    """Flat {name: array} of a big_vision .npz: the params of a saved train state ("params/"
+    or "opt/target/" roots dropped), or of a sub-model with big_vision's colon syntax
+    ("path.npz:img"); bfloat16 arrays (numpy stores them as 2-byte voids) come back as such."""
     path, sep, sub = checkpoint.partition(".npz:")
     path = path + ".npz" if sep else path
     if not os.path.exists(path):
-        raise FileNotFoundError(f"No such ViT checkpoint: {path}")
+        raise FileNotFoundError(f"No such checkpoint: {path}")
     with np.load(path, allow_pickle=False) as npz:
-        flat = {k: npz[k] for k in npz.files}
+        flat = {k: _recover_bfloat16(npz[k]) for k in npz.files}
     for root in ("params/", "opt/target/"):  # a saved train state: keep its params
         if any(k.startswith(root) for k in flat):
             flat = {k[len(root):]: v for k, v in flat.items() if k.startswith(root)}
@@ -136,7 +177,22 @@ def read_big_vision_npz(checkpoint: str) -> dict:
             tops = sorted({k.split("/", 1)[0] for k in flat})
             raise CheckpointMismatchError(f"{checkpoint}: no sub-model {sub[:-1]!r}; the file has {tops}.")
         flat = picked
+    return flat
+
+
+def _recover_bfloat16(array: np.ndarray) -> np.ndarray:
+    # np.save writes ml_dtypes' bfloat16 as "|V2"; big_vision's .bf16.npz files hold these.
+    if array.dtype.kind == "V" and array.dtype.itemsize == 2:
+        return array.view(jax.numpy.bfloat16)
+    return array
+
+
+def read_big_vision_npz(checkpoint: str) -> dict:
+    """Flat {name: array} of the ViT params in a big_vision .npz ("path.npz:sub/model" ok)."""
+    flat = read_npz(checkpoint)
     if not any(k.startswith("Transformer/") for k in flat):
+        path = checkpoint.partition(".npz:")[0]
+        path = path if path.endswith(".npz") else path + ".npz"
         towers = sorted({k.split("/", 1)[0] for k in flat if "/Transformer/" in k})
         hint = f" It holds sub-models {towers}: load e.g. '{path}:{towers[0]}'." if towers else ""
         raise CheckpointMismatchError(f"{checkpoint} has no ViT ('Transformer/...' parameters).{hint}")
@@ -308,3 +364,156 @@ def load_mt5(checkpoint, params, *, step: Optional[int] = None, skip: Iterable[s
     else:
         flat, source = read_t5x_checkpoint(str(checkpoint), step), str(checkpoint)
     return _merge(params, flat, under=(), exclude=IMAGE_SIDE, skip=skip, source=source)
+
+
+# ----------------------------------------------------------------------------------------
+# big_vision PaliGemma (.npz): `img/...` (ViT + `img/head`, the projection into Gemma's
+# width) and `llm/...` (Gemma). big_vision scans both towers, so its files stack their
+# blocks along a leading depth axis; palimix's modules may hold one subtree per block.
+
+GEMMA = ("llm",)
+# (big_vision's stacked name, the per-block name palimix may use instead)
+_BLOCK_STACKS = (
+    ("img/Transformer/encoderblock", "img/Transformer/encoderblock_{}"),
+    ("llm/layers", "llm/layers_{}"),
+)
+
+
+def _unstack_blocks(flat: dict, model_names: Iterable[str], source: str) -> dict:
+    """A stacked checkpoint in the model's layout: split a stack into per-block names when
+    the model has them; the depth must be the model's (extra blocks would load silently)."""
+    model_names = list(model_names)
+    out = dict(flat)
+    for stacked, per_block in _BLOCK_STACKS:
+        model_depth = _depth(model_names, per_block)
+        keys = [k for k in flat if k.startswith(stacked + "/")]
+        if not model_depth or not keys:  # the model stacks too (shapes are checked) or lacks it
+            continue
+        depths = {int(flat[k].shape[0]) for k in keys}
+        if depths != {model_depth}:
+            raise CheckpointMismatchError(
+                f"{source}: {stacked} holds {sorted(depths)} blocks, the model has {model_depth}.")
+        for key in keys:
+            value = out.pop(key)
+            for i in range(model_depth):
+                out[f"{per_block.format(i)}/{key[len(stacked) + 1:]}"] = value[i]
+    return out
+
+
+def _depth(names: Iterable[str], per_block: str) -> int:
+    pattern = re.compile(re.escape(per_block).replace(r"\{\}", r"(\d+)") + "/")
+    indices = {int(m.group(1)) for n in names if (m := pattern.match(n))}
+    return max(indices) + 1 if indices else 0
+
+
+def _stack_blocks(flat: dict) -> dict:
+    """The inverse for saving: per-block names -> one stacked name, as big_vision writes."""
+    out = dict(flat)
+    for stacked, per_block in _BLOCK_STACKS:
+        depth = _depth(flat, per_block)
+        if not depth:
+            continue
+        first = per_block.format(0) + "/"
+        for rest in [k[len(first):] for k in flat if k.startswith(first)]:
+            names = [f"{per_block.format(i)}/{rest}" for i in range(depth)]
+            absent = [n for n in names if n not in flat]
+            if absent:
+                raise CheckpointMismatchError(f"Cannot stack {stacked}/{rest}: no {absent[0]}.")
+            out[f"{stacked}/{rest}"] = np.stack([out.pop(n) for n in names])
+    return out
+
+
+def _paligemma_image_side(flat: dict, model_flat: dict) -> dict:
+    """`img/...` of a PaliGemma file through the ViT loader's fixes (pre-linen names, a
+    resolution change), keeping `img/head`: here it is the projection, not a classifier."""
+    image = {k[len("img/"):]: v for k, v in flat.items() if k.startswith("img/")}
+    if not image:
+        return {}
+    head = {k: image.pop(k) for k in list(image) if k.startswith("head/")}
+    posemb = model_flat.get("img/pos_embedding")
+    image = _fix_vit_layout(image, None if posemb is None else tuple(posemb.shape))
+    return {f"img/{k}": v for k, v in {**image, **head}.items()}
+
+
+def load_paligemma(checkpoint, params, *, skip: Iterable[str] = ()):
+    """`params` of palimix's `PaliGemma` with every parameter from a big_vision PaliGemma
+    checkpoint: a .npz path (float32 or bfloat16, plain params or a saved train state),
+    or a flat dict with big_vision's "/"-joined names.
+
+    Every model parameter must be in the checkpoint with its shape and every checkpoint
+    parameter must be used, else `CheckpointMismatchError` names them. skip: regexes of
+    names to keep as they are (e.g. 'llm/embedder/.*' for another vocabulary).
+    """
+    source = checkpoint if isinstance(checkpoint, str) else "PaliGemma parameters"
+    flat = read_npz(checkpoint) if isinstance(checkpoint, str) else _flatten(checkpoint)
+    if not any(k.startswith("img/") for k in flat) or not any(k.startswith("llm/") for k in flat):
+        tops = sorted({k.split("/", 1)[0] for k in flat})
+        raise CheckpointMismatchError(
+            f"{source} is not a PaliGemma checkpoint (it needs 'img/...' and 'llm/...'; it has {tops}). "
+            "A Gemma-only file loads with load_gemma, a ViT with load_vit.")
+    model_flat = _flatten(params)
+    flat = {**{k: v for k, v in flat.items() if not k.startswith("img/")},
+            **_paligemma_image_side(flat, model_flat)}
+    flat = _unstack_blocks(flat, model_flat, source)
+    return _merge(params, flat, under=(), skip=skip, source=source, strict=True)
+
+
+def _gemma_part(flat: dict, source: str) -> dict:
+    """The Gemma parameters under "llm/": from a PaliGemma file's `llm/...` or from a
+    Gemma-only file (big_vision's `embedder/...`, `layers/...`, `final_norm/...`)."""
+    if any(k.startswith("llm/") for k in flat):
+        return {k: v for k, v in flat.items() if k.startswith("llm/")}
+    if "embedder/input_embedding" in flat:
+        return {f"llm/{k}": v for k, v in flat.items()}
+    tops = sorted({k.split("/", 1)[0] for k in flat})
+    raise CheckpointMismatchError(
+        f"{source} holds no Gemma ('llm/...' or 'embedder/input_embedding'); it has {tops}.")
+
+
+def _extend_vocabulary(flat: dict, model_flat: dict) -> dict:
+    """A checkpoint with fewer embedding rows than the model (Gemma's 256,000 pieces under
+    PaliGemma's 257,152 with the <loc>/<seg> tokens): its rows first, the model's own
+    (fresh) rows for the rest -- what big_vision does when it widens the vocabulary."""
+    name = "llm/embedder/input_embedding"
+    if name not in flat or name not in model_flat:
+        return flat
+    rows, model_rows = flat[name].shape[0], model_flat[name].shape[0]
+    if rows >= model_rows or flat[name].shape[1:] != model_flat[name].shape[1:]:
+        return flat  # equal, or a mismatch that _merge reports
+    logging.info("Gemma: %d embedding rows from the checkpoint, %d kept from the model", rows, model_rows - rows)
+    fresh = np.asarray(jax.device_get(model_flat[name]))[rows:].astype(flat[name].dtype)
+    return {**flat, name: np.concatenate([np.asarray(flat[name]), fresh])}
+
+
+def load_gemma(checkpoint, params, *, skip: Iterable[str] = ()):
+    """`params` with the language model (`llm/...`) from a Gemma checkpoint; the image side
+    (`img/...`, its projection included) keeps its values: a warm start with a fresh or a
+    SigLIP ViT (`load_vit("siglip.npz:img", ...)`).
+
+    checkpoint: a PaliGemma .npz (its `llm/` part), "path.npz:llm", a big_vision Gemma-only
+    .npz, or a flat dict of either. A smaller vocabulary fills the model's first rows.
+    """
+    source = checkpoint if isinstance(checkpoint, str) else "Gemma parameters"
+    flat = read_npz(checkpoint) if isinstance(checkpoint, str) else _flatten(checkpoint)
+    model_flat = _flatten(params)
+    flat = _extend_vocabulary(_gemma_part(flat, source), model_flat)
+    flat = _unstack_blocks(flat, model_flat, source)
+    return _merge(params, flat, under=(), exclude=IMAGE_SIDE, skip=skip, source=source, strict=True)
+
+
+def save_paligemma(params, path: str, *, dtype=None) -> str:
+    """Writes `params` as big_vision writes PaliGemma: one .npz, "/"-joined names, the ViT
+    blocks stacked under `img/Transformer/encoderblock` and Gemma's under `llm/layers`.
+    dtype: e.g. "bfloat16" for a half-size file like big_vision's `.bf16.npz` releases.
+    The file appears whole (written beside, then renamed). Returns the path."""
+    flat = {k: np.asarray(jax.device_get(v)) for k, v in _flatten(params).items()}
+    flat = _stack_blocks(flat)
+    if dtype is not None:
+        flat = {k: v.astype(jax.numpy.dtype(dtype)) for k, v in flat.items()}
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    partial = path + ".partial"
+    with open(partial, "wb") as f:  # a file object: np.savez adds no ".npz" to the name
+        np.savez(f, **dict(sorted(flat.items())))
+    os.replace(partial, path)
+    return path
