@@ -111,6 +111,23 @@ def test_logits_equal_big_vision_reference(setup):
     assert diff.max() < ATOL
 
 
+def test_reference_is_a_prefix_lm(setup):
+    """The reference itself: the prompt is attended fully, the answer causally."""
+    config, _, _, flat, _ = setup
+    batch = _batch(config)
+    base = _reference_logits(flat, batch)
+
+    def changed_at(position):
+        tokens = batch["decoder_input_tokens"].copy()
+        tokens[0, position] = 3 + (tokens[0, position] - 2) % (config.llm.vocab_size - 3)
+        return _reference_logits(flat, dict(batch, decoder_input_tokens=tokens))[0]
+
+    answer = changed_at(8)  # example 0: prefix = positions 0..4
+    assert np.array_equal(answer[:8], base[0, :8]) and not np.allclose(answer[8], base[0, 8])
+    prompt = changed_at(4)  # the last prefix token is seen by the first one
+    assert not np.allclose(prompt[0], base[0, 0])
+
+
 def test_round_trip_is_bit_identical(setup, tmp_path):
     _, _, params, flat, path = setup
     loaded = checkpoints.load_paligemma(path, params)
