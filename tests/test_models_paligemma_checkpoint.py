@@ -199,3 +199,28 @@ def test_mismatches_name_the_keys(setup, tmp_path):
         checkpoints.load_paligemma({k: v for k, v in flat.items() if k.startswith("llm/")}, params)
     with pytest.raises(CheckpointMismatchError, match="holds no Gemma"):
         checkpoints.load_gemma({k: v for k, v in flat.items() if k.startswith("img/")}, params)
+
+
+# big_vision's PaliGemma pt_224 (configs/proj/paligemma: So400m/14 at 224 px, gemma_2b, the
+# 257,152-id vocabulary), written out here rather than read from palimix's configs.
+PT_224 = dict(image_size=224, patch_size=14, vit_width=1152, vit_depth=27, vit_mlp_dim=4304, vit_heads=16,
+              width=2048, depth=18, mlp_dim=16384, num_heads=8, num_kv_heads=1, head_dim=256, vocab_size=257152)
+
+
+def test_paligemma_3b_has_the_parameters_of_big_vision_pt_224():
+    """Every parameter of a real pt_224.npz, by name and shape (no memory allocated)."""
+    config = configs.get("paligemma_3b")
+    network = networks.build(config)
+    batch = networks.dummy_batch(config, 1, {"inputs": 4, "targets": 4})
+    abstract = jax.eval_shape(network.init, jax.random.PRNGKey(0), *networks.inputs(network, batch))["params"]
+    model = {k: tuple(v.shape) for k, v in _flat(abstract).items()}
+    expected = {}
+    for key, shape in reference.checkpoint_shapes(**PT_224).items():
+        for stacked, block in (("img/Transformer/encoderblock/", "img/Transformer/encoderblock_{}/"),
+                               ("llm/layers/", "llm/layers_{}/")):
+            if key.startswith(stacked):  # palimix holds one subtree per block
+                expected.update({block.format(i) + key[len(stacked):]: shape[1:] for i in range(shape[0])})
+                break
+        else:
+            expected[key] = shape
+    assert model == expected
