@@ -14,6 +14,13 @@ from palimix.errors import UnknownLanguageError, UnknownNameError, UsageError
 LENGTHS = "inputs=8,targets=8,image=32"
 
 
+def _converter():
+    """The tiny PaLI's feature converter (what the runner passes for that network)."""
+    from palimix.models import configs, networks
+
+    return networks.feature_converter(configs.get("tiny"))
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _environment(tmp_path_factory):
     os.environ["PALIMIX_RUNNER_FIXTURE_DIR"] = str(tmp_path_factory.mktemp("fixture_images"))
@@ -59,7 +66,8 @@ def test_input_position_restores_exactly(tmp_path, mode):
     from palimix.runner.data import TrainBatches
 
     def batches():
-        return TrainBatches("runner_fixture_colors", {"inputs": 8, "targets": 8, "image": 32}, 4, seed=3)
+        return TrainBatches("runner_fixture_colors", {"inputs": 8, "targets": 8, "image": 32}, 4,
+                            converter=_converter(), seed=3)
 
     first = batches()
     first._tf_checkpointable = mode == "tf_iterator"  # replay: what a py_function pipeline gets

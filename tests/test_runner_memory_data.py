@@ -14,6 +14,13 @@ from palimix.errors import UsageError
 LENGTHS = {"inputs": 8, "targets": 8, "image": 32}
 
 
+def _converter():
+    """The tiny PaLI's feature converter (what the runner passes for that network)."""
+    from palimix.models import configs, networks
+
+    return networks.feature_converter(configs.get("tiny"))
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _environment(tmp_path_factory):
     os.environ["PALIMIX_RUNNER_FIXTURE_DIR"] = str(tmp_path_factory.mktemp("fixture_images"))
@@ -24,18 +31,16 @@ def _environment(tmp_path_factory):
 def batches():
     from palimix.runner.memory_data import MemoryBatches
 
-    return MemoryBatches("runner_fixture_colors", LENGTHS, 4, seed=3, passes=2)
+    return MemoryBatches("runner_fixture_colors", LENGTHS, 4, converter=_converter(), seed=3, passes=2)
 
 
 def test_holds_every_example_of_the_seqio_pipeline_once(batches):
     import seqio
 
-    from palimix.runner import data
-
     assert batches.task_names == ["runner_fixture_colors_de", "runner_fixture_colors_en"]
     for name, columns in zip(batches.task_names, batches._tasks):
         ds = seqio.get_mixture_or_task(name).get_dataset(LENGTHS, split="train", shuffle=False, use_cached=False)
-        expected = list(data.feature_converter()(ds, LENGTHS).as_numpy_iterator())
+        expected = list(_converter()(ds, LENGTHS).as_numpy_iterator())
         # A deterministic task read for 2 epochs is kept once.
         assert len(columns["_image"]) == len(expected) == 32
         got = {(tuple(columns["encoder_input_tokens"][i]), tuple(columns["decoder_target_tokens"][i]),
@@ -70,13 +75,13 @@ def test_restore_continues_exactly(batches, tmp_path):
     batches.save_state(str(tmp_path))
     assert json.load(open(tmp_path / "position.json"))["mode"] == "memory"
     expected = [next(batches) for _ in range(12)]  # Crosses an epoch boundary of both tasks.
-    again = MemoryBatches("runner_fixture_colors", LENGTHS, 4, seed=3, passes=2)
+    again = MemoryBatches("runner_fixture_colors", LENGTHS, 4, converter=_converter(), seed=3, passes=2)
     again.restore_state(str(tmp_path))
     for want in expected:
         got = next(again)
         for key in want:
             np.testing.assert_array_equal(got[key], want[key])
-    other = MemoryBatches("runner_fixture_colors", LENGTHS, 2, seed=3, passes=2)
+    other = MemoryBatches("runner_fixture_colors", LENGTHS, 2, converter=_converter(), seed=3, passes=2)
     with pytest.raises(UsageError, match="batch size 4"):
         other.restore_state(str(tmp_path))
 
@@ -85,7 +90,7 @@ def test_stream_refuses_a_memory_position(batches, tmp_path):
     from palimix.runner.data import TrainBatches
 
     batches.save_state(str(tmp_path))
-    stream = TrainBatches("runner_fixture_colors", LENGTHS, 4, seed=3)
+    stream = TrainBatches("runner_fixture_colors", LENGTHS, 4, converter=_converter(), seed=3)
     with pytest.raises(UsageError, match="'memory' input"):
         stream.restore_state(str(tmp_path))
 
@@ -107,9 +112,9 @@ def test_random_preprocessing_keeps_one_draw_per_pass():
     from palimix.runner.memory_data import MemoryBatches
 
     one = MemoryBatches("palimix_demo_span_corruption_mul", {"inputs": 64, "targets": 32, "image": 64}, 8,
-                        passes=1)
+                        converter=_converter(), passes=1)
     two = MemoryBatches("palimix_demo_span_corruption_mul", {"inputs": 64, "targets": 32, "image": 64}, 8,
-                        passes=2)
+                        converter=_converter(), passes=2)
     n = len(one._tasks[0]["_image"])
     assert len(two._tasks[0]["_image"]) > 1.5 * n
     assert len(one._image_pool) == len(two._image_pool) == 1  # Language-only: one blank image.

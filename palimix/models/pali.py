@@ -37,6 +37,12 @@ _PACKING_ERROR = (
 class Pali(nn.Module):
     config: PaliConfig
 
+    # The model features `__call__` reads, in the order of its arguments, and those
+    # decoding reads (the feature converter's names; docs/ARCHITECTURE.md).
+    INPUTS = ("encoder_images", "encoder_image_mask", "encoder_input_tokens", "decoder_input_tokens",
+              "decoder_target_tokens")
+    PREDICT_INPUTS = ("encoder_images", "encoder_image_mask", "encoder_input_tokens")
+
     def setup(self):
         cfg = self.config
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
@@ -130,17 +136,6 @@ class Pali(nn.Module):
 
 
 # --- helpers for runners, tests and benchmarks ---------------------------------------
-
-# The model features `Pali.__call__` reads, in the order of its arguments (the feature
-# converter's names; docs/ARCHITECTURE.md).
-NETWORK_INPUTS = ("encoder_images", "encoder_image_mask", "encoder_input_tokens",
-                  "decoder_input_tokens", "decoder_target_tokens")
-
-
-def network_inputs(batch) -> tuple:
-    """The positional arguments of `Pali.__call__` from a feature-converted batch."""
-    return tuple(batch[k] for k in NETWORK_INPUTS)
-
 
 def dummy_batch(config: PaliConfig, batch_size: int = 1, input_length: int = 8, target_length: int = 8):
     """All-ones inputs of the right shapes and dtypes (for init and eval_shape)."""

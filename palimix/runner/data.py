@@ -42,12 +42,6 @@ def get_mixture_or_task(name: str):
             + close_matches_hint(name, known)) from None
 
 
-def feature_converter(pack: bool = False):
-    from palimix.models.feature_converter import PaliFeatureConverter
-
-    return PaliFeatureConverter(pack=pack)
-
-
 def check_split(provider, split: str) -> None:
     import seqio
 
@@ -66,15 +60,17 @@ def _numpy_batch(batch) -> dict[str, np.ndarray]:
 class TrainBatches:
     """An endless, deterministic iterator of feature-converted train batches.
 
-    `next(batches)` gives a dict of numpy arrays (the model features of
-    `PaliFeatureConverter`); `save_state`/`restore_state` make its position part of a
-    checkpoint. `wait_seconds` accumulates the time spent waiting for input.
+    `next(batches)` gives a dict of numpy arrays (the model features `converter`
+    makes: the network's, `palimix.models.networks.feature_converter(config)`);
+    `save_state`/`restore_state` make its position part of a checkpoint.
+    `wait_seconds` accumulates the time spent waiting for input.
     """
 
     def __init__(self, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
-                 batch_size: int, *, seed: int = 0, split: str = "train", shard_id: int = 0,
+                 batch_size: int, *, converter, seed: int = 0, split: str = "train", shard_id: int = 0,
                  num_shards: int = 1):
         self.name = mixture_or_task_name
+        self.converter = converter
         self.task_feature_lengths = dict(task_feature_lengths)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -100,7 +96,7 @@ class TrainBatches:
             sequence_length=self.task_feature_lengths, split=self.split, shuffle=True,
             num_epochs=None, seed=self.seed, use_cached=False,
             shard_info=seqio.ShardInfo(*self._shard) if self._shard[1] > 1 else None)
-        ds = feature_converter(pack=False)(ds, self.task_feature_lengths)
+        ds = self.converter(ds, self.task_feature_lengths)
         ds = ds.batch(self.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
         options = tf.data.Options()
         options.deterministic = True  # Resume must see the same batches in the same order.

@@ -115,7 +115,7 @@ def run_demo(settings: DemoSettings) -> dict:
             raise UsageError(f"unknown demo kind(s) {unknown}; kinds: {', '.join(demo_tasks.KIND_MIXTURES)}."
                              + close_matches_hint(unknown[0], demo_tasks.KIND_MIXTURES))
         eval_name = _eval_mixture([demo_tasks.KIND_MIXTURES[k] for k in settings.kinds])
-    evaluation = eval_lib.Evaluation(eval_name, lengths, split="validation",
+    evaluation = eval_lib.Evaluation(eval_name, lengths, converter=run.feature_converter(), split="validation",
                                      num_examples=settings.eval_examples_per_task,
                                      num_shown=len(SHOWCASE_LANGUAGES), prefer_languages=SHOWCASE_LANGUAGES)
     summaries = Summaries(settings.model_dir)

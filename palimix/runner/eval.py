@@ -90,10 +90,11 @@ class Evaluation:
     """A seqio.Evaluator over one mixture or task, its data cached once, that scores
     any number of predictors (the model, baselines) with the tasks' own metrics."""
 
-    def __init__(self, name: str, task_feature_lengths, *, split: str = "validation",
+    def __init__(self, name: str, task_feature_lengths, *, converter, split: str = "validation",
                  num_examples: int | None = None, log_dir: str | None = None,
                  num_shown: int = EXAMPLES_PER_TASK, prefer_languages: Sequence[str] = ()):
-        """num_shown example predictions are kept per task: the first example of each
+        """converter: the evaluated network's feature converter (`LoadedRun.feature_converter`).
+        num_shown example predictions are kept per task: the first example of each
         language (those of `prefer_languages` first), then the task's first examples."""
         import seqio
 
@@ -105,7 +106,7 @@ class Evaluation:
         self.num_shown, self.prefer_languages = num_shown, tuple(prefer_languages)
         self._raw: dict[str, list[dict]] = {}
         self.evaluator = seqio.Evaluator(
-            mixture_or_task_name=name, feature_converter=data_lib.feature_converter(pack=False),
+            mixture_or_task_name=name, feature_converter=converter,
             eval_split=split, sequence_length=dict(task_feature_lengths), num_examples=num_examples,
             logger_cls=[seqio.JSONLogger] if log_dir else (), log_dir=log_dir, use_memory_cache=True,
             async_compute_metrics=False)
@@ -211,8 +212,8 @@ def evaluate(run, mixture_or_task_name: str | None = None, *, split: str = "vali
     name = mixture_or_task_name or run.mixture_or_task_name
     output_dir = output_dir or os.path.join(run.model_dir, "eval", split)
     os.makedirs(output_dir, exist_ok=True)
-    evaluation = evaluation or Evaluation(name, run.task_feature_lengths, split=split,
-                                          num_examples=num_examples)
+    evaluation = evaluation or Evaluation(name, run.task_feature_lengths, converter=run.feature_converter(),
+                                          split=split, num_examples=num_examples)
     predictor = Predictor(run, batch_size=batch_size, max_decode_length=run.task_feature_lengths["targets"],
                           method=method, num_beams=num_beams)
     result = evaluation.score(lambda task, indexed: predictor.predict_all([f for _, f in indexed]),

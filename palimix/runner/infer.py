@@ -138,16 +138,13 @@ def predict(run, requests: Sequence[Request], *, batch_size: int = 8, method: st
             log.warning("prompt of request %s is %d tokens; the model reads the first %d.",
                         request.id, len(ids) + 1, lengths["inputs"])
         ids = ids[:lengths["inputs"] - 1] + [vocabulary.eos_id]
-        features.append({"encoder_images": image,
-                         "encoder_image_mask": np.int32(1 if request.image else 0),
-                         "encoder_input_tokens": np.pad(np.asarray(ids, np.int32),
-                                                        (0, lengths["inputs"] - len(ids)))})
+        features.append(_task_features(ids, image, has_image=bool(request.image)))
         kept.append(request)
         results.append(None)
     if features:
         predictor = Predictor(run, batch_size=min(batch_size, len(features)),
                               max_decode_length=lengths["targets"], method=method, num_beams=num_beams)
-        tokens = iter(predictor.predict_all(features))
+        tokens = iter(predictor.predict_all(_model_features(run, features)))
         texts = iter([vocabulary.decode([int(t) for t in row]) for row in tokens])
         requests_iter = iter(kept)
         results = [r if r is not None else _made(next(requests_iter), next(texts)) for r in results]
@@ -155,6 +152,24 @@ def predict(run, requests: Sequence[Request], *, batch_size: int = 8, method: st
     if skipped:
         log.warning("%d of %d requests skipped (unreadable images).", skipped, len(results))
     return results
+
+
+def _task_features(prompt_ids: Sequence[int], image: np.ndarray, *, has_image: bool) -> dict:
+    """A request as a task's example would be: the prompt, no target yet, the image."""
+    return {"inputs": np.asarray(prompt_ids, np.int32), "targets": np.zeros((0,), np.int32),
+            "image": image, "has_image": np.asarray([int(has_image)], np.int32)}
+
+
+def _model_features(run, examples: Sequence[dict]) -> list[dict]:
+    """Task features -> the run's model features, through the network's own feature
+    converter (the one eval and training read), so every backbone gets its layout."""
+    import tensorflow as tf
+
+    size = int(run.task_feature_lengths["image"])
+    signature = {"inputs": tf.TensorSpec([None], tf.int32), "targets": tf.TensorSpec([None], tf.int32),
+                 "image": tf.TensorSpec([size, size, 3], tf.float32), "has_image": tf.TensorSpec([1], tf.int32)}
+    dataset = tf.data.Dataset.from_generator(lambda: iter(examples), output_signature=signature)
+    return list(run.feature_converter()(dataset, run.task_feature_lengths).as_numpy_iterator())
 
 
 def _made(request: Request, text: str) -> Prediction:

@@ -29,9 +29,10 @@ def choose_input_mode(mode: str, name: str, split: str, task_feature_lengths: Ma
 
 
 def train_batches(mode: str, name: str, task_feature_lengths: Mapping[str, int], batch_size: int, *,
-                  seed: int = 0, split: str = "train", memory_passes: int = 2):
-    """The train iterator for an input mode chosen by `choose_input_mode`."""
+                  converter, seed: int = 0, split: str = "train", memory_passes: int = 2):
+    """The train iterator for an input mode chosen by `choose_input_mode`; `converter`
+    makes the network's model features (`networks.feature_converter(config)`)."""
     if mode == "memory":
-        return memory_data.MemoryBatches(name, task_feature_lengths, batch_size, seed=seed, split=split,
-                                         passes=memory_passes)
-    return data.TrainBatches(name, task_feature_lengths, batch_size, seed=seed, split=split)
+        return memory_data.MemoryBatches(name, task_feature_lengths, batch_size, converter=converter, seed=seed,
+                                         split=split, passes=memory_passes)
+    return data.TrainBatches(name, task_feature_lengths, batch_size, converter=converter, seed=seed, split=split)

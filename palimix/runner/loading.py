@@ -28,6 +28,12 @@ class LoadedRun:
     def mixture_or_task_name(self) -> str:
         return self.description["mixture_or_task_name"]
 
+    def feature_converter(self):
+        """The seqio feature converter of the run's network (what eval reads)."""
+        from palimix.models import networks
+
+        return networks.feature_converter(self.trainer.definition.config)
+
 
 def load_run(path: str, *, step: int | None = None, batch_size: int = 1) -> LoadedRun:
     """`path`: a model dir (latest checkpoint), or one `checkpoints/<step>` folder."""

@@ -76,11 +76,12 @@ class MemoryBatches:
     memory; the same interface as `palimix.runner.data.TrainBatches`."""
 
     def __init__(self, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
-                 batch_size: int, *, seed: int = 0, split: str = "train", passes: int = 2,
+                 batch_size: int, *, converter, seed: int = 0, split: str = "train", passes: int = 2,
                  shard_id: int = 0, num_shards: int = 1):
         if passes < 1:
             raise UsageError(f"passes must be >= 1, got {passes}.")
         self.name = mixture_or_task_name
+        self.converter = converter  # The network's feature converter (as TrainBatches).
         self.task_feature_lengths = dict(task_feature_lengths)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -132,14 +133,13 @@ class MemoryBatches:
 
         start = time.perf_counter()
         tf.random.set_seed(self.seed)  # As TrainBatches: the same draws in every build.
-        converter = data_lib.feature_converter(pack=False)
         datasets = []
         for index, (task, _) in enumerate(tasks):
             ds = task.get_dataset(
                 sequence_length=self.task_feature_lengths, split=self.split, shuffle=False,
                 num_epochs=self.passes, seed=self.seed, use_cached=False,
                 shard_info=seqio.ShardInfo(shard_id, num_shards) if num_shards > 1 else None)
-            ds = converter(ds, self.task_feature_lengths)
+            ds = self.converter(ds, self.task_feature_lengths)
             datasets.append(tf.data.Dataset.zip(tf.data.Dataset.from_tensors(index).repeat(), ds))
         while len(datasets) > 1:  # A balanced tree of concatenations, not a 100-deep chain.
             datasets = [a.concatenate(b) for a, b in zip(datasets[::2], datasets[1::2])] + (

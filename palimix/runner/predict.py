@@ -7,8 +7,6 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-ENCODER_FEATURES = ("encoder_images", "encoder_image_mask", "encoder_input_tokens")
-
 
 class Predictor:
     """`predict(batch) -> [B, max_decode_length]` token ids, EOS included, 0 after it.
@@ -29,6 +27,7 @@ class Predictor:
         self.max_decode_length = int(max_decode_length)
         trainer = run.trainer
         self._trainer = trainer
+        self._features = trainer.network.PREDICT_INPUTS  # What decoding reads of a batch.
         self._rng = jax.random.key(seed)
         generate = functools.partial(
             decoding.generate, trainer.network, max_decode_length=self.max_decode_length, method=method,
@@ -41,11 +40,11 @@ class Predictor:
     def predict(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
         import jax
 
-        n = len(batch["encoder_input_tokens"])
+        n = len(batch[self._features[0]])
         if n > self.batch_size:
             return np.concatenate([self.predict({k: v[i:i + self.batch_size] for k, v in batch.items()})
                                    for i in range(0, n, self.batch_size)])
-        padded = {k: _pad_rows(np.asarray(batch[k]), self.batch_size) for k in ENCODER_FEATURES}
+        padded = {k: _pad_rows(np.asarray(batch[k]), self.batch_size) for k in self._features}
         self._rng, rng = jax.random.split(self._rng)
         with self._trainer.context():
             tokens, _ = self._generate(self.run.params, self._trainer.shard_batch(padded), rng)
@@ -57,15 +56,14 @@ class Predictor:
         for example in examples:
             buffer.append(example)
             if len(buffer) == self.batch_size:
-                out.extend(self.predict(_stack(buffer)))
+                out.extend(self.predict(self._stack(buffer)))
                 buffer = []
         if buffer:
-            out.extend(self.predict(_stack(buffer)))
+            out.extend(self.predict(self._stack(buffer)))
         return out
 
-
-def _stack(examples):
-    return {k: np.stack([np.asarray(e[k]) for e in examples]) for k in ENCODER_FEATURES}
+    def _stack(self, examples):
+        return {k: np.stack([np.asarray(e[k]) for e in examples]) for k in self._features}
 
 
 def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:

@@ -201,6 +201,7 @@ def build_trainer(config: TrainConfig, definition):
 def train(config: TrainConfig, *, stop_after: int | None = None) -> TrainResult:
     """Trains until `config.train_steps` (resuming from `model_dir` when it holds a
     checkpoint). `stop_after`: return after that many steps of this call (tests)."""
+    from palimix.models import networks
     from palimix.runner import checkpoints as checkpoints_lib
     from palimix.runner import data as data_lib
     from palimix.runner import inputs
@@ -220,7 +221,8 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> TrainResult:
     # A finished run needs no input pipeline (building a large mixture's takes a while).
     batches = None if finished else inputs.train_batches(
         input_mode, config.mixture_or_task_name, config.task_feature_lengths, config.batch_size,
-        seed=config.seed, split=config.split, memory_passes=config.memory_passes)
+        converter=networks.feature_converter(definition.config), seed=config.seed, split=config.split,
+        memory_passes=config.memory_passes)
     state = _initial_state(trainer, checkpoints, batches, config.model_dir)
     _write_json_atomically(os.path.join(config.model_dir, "run.json"), description)
     _write_json_atomically(os.path.join(config.model_dir, "train_config.json"), _config_json(config, definition))

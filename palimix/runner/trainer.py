@@ -14,7 +14,7 @@ import functools
 from typing import Any, Callable, Mapping
 
 from palimix.errors import UsageError
-from palimix.models import losses, networks, pali, partitioning, trainable
+from palimix.models import losses, networks, partitioning, trainable
 from palimix.runner.model import ModelDefinition
 
 METRICS = ("loss", "cross_entropy", "token_accuracy", "grad_norm", "learning_rate")
@@ -44,9 +44,8 @@ class Trainer:
         self.trainable_mask = definition.trainable.mask(abstract["params"])
 
     def _init_variables(self, rng):
-        lengths = self.task_feature_lengths
-        batch = pali.dummy_batch(self.definition.config, 1, lengths["inputs"], lengths["targets"])
-        return self.network.init({"params": rng, "dropout": rng}, *pali.network_inputs(batch),
+        batch = networks.dummy_batch(self.definition.config, 1, self.task_feature_lengths)
+        return self.network.init({"params": rng, "dropout": rng}, *networks.inputs(self.network, batch),
                                  enable_dropout=False)
 
     def context(self):
@@ -102,7 +101,7 @@ class Trainer:
         return jax.device_put(dict(batch), self.batch_sharding)
 
     def loss(self, params, batch, dropout_key) -> tuple[Any, losses.TokenLoss]:
-        logits = self.network.apply({"params": params}, *pali.network_inputs(batch), enable_dropout=True,
+        logits = self.network.apply({"params": params}, *networks.inputs(self.network, batch), enable_dropout=True,
                                     rngs={"dropout": dropout_key})
         token_loss = losses.cross_entropy(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
                                           z_loss=self.z_loss)
