@@ -180,11 +180,12 @@ def test_load_gemma_with_a_smaller_vocabulary_keeps_the_models_new_rows(setup):
     np.testing.assert_array_equal(after[rows:], before[rows:])
 
 
-def test_mismatches_name_the_keys(setup, tmp_path):
+def test_mismatches_name_the_keys(setup):
     _, _, params, flat, _ = setup
-    bigger = dict(flat, **{"llm/embedder/input_embedding": np.zeros((257152, flat["llm/final_norm/scale"].shape[0]),
-                                                                      np.float32)})
-    with pytest.raises(CheckpointMismatchError, match=r"(?s)llm/embedder/input_embedding: checkpoint \(257152.*vocab_size=257152"):
+    width = flat["llm/final_norm/scale"].shape[0]
+    bigger = dict(flat, **{"llm/embedder/input_embedding": np.zeros((257152, width), np.float32)})
+    vocabulary = r"(?s)llm/embedder/input_embedding: checkpoint \(257152.*vocab_size=257152"
+    with pytest.raises(CheckpointMismatchError, match=vocabulary):
         checkpoints.load_paligemma(bigger, params)
     missing = {k: v for k, v in flat.items() if k != "llm/layers/mlp/linear"}
     with pytest.raises(CheckpointMismatchError, match="llm/layers_0/mlp/linear: not in the checkpoint"):
