@@ -49,10 +49,10 @@ class ModelDefinition:
 
     def check_vocabulary(self, vocab_size: int) -> None:
         """The tasks' token ids must fit the network's embedding."""
-        if vocab_size > self.config.text.vocab_size:
+        if vocab_size > self.config.vocab_size:
             raise UsageError(
                 f"the tasks' vocabulary has {vocab_size} ids but model {self.name!r} embeds "
-                f"{self.config.text.vocab_size}; bind `configs.get.vocab_size = "
+                f"{self.config.vocab_size}; bind `configs.get.vocab_size = "
                 f"{configs.round_vocab_size(vocab_size)}` (gin) or pick a model for this vocabulary.")
 
 
