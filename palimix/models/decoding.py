@@ -1,4 +1,5 @@
-"""Autoregressive decoding for `Pali`: greedy, temperature / top-k sampling, beam search.
+"""Autoregressive decoding for `Pali` and `PaliGemma`: greedy, temperature / top-k
+sampling, beam search.
 
     tokens, scores = decoding.generate(model, params, batch, max_decode_length=32)
     fast = jax.jit(functools.partial(decoding.generate, model, max_decode_length=32,
@@ -14,6 +15,13 @@ per example, then copied to the beams); each step feeds one token through the de
 with the `cache` collection, whose self-attention keys/values grow by one position.
 Everything is jittable: fixed shapes, `lax.while_loop`, no host round-trips.
 
+A decoder-only `PaliGemma` (batch: encoder_images, encoder_image_mask,
+decoder_input_tokens, decoder_causal_attention; the prompt is where
+decoder_causal_attention is 1) is prepared by prefilling image + prompt once
+(`PaliGemma.prefill`), which also gives the first answer token's logits; each later
+step feeds one token (`PaliGemma.decode_step`). The same loops (`_sample`,
+`_beam_search`) run both networks: only the step function differs.
+
 Outputs: tokens `[B, max_decode_length]` int32 (EOS included, 0 after it) and scores
 `[B]` (sum of token log-probabilities; beam search: length-normalised).
 """
@@ -28,7 +36,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from palimix.errors import UsageError
-from palimix.models import pali
+from palimix.models import pali, paligemma
 
 METHODS = ("greedy", "sample", "beam")
 NEG_INF = -1.0e7
@@ -48,11 +56,36 @@ class Prepared:
     max_decode_length: int = struct.field(pytree_node=False)
     num_beams: int = struct.field(pytree_node=False, default=1)
 
+    @property
+    def batch_size(self) -> int:
+        """Rows decoded (examples times beams)."""
+        return self.input_tokens.shape[0]
 
-def generate(model: pali.Pali, params, batch: dict, *, max_decode_length: int, method: str = "greedy",
+
+@struct.dataclass
+class PreparedPrefix:
+    """A decoder-only batch ready for `generate_from`: image + prompt prefilled.
+
+    Rows are repeated `num_beams` times in place when prepared for beam search.
+    """
+
+    batch: dict  # the network's PREDICT_INPUTS (the uncached path re-reads them)
+    first_logits: Optional[jax.Array]  # [N, vocab]: each prompt's last position; None uncached
+    cache: Any  # the "cache" collection after the prefill, None when use_cache=False
+    max_decode_length: int = struct.field(pytree_node=False)
+    num_beams: int = struct.field(pytree_node=False, default=1)
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch["decoder_input_tokens"].shape[0]
+
+
+def generate(model, params, batch: dict, *, max_decode_length: int, method: str = "greedy",
              eos_id: Optional[int] = 1, temperature: float = 1.0, top_k: int = 0, rng=None,
              num_beams: int = 4, length_penalty: float = 0.6, use_cache: bool = True):
-    """Decodes `batch` (encoder_images, encoder_image_mask, encoder_input_tokens).
+    """Decodes `batch`: the network's PREDICT_INPUTS (Pali: encoder_images,
+    encoder_image_mask, encoder_input_tokens; PaliGemma: encoder_images,
+    encoder_image_mask, decoder_input_tokens, decoder_causal_attention).
 
     method: "greedy"; "sample" (temperature, top_k (0 = whole vocabulary), rng);
       "beam" (num_beams, length_penalty alpha: scores are divided by ((5+len)/6)^alpha).
@@ -69,14 +102,17 @@ def generate(model: pali.Pali, params, batch: dict, *, max_decode_length: int, m
                          top_k=top_k, rng=rng, length_penalty=length_penalty)
 
 
-def prepare(model: pali.Pali, params, batch: dict, *, max_decode_length: int, num_beams: int = 1,
-            use_cache: bool = True) -> Prepared:
-    """Encodes `batch` and creates the decoding cache (the part of `generate` that is
-    done once per batch, not per token). num_beams > 1: for method="beam"."""
+def prepare(model, params, batch: dict, *, max_decode_length: int, num_beams: int = 1,
+            use_cache: bool = True):
+    """Encodes `batch` (Pali) or prefills its image + prompt (PaliGemma) and creates the
+    decoding cache: the part of `generate` that is done once per batch, not per token.
+    num_beams > 1: for method="beam"."""
     if max_decode_length < 1:
         raise UsageError(f"max_decode_length must be >= 1, got {max_decode_length}.")
     if num_beams < 1:
         raise UsageError(f"num_beams must be >= 1, got {num_beams}.")
+    if isinstance(model, paligemma.PaliGemma):
+        return _prefill(model, params, batch, max_decode_length, num_beams, use_cache)
     images = batch.get("encoder_images")
     image_mask = batch.get("encoder_image_mask")
     input_tokens = batch["encoder_input_tokens"]
@@ -89,7 +125,22 @@ def prepare(model: pali.Pali, params, batch: dict, *, max_decode_length: int, nu
     return Prepared(encoded, image_mask, input_tokens, cache, max_decode_length, num_beams)
 
 
-def generate_from(model: pali.Pali, params, prepared: Prepared, *, method: str = "greedy",
+def _prefill(model: paligemma.PaliGemma, params, batch, max_decode_length, num_beams, use_cache) -> PreparedPrefix:
+    """`prepare` for a decoder-only network: the cache holds the image, the prompt and
+    room for max_decode_length answer tokens."""
+    batch = {name: batch[name] for name in model.PREDICT_INPUTS}
+    first_logits = cache = None
+    if use_cache:
+        cache_length = model.config.num_image_tokens + batch["decoder_input_tokens"].shape[1] + max_decode_length
+        first_logits, variables = model.apply({"params": params}, **batch, cache_length=cache_length,
+                                              mutable=["cache"], method=model.prefill)
+        cache = variables["cache"]
+    if num_beams > 1:  # prefill once per example, then copy to the beams
+        batch, first_logits, cache = _repeat_leaves((batch, first_logits, cache), repeats=num_beams)
+    return PreparedPrefix(batch, first_logits, cache, max_decode_length, num_beams)
+
+
+def generate_from(model, params, prepared, *, method: str = "greedy",
                   eos_id: Optional[int] = 1, temperature: float = 1.0, top_k: int = 0, rng=None,
                   length_penalty: float = 0.6):
     """Decodes a `prepare`d batch; the arguments mean what they mean for `generate`."""
@@ -100,13 +151,13 @@ def generate_from(model: pali.Pali, params, prepared: Prepared, *, method: str =
     if method == "beam" and prepared.cache is None:
         raise UsageError("Beam search always decodes with the cache.")
     max_len = prepared.max_decode_length
-    step = _step_fn(model, params, prepared)
+    step = _prefix_step_fn(model, params, prepared) if isinstance(prepared, PreparedPrefix) else _step_fn(
+        model, params, prepared)
     if method == "beam":
         k = prepared.num_beams
-        return _beam_search(step, prepared.cache, prepared.input_tokens.shape[0] // k, k, max_len, eos_id,
-                            length_penalty)
+        return _beam_search(step, prepared.cache, prepared.batch_size // k, k, max_len, eos_id, length_penalty)
     greedy = method == "greedy"
-    return _sample(step, prepared.cache, prepared.input_tokens.shape[0], max_len, eos_id,
+    return _sample(step, prepared.cache, prepared.batch_size, max_len, eos_id,
                    temperature=None if greedy else temperature, top_k=top_k,
                    rng=jax.random.PRNGKey(0) if rng is None else rng)
 
@@ -155,6 +206,50 @@ def _step_fn(model, params, prepared: Prepared):
         return jax.lax.dynamic_index_in_dim(logits, position, axis=1, keepdims=False), cache
 
     return uncached if prepared.cache is None else cached
+
+
+def _prefix_step_fn(model: paligemma.PaliGemma, params, prepared: PreparedPrefix):
+    """`_step_fn` for a decoder-only network. Step 0's logits are the prefill's; step
+    i > 0 feeds the token chosen at step i - 1."""
+
+    def cached(last, position, cache, tokens):
+        del tokens  # the cache knows each example's next slot
+
+        def feed_last():
+            logits, variables = model.apply({"params": params, "cache": cache}, last, mutable=["cache"],
+                                            method=model.decode_step)
+            return logits, variables["cache"]
+
+        return jax.lax.cond(position == 0, lambda: (prepared.first_logits, cache), feed_last)
+
+    def uncached(last, position, cache, tokens):
+        del last
+        batch = prepared.batch
+        inputs, targets, causal, query = _prompt_then_answer(batch["decoder_input_tokens"],
+                                                             batch["decoder_causal_attention"], tokens, position)
+        logits = model.apply({"params": params}, batch["encoder_images"], batch["encoder_image_mask"], inputs,
+                             targets, causal, enable_dropout=False)
+        return jnp.take_along_axis(logits, query[:, None, None], axis=1)[:, 0], cache
+
+    return uncached if prepared.cache is None else cached
+
+
+def _prompt_then_answer(input_tokens, causal_attention, answer, position):
+    """Teacher-forcing features for the whole network (the uncached reference): each
+    example's prompt, then its answer tokens so far (`answer [N, T]`, valid before
+    `position`). Returns decoder inputs, targets (1 = a valid position), causal
+    attention `[N, L + T]`, and the column whose logits predict answer token `position`."""
+    prompt = causal_attention > 0
+    prompt_length = jnp.sum(prompt, axis=1, dtype=jnp.int32)[:, None]
+    width = input_tokens.shape[1] + answer.shape[1]
+    column = jnp.arange(width, dtype=jnp.int32)[None]
+    in_prompt = column < prompt_length
+    prompt_tokens = jnp.pad(jnp.where(prompt, input_tokens, 0), ((0, 0), (0, answer.shape[1])))
+    answer_index = jnp.clip(column - prompt_length, 0, answer.shape[1] - 1)
+    inputs = jnp.where(in_prompt, prompt_tokens, jnp.take_along_axis(answer, answer_index, axis=1))
+    query = jnp.maximum(prompt_length[:, 0] - 1 + position, 0)
+    targets = (column <= query[:, None]).astype(jnp.int32)
+    return inputs, targets, in_prompt.astype(jnp.int32), query
 
 
 def _top_k_mask(logits, k):
