@@ -5,6 +5,9 @@ Gemma's SentencePiece cannot be downloaded here: a stand-in is the shipped model
 Gemma's special ids and a few <loc> pieces already inside (as big_vision's files may
 have them), which must keep their ids."""
 
+import os
+import pathlib
+
 import gin
 import pytest
 from sentencepiece import sentencepiece_model_pb2
@@ -18,8 +21,6 @@ SHIPPED_PIECES = 8092
 @pytest.fixture(autouse=True, scope="module")
 def cache_dir(tmp_path_factory):
     """The derived models go to a temporary cache, not the user's ~/.cache."""
-    import os
-
     old = os.environ.get("XDG_CACHE_HOME")
     os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
     vocab._with_tokensets.cache_clear()
@@ -62,7 +63,7 @@ def test_shipped_default_is_unchanged(with_loc):
 
 def _gemma_like_model(tmp_path) -> str:
     """The shipped pieces, then <loc0000> and <loc0001> as ordinary pieces (ids kept)."""
-    proto = sentencepiece_model_pb2.ModelProto.FromString(open(vocab.default_vocabulary_path(), "rb").read())
+    proto = sentencepiece_model_pb2.ModelProto.FromString(pathlib.Path(vocab.default_vocabulary_path()).read_bytes())
     for token in ("<loc0000>", "<loc0001>"):
         proto.pieces.add(piece=token, score=-20.0, type=sentencepiece_model_pb2.ModelProto.SentencePiece.NORMAL)
     path = tmp_path / "gemma_like.model"
