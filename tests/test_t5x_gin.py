@@ -8,7 +8,12 @@ import pytest
 
 from palimix.commands.gin_path import gin_dir
 
+# Each size with the model files of its network family.
 SIZES = ["tiny", "small", "pali_3b", "pali_15b", "pali_17b"]
+DECODER_SIZES = ["tiny_decoder", "paligemma_3b"]
+FAMILY_FILES = {"pali": ("models/pali.gin", "models/pali_network.gin"),
+                "paligemma": ("models/paligemma.gin", "models/paligemma_network.gin")}
+SIZES_OF = {"pali": SIZES, "paligemma": DECODER_SIZES}
 
 
 def test_gin_path_command_prints_the_folder_with_every_file():
@@ -16,9 +21,9 @@ def test_gin_path_command_prints_the_folder_with_every_file():
     assert out.returncode == 0, out.stderr
     lines = out.stdout.split()
     assert lines[0] == gin_dir() and os.path.isdir(lines[0])
-    expected = {"models/pali.gin", "models/pali_network.gin"} | {f"runs/{r}.gin" for r in
-                                                                   ("pretrain", "finetune", "eval", "infer")}
-    expected |= {f"sizes/{s}.gin" for s in SIZES}
+    expected = {f for files in FAMILY_FILES.values() for f in files} | {"models/t5x_optimizer.gin"}
+    expected |= {f"runs/{r}.gin" for r in ("pretrain", "finetune", "eval", "infer")}
+    expected |= {f"sizes/{s}.gin" for s in SIZES + DECODER_SIZES}
     assert expected <= set(lines[1:])
 
 
@@ -30,28 +35,31 @@ sys.modules["t5x"] = None  # any `import t5x...` now raises ImportError
 import gin
 from palimix.commands.gin_path import gin_dir
 gin.add_config_file_search_path(gin_dir())
-gin.parse_config_files_and_bindings(["models/pali_network.gin", "sizes/{size}.gin"], [])
+gin.parse_config_files_and_bindings(["{network_file}", "sizes/{size}.gin"], [])
 network = gin.query_parameter("%NETWORK").scoped_configurable_fn()
 vocabulary = gin.query_parameter("%VOCABULARY").scoped_configurable_fn()
 cfg = network.config
-print(type(network).__name__, cfg.vit.image_size, cfg.text.emb_dim, cfg.dtype, vocabulary.vocab_size <= cfg.text.vocab_size)
+print(type(network).__name__, cfg.vit.image_size, cfg.dtype, vocabulary.vocab_size <= cfg.vocab_size)
 """
 
 
-@pytest.mark.parametrize("size", ["tiny", "pali_17b"])
-def test_network_and_size_files_parse_without_t5x(size):
-    out = subprocess.run([sys.executable, "-c", _WITHOUT_T5X.format(size=size)], capture_output=True, text=True)
+@pytest.mark.parametrize("family,size,expected", [
+    ("pali", "tiny", ("Pali", "64", "float32")),
+    ("pali", "pali_17b", ("Pali", "224", "bfloat16")),
+    ("paligemma", "tiny_decoder", ("PaliGemma", "64", "float32")),
+    ("paligemma", "paligemma_3b", ("PaliGemma", "224", "bfloat16")),
+])
+def test_network_and_size_files_parse_without_t5x(family, size, expected):
+    code = _WITHOUT_T5X.format(network_file=FAMILY_FILES[family][1], size=size)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
-    name, image_size, emb_dim, dtype, vocab_fits = out.stdout.split()[-5:]
-    assert name == "Pali" and vocab_fits == "True"
-    if size == "tiny":
-        assert (image_size, emb_dim, dtype) == ("64", "64", "float32")
-    else:
-        assert (image_size, emb_dim, dtype) == ("224", "4096", "bfloat16")
+    name, image_size, dtype, vocab_fits = out.stdout.split()[-4:]
+    assert (name, image_size, dtype) == expected and vocab_fits == "True"
 
 
 def test_t5x_free_files_import_nothing_from_t5x():
-    for relative in ["models/pali_network.gin"] + [f"sizes/{s}.gin" for s in SIZES]:
+    network_files = [files[1] for files in FAMILY_FILES.values()]
+    for relative in network_files + [f"sizes/{s}.gin" for s in SIZES + DECODER_SIZES]:
         with open(os.path.join(gin_dir(), relative), encoding="utf-8") as f:
             code = [line for line in f if not line.lstrip().startswith("#")]
         assert not any("t5x" in line for line in code), relative
@@ -63,12 +71,16 @@ def test_t5x_files_parse_and_build_the_model_for_every_size():
 
     from palimix.models import t5x_model
 
-    for size in SIZES:
-        gin.clear_config(clear_constants=False)
-        gin.add_config_file_search_path(gin_dir())
-        gin.parse_config_files_and_bindings(["models/pali.gin", f"sizes/{size}.gin"], [])
-        model = gin.query_parameter("%MODEL").scoped_configurable_fn()
-        assert isinstance(model, t5x_model.PaliModel)
-        assert model.FEATURE_CONVERTER_CLS.__name__ == "PaliFeatureConverter"
-        assert model.module.config.vit.image_size == gin.query_parameter("%IMAGE_SIZE")
+    model_classes = {"pali": (t5x_model.PaliModel, "PaliFeatureConverter"),
+                     "paligemma": (t5x_model.PaliGemmaModel, "PaliDecoderFeatureConverter")}
+    for family, (model_class, converter_name) in model_classes.items():
+        for size in SIZES_OF[family]:
+            gin.clear_config(clear_constants=False)
+            gin.add_config_file_search_path(gin_dir())
+            gin.parse_config_files_and_bindings([FAMILY_FILES[family][0], f"sizes/{size}.gin"], [])
+            model = gin.query_parameter("%MODEL").scoped_configurable_fn()
+            assert type(model) is model_class, (family, size)
+            assert model.FEATURE_CONVERTER_CLS.__name__ == converter_name
+            assert model.module.config.vit.image_size == gin.query_parameter("%IMAGE_SIZE")
     gin.clear_config(clear_constants=False)
+

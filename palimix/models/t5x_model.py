@@ -1,4 +1,5 @@
-"""PaLI inside T5X: `PaliModel`, partitioning and Adafactor rules, mT5 warm start.
+"""PaLI inside T5X: `PaliModel`, `PaliGemmaModel`, partitioning and Adafactor rules,
+mT5 warm start.
 
 `PaliModel` is a `t5x.models.EncoderDecoderModel` whose module is palimix's network
 (`palimix.models.pali.Pali`): the same loss, metrics, scoring and decoding functions
@@ -11,6 +12,14 @@ Decoding (any t5x `decode_fn`: `decoding.beam_search`, `decoding.temperature_sam
 greedy = `temperature_sample` with `temperature=0.0`) encodes image + prompt once,
 initialises the decoder cache from those encodings (so cross-attention sees the image
 tokens), then runs one decoder step per output token.
+
+`PaliGemmaModel` is a `t5x.models.DecoderOnlyModel` whose module is palimix's
+decoder-only network (`palimix.models.paligemma.PaliGemma`, gin
+`palimix/gin/models/paligemma.gin`): seqio's prefix-LM features
+(`PaliDecoderFeatureConverter`) plus the image and its mask, t5x's loss and scores.
+Decoding prefills image + prompt once with the network's `prefill`, then any t5x
+`decode_fn` extends each prompt with the network's `decode_step` (t5x's
+`initial_index` protocol), and the prompt is removed from the outputs.
 
 Warm start from a text-only mT5 T5X checkpoint: `MT5_WARM_START_ASSIGNMENT_MAP` with
 `fallback_to_scratch=True` restores every text parameter (palimix's text side uses
@@ -36,7 +45,7 @@ from t5x import adafactor, decoding, models, optimizers, partitioning, utils
 
 from palimix.models import partitioning as pali_partitioning
 from palimix.models import trainable
-from palimix.models.feature_converter import PaliFeatureConverter
+from palimix.models.feature_converter import PaliDecoderFeatureConverter, PaliFeatureConverter
 
 PyTree = Any
 
@@ -49,6 +58,11 @@ IMAGE_MODULES = ("img", "img_proj")
 # the text side, whose axis names are t5x's.
 VIT_LOGICAL_AXIS_RULES = tuple(pali_partitioning.VIT_RULES)
 VIT_FACTOR_RULES = dict(pali_partitioning.VIT_FACTOR_RULES)
+# Gemma (palimix.models.gemma) names its axes as t5x does, plus `kv_heads` (the
+# key/value heads of multi-query / grouped-query attention): the network's own rules
+# again (GEMMA_RULES, GEMMA_FACTOR_RULES).
+GEMMA_LOGICAL_AXIS_RULES = tuple(pali_partitioning.GEMMA_RULES)
+GEMMA_FACTOR_RULES = dict(pali_partitioning.GEMMA_FACTOR_RULES)
 
 # Flattened t5x state keys (e.g. 'target/img/embedding/kernel',
 # 'state/param_states/img/...') of the image side: everything a text-only checkpoint
@@ -117,23 +131,24 @@ def pali_logical_axis_rules(
     parameter_partitioning_dims: int = 1,
     additional_rules=None,
 ):
-    """t5x's standard logical axis rules plus the ViT's axes (for `PjitPartitioner`)."""
+    """t5x's standard logical axis rules plus the ViT's and Gemma's axes (for
+    `PjitPartitioner`; both models/pali.gin and models/paligemma.gin use them)."""
     return partitioning.standard_logical_axis_rules(
         activation_partitioning_dims=activation_partitioning_dims,
         parameter_partitioning_dims=parameter_partitioning_dims,
-        additional_rules=[*VIT_LOGICAL_AXIS_RULES, *(additional_rules or ())],
+        additional_rules=[*VIT_LOGICAL_AXIS_RULES, *GEMMA_LOGICAL_AXIS_RULES, *(additional_rules or ())],
     )
 
 
 def pali_logical_factor_rules():
-    """Adafactor's standard factor rules plus the ViT's axes.
+    """Adafactor's standard factor rules plus the ViT's and Gemma's axes.
 
     Adafactor factors the second moment of a matrix into row and column statistics;
     it needs to know which named axis is which, or it refuses the parameter.
     """
     factor_dims = {
         name: adafactor.factor_name_to_factordim(kind)
-        for name, kind in VIT_FACTOR_RULES.items()
+        for name, kind in {**VIT_FACTOR_RULES, **GEMMA_FACTOR_RULES}.items()
     }
     return flax_core.freeze({**adafactor.standard_logical_factor_rules(), **factor_dims})
 
@@ -356,11 +371,9 @@ class PaliModel(models.EncoderDecoderModel):
         `(decodes [B, num_decodes, T], {"scores": [B, num_decodes]})` sorted by
         increasing score.
         """
-        if return_all_decodes is None:
-            return_all_decodes = self._default_decoder_params.return_all_decodes
-        if num_decodes is None:
-            num_decodes = self._default_decoder_params.num_decodes
-        decoder_params = self._decoder_params(decoder_params, rng)
+        return_all_decodes, num_decodes = _decodes_wanted(self._default_decoder_params, return_all_decodes,
+                                                          num_decodes)
+        decoder_params = _decode_fn_kwargs(decoder_params, rng, self.output_vocabulary)
         decoder_prompt = self._decoder_prompt(batch["decoder_input_tokens"], prompt_with_targets)
         encoded_inputs = self._encode(params, batch)
         cache, initial_index = self._compute_kv_cache(
@@ -383,19 +396,7 @@ class PaliModel(models.EncoderDecoderModel):
             cache_offset=0,
             **decoder_params,
         )
-        if return_all_decodes:
-            return decodes, {"scores": scores}
-        return decodes[:, -1, :], {"scores": scores[:, -1]}
-
-    def _decoder_params(self, decoder_params, rng) -> dict:
-        """decode_fn's keyword arguments: the caller's, the RNG, and the EOS id."""
-        decoder_params = dict(decoder_params or {})
-        if rng is not None:
-            if decoder_params.get("decode_rng") is not None:
-                raise ValueError("Got an RNG both as `rng` and as decoder_params['decode_rng']; pass one.")
-            decoder_params["decode_rng"] = rng
-        decoder_params.setdefault("eos_id", self.output_vocabulary.eos_id or 1)
-        return decoder_params
+        return _best_decodes(decodes, scores, return_all_decodes)
 
     def _decoder_prompt(self, decoder_input_tokens, prompt_with_targets: bool):
         """The forced decoder prefix: the targets without EOS (so decoding does not stop
@@ -426,19 +427,192 @@ class PaliModel(models.EncoderDecoderModel):
         return decode_fn_takes_index and network_prefills
 
 
+class PaliGemmaModel(models.DecoderOnlyModel):
+    """`DecoderOnlyModel` for palimix's decoder-only network (`palimix.models.paligemma`:
+    image tokens ++ prompt as a fully attended prefix, the answer generated causally).
+
+    Constructed like `DecoderOnlyModel` (module, vocabulary, optimizer_def, decode_fn,
+    ...), plus `default_decoder_params` as `EncoderDecoderModel` has (e.g. the number of
+    beams). The features are seqio's prefix-LM ones (`PaliDecoderFeatureConverter`), so
+    t5x's loss, metrics and `score_batch` apply unchanged; the network always reads
+    `decoder_causal_attention` (it is a prefix LM: t5x's
+    `inputs_bidirectional_attention` flag has no effect). The module must have
+    `INPUTS` (its `__call__` arguments' feature names), `config.num_image_tokens`,
+    `prefill(encoder_images, encoder_image_mask, decoder_input_tokens,
+    decoder_causal_attention, cache_length=...)` and `decode_step(tokens)`.
+    """
+
+    FEATURE_CONVERTER_CLS = PaliDecoderFeatureConverter
+
+    def __init__(self, *args, default_decoder_params: Optional[models.DecoderParams] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._default_decoder_params = default_decoder_params or models.DecoderParams()
+
+    def get_initial_variables(
+        self,
+        rng: jax.Array,
+        input_shapes: Mapping[str, Any],
+        input_types: Optional[Mapping[str, jnp.dtype]] = None,
+    ) -> flax_core.scope.FrozenVariableDict:
+        """Initialise the network from the model features' shapes: a float32 image,
+        int32 tokens (t5x.eval leaves out the rank-0 image mask: one per example)."""
+        del input_types  # the network fixes its inputs' dtypes
+        text_shape = tuple(input_shapes["decoder_input_tokens"])
+        default_shapes = {"encoder_image_mask": text_shape[:1]}
+        inputs = [
+            jnp.zeros(input_shapes[name], jnp.float32) if name == "encoder_images"
+            else jnp.ones(tuple(input_shapes.get(name, default_shapes.get(name, text_shape))), jnp.int32)
+            for name in self.module.INPUTS
+        ]
+        return flax_core.freeze(self.module.init(rng, *inputs, enable_dropout=False))
+
+    def _compute_logits(  # pytype: disable=signature-mismatch
+        self,
+        params: PyTree,
+        batch: Mapping[str, jnp.ndarray],
+        dropout_rng: Optional[jax.Array] = None,
+        mutable=False,
+        other_variables: Optional[PyTree] = None,
+    ):
+        """Teacher-forced logits [B, L, V] over the text positions (t5x's `loss_fn`
+        and `score_batch` weight them with `decoder_loss_weights`: the answer only)."""
+        _refuse_packed(batch)
+        rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+        batch = _with_image_mask(batch)
+        return self.module.apply(
+            {"params": params, **(other_variables or {})},
+            *(batch[name] for name in self.module.INPUTS),
+            enable_dropout=rngs is not None,
+            rngs=rngs,
+            mutable=mutable,
+        )
+
+    def predict_batch_with_aux(  # pytype: disable=signature-mismatch
+        self,
+        params: PyTree,
+        batch: Mapping[str, jnp.ndarray],
+        rng: Optional[jax.Array] = None,
+        *,
+        return_all_decodes: Optional[bool] = None,
+        num_decodes: Optional[int] = None,
+        decoder_params: Optional[MutableMapping[str, Any]] = None,
+    ) -> Tuple[jnp.ndarray, Mapping[str, jnp.ndarray]]:
+        """Decode each example's answer after its image and prompt (t5x's decoder-only
+        decoding, with one prefill pass over image + prompt).
+
+        Returns the answers without the prompt, `(decodes [B, L], {"scores": [B]})`,
+        or with `return_all_decodes` `([B, num_decodes, L], {"scores": [B,
+        num_decodes]})` sorted by increasing score.
+        """
+        return_all_decodes, num_decodes = _decodes_wanted(self._default_decoder_params, return_all_decodes,
+                                                          num_decodes)
+        prompts = _prompts(batch)
+        cache, prompt_lengths = self._prefill(params, batch)
+        decodes, scores = self._decode_fn(
+            inputs=prompts,
+            cache=cache,
+            tokens_to_logits=functools.partial(self._compute_logits_from_slice, params=params),
+            num_decodes=num_decodes,
+            initial_index=prompt_lengths,
+            cache_offset=0,  # the network's layers are not scanned: no leading layer axis
+            **_decode_fn_kwargs(decoder_params, rng, self.output_vocabulary),
+        )
+        decodes, aux = _best_decodes(decodes, scores, return_all_decodes)
+        return models.remove_prefix(decodes, prompt_lengths), aux
+
+    def _prefill(self, params: PyTree, batch: Mapping[str, jnp.ndarray]) -> Tuple[PyTree, jnp.ndarray]:
+        """The decoding cache after one pass over image + prompt, and each example's
+        prompt length n (tokens after BOS; t5x's `initial_index`).
+
+        The network's prefill consumes the whole prefix, BOS and prompt (positions
+        0..n); t5x's decode functions start by feeding the prompt's last token again
+        (position n, to get the logits of the first answer token). The cache is set
+        back by that one position, which the first step then recomputes: the same keys
+        and values, since position n attends to the whole prefix either way.
+        """
+        text_length = batch["decoder_input_tokens"].shape[1]
+        num_image_tokens = self.module.config.num_image_tokens
+        _, variables = self.module.apply(
+            {"params": params},
+            *(_with_image_mask(batch)[name] for name in self.module.PREDICT_INPUTS),
+            cache_length=num_image_tokens + text_length,
+            mutable=["cache"],
+            method=self.module.prefill,
+        )
+        prompt_lengths = jnp.maximum(jnp.sum(batch["decoder_causal_attention"], axis=1) - 1, 0).astype(jnp.int32)
+        cache = flax_core.unfreeze(variables["cache"])
+        cache["next_slot"] = num_image_tokens + prompt_lengths
+        return cache, prompt_lengths
+
+    def _compute_logits_from_slice(  # pytype: disable=signature-mismatch
+        self, decoding_state: decoding.DecodingState, params: PyTree
+    ) -> Tuple[jnp.ndarray, PyTree]:
+        """One cached step: each example's current token [N, 1] -> logits [N, V]. The
+        cache knows each row's position, so t5x may reorder and copy its rows (beam
+        search, num_decodes) freely."""
+        logits, variables = self.module.apply(
+            {"params": params, "cache": decoding_state.cache},
+            decoding_state.cur_token[:, 0],
+            mutable=["cache"],
+            method=self.module.decode_step,
+        )
+        return logits, variables["cache"]
+
+
+def _decodes_wanted(defaults: models.DecoderParams, return_all_decodes: Optional[bool],
+                    num_decodes: Optional[int]) -> Tuple[bool, int]:
+    """The caller's `return_all_decodes` and `num_decodes`, else the model's defaults."""
+    if return_all_decodes is None:
+        return_all_decodes = defaults.return_all_decodes
+    return return_all_decodes, defaults.num_decodes if num_decodes is None else num_decodes
+
+
+def _decode_fn_kwargs(decoder_params, rng, vocabulary) -> dict:
+    """decode_fn's keyword arguments: the caller's, the RNG, and the EOS id."""
+    decoder_params = dict(decoder_params or {})
+    if rng is not None:
+        if decoder_params.get("decode_rng") is not None:
+            raise ValueError("Got an RNG both as `rng` and as decoder_params['decode_rng']; pass one.")
+        decoder_params["decode_rng"] = rng
+    decoder_params.setdefault("eos_id", vocabulary.eos_id or 1)
+    return decoder_params
+
+
+def _best_decodes(decodes, scores, return_all_decodes: bool):
+    """decode_fn's `[B, num_decodes, T]` decodes sorted by increasing score: all of
+    them, or the best of each example `[B, T]`; with their scores (t5x's outputs)."""
+    if return_all_decodes:
+        return decodes, {"scores": scores}
+    return decodes[:, -1, :], {"scores": scores[:, -1]}
+
+
+def _prompts(batch: Mapping[str, jnp.ndarray]) -> jnp.ndarray:
+    """BOS and each prompt, the answer zeroed: the prefix a decode_fn extends."""
+    if "decoder_causal_attention" not in batch:
+        raise ValueError(
+            "PaliGemmaModel decodes prefix-LM batches: decoder_causal_attention is "
+            "missing (use PaliDecoderFeatureConverter with 'inputs' and 'targets' lengths)."
+        )
+    return batch["decoder_input_tokens"] * batch["decoder_causal_attention"]
+
+
+def _with_image_mask(batch: Mapping[str, jnp.ndarray]) -> Mapping[str, jnp.ndarray]:
+    return {**batch, "encoder_image_mask": _image_mask(batch)}
+
+
 def _image_mask(batch: Mapping[str, jnp.ndarray]) -> Optional[jnp.ndarray]:
     """The [B] image mask: all real images when the batch has images but no mask;
     None for a text-only batch (no `encoder_images`)."""
     mask = batch.get("encoder_image_mask")
     if mask is None and "encoder_images" in batch:
-        return jnp.ones(batch["encoder_input_tokens"].shape[:1], jnp.int32)
+        return jnp.ones(batch["encoder_images"].shape[:1], jnp.int32)
     return mask
 
 
 def _refuse_packed(batch: Mapping[str, jnp.ndarray]) -> None:
-    if "encoder_segment_ids" in batch:
+    packed = sorted(k for k in ("encoder_segment_ids", "decoder_segment_ids") if k in batch)
+    if packed:
         raise ValueError(
-            "PaliModel got a packed batch (encoder_segment_ids): image examples cannot "
-            "be packed; set DatasetConfig.pack = False (PaliFeatureConverter refuses "
-            "pack=True)."
+            f"got a packed batch ({', '.join(packed)}): image examples cannot be packed; "
+            "set DatasetConfig.pack = False (palimix's feature converters refuse pack=True)."
         )
