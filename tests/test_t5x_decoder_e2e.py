@@ -13,14 +13,11 @@ import pytest
 pytest.importorskip("t5x", reason="T5X is not installed (pip install '.[t5x]'); these tests run its binaries")
 
 from palimix.commands.gin_path import gin_dir  # noqa: E402
+# The same task, lengths and steps as the encoder-decoder's runs: the demo's
+# multilingual OCR task (13 languages).
+from test_t5x_e2e import LENGTHS, MIXTURE, STEPS, TASK  # noqa: E402
 
 pytestmark = [pytest.mark.t5x, pytest.mark.slow]
-
-# The demo's multilingual OCR task (13 languages), as in tests/test_t5x_e2e.py.
-MIXTURE = "palimix_demo_ocr"
-TASK = "palimix_demo_ocr_mul"
-LENGTHS = "{'inputs': 64, 'targets': 32, 'image': 64}"
-STEPS = 2
 
 
 def _t5x(binary, run_file, cwd, *bindings):

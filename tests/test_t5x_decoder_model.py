@@ -11,9 +11,10 @@ pytest.importorskip("t5x", reason="T5X is not installed (pip install '.[t5x]'); 
 import seqio  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from flax.linen import partitioning as flax_partitioning  # noqa: E402
+from jax.sharding import PartitionSpec  # noqa: E402
 from t5x import adafactor, decoding  # noqa: E402
 
-from palimix.models import configs, paligemma, t5x_model  # noqa: E402
+from palimix.models import configs, paligemma, partitioning, t5x_model  # noqa: E402
 from palimix.models.feature_converter import PaliDecoderFeatureConverter  # noqa: E402
 
 pytestmark = pytest.mark.t5x
@@ -176,23 +177,15 @@ def test_packed_and_non_prefix_lm_batches_are_refused(variables):
         BEAM.predict_batch_with_aux(variables["params"], no_prefix)
 
 
-def _axis_names(params_axes):
-    names = set()
-    leaves = jax.tree_util.tree_leaves(
-        flax_partitioning.get_axis_names(params_axes), is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
-    )
-    for spec in leaves:
-        names.update(spec)
-    return names
-
-
 @pytest.mark.parametrize("name", ["tiny_decoder", "paligemma_3b"])
 def test_rules_cover_every_logical_axis(name):
     # tiny_decoder has grouped-query attention (q_einsum + kv_einsum); so has
     # paligemma_3b (multi-query). Shapes only: nothing is allocated.
     config = configs.get(name)
     axes = jax.eval_shape(lambda: paligemma.init_variables(config, jax.random.PRNGKey(0)))["params_axes"]
-    names = _axis_names(axes)
+    specs = partitioning.logical_specs(axes)
+    names = {name for spec in jax.tree_util.tree_leaves(specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+             for name in spec}
     assert {"vit_embed", "embed", "vocab", "kv_heads"} <= names
     assert names <= set(dict(t5x_model.pali_logical_axis_rules())), names
     factor_rules = t5x_model.pali_logical_factor_rules()
