@@ -10,8 +10,12 @@ load affects both alike. Prints a table and, last, one JSON line:
   decode_256_vs_16  per-token greedy decode time with 256 image tokens / with 16
                     (cached decoding, batch 8, prompt 16; encoding not timed). Goal <= 1.3.
   cache_speedup     per-token time without the cache / with it, at 256 image tokens.
+  decoder_decode_256_vs_16  the same ratio for the decoder-only tiny_decoder (image +
+                    prompt prefilled outside the timed calls, then one token per step).
+                    Goal <= 1.3.
   train_step_ms     the tiny config's train step (Adam) at --batch, 16 image tokens.
-  params_vs_paper   count_params / the PaLI paper's count for pali_3b, pali_15b, pali_17b.
+  params_vs_paper   count_params / the PaLI paper's count for pali_3b, pali_15b, pali_17b,
+                    and paligemma_3b / 2.92B (PaliGemma's report).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from palimix.models import configs, decoding, losses, networks, pali
+from palimix.models import configs, decoding, losses, networks, pali, paligemma
 
 
 def make_batch(config, batch_size, input_length, target_length, seed=0):
@@ -121,7 +125,7 @@ def train_results(batch_size, reps) -> dict:
 
 def decode_results(reps) -> dict:
     """Per-token decode time from the slope between two decode lengths."""
-    # The image and    # prompt are encoded (decoding.prepare) outside the timed calls: at 256 image tokens the
+    # The image and prompt are encoded (decoding.prepare) outside the timed calls: at 256 image tokens the
     # ViT + encoder pass is several times the whole decode loop, and its noise would swamp
     # the per-token slope on a busy machine. Same batch and prompt for every configuration.
     short, long_ = 8, 72
@@ -138,13 +142,54 @@ def decode_results(reps) -> dict:
                                                  use_cache=use_cache))(params, prompt)
             fns[key, length] = functools.partial(lambda decode, params, prepared: decode(params, prepared)[0],
                                                  decode, params, prepared)
-    t = alternate(fns, reps)
-    results = {}
-    per_token = {key: (t[key, long_] - t[key, short]) / (long_ - short) for key, _ in fns}
-    results["decode_ms_per_token"] = {k: round(v * 1e3, 3) for k, v in per_token.items()}
+    per_token = per_token_seconds(fns, reps, short, long_)
+    results = {"decode_ms_per_token": {k: round(v * 1e3, 3) for k, v in per_token.items()}}
     results["decode_256_vs_16"] = round(per_token["256_cached"] / per_token["16_cached"], 3)
     results["cache_speedup"] = round(per_token["256_uncached"] / per_token["256_cached"], 2)
     print(f"decode ms/token: {results['decode_ms_per_token']}")
+    return results
+
+
+def per_token_seconds(fns: dict, reps: int, short: int, long_: int) -> dict:
+    """Seconds per decoded token of each `(key, length)` pair of fns: the slope between
+    the two decode lengths (what is done once per batch cancels out)."""
+    t = alternate(fns, reps)
+    return {key: (t[key, long_] - t[key, short]) / (long_ - short) for key, _ in fns}
+
+
+def decoder_prompt(config, batch_size, prompt_length, seed=0):
+    """PaliGemma's PREDICT_INPUTS: every one of the prompt_length positions is prompt."""
+    rng = np.random.default_rng(seed)
+    s, v = config.vit.image_size, config.vocab_size
+    tokens = rng.integers(2, v, (batch_size, prompt_length))
+    tokens[:, 0] = 0  # BOS (shifted right)
+    return dict(
+        encoder_images=jnp.asarray(rng.uniform(-1, 1, (batch_size, s, s, 3)), jnp.float32),
+        encoder_image_mask=jnp.ones((batch_size,), jnp.int32),
+        decoder_input_tokens=jnp.asarray(tokens, jnp.int32),
+        decoder_causal_attention=jnp.ones((batch_size, prompt_length), jnp.int32),
+    )
+
+
+def decoder_decode_results(reps) -> dict:
+    """The decoder-only model's per-token decode time at 256 vs 16 image tokens (cached,
+    batch 8, prompt 16; the prefill is not timed)."""
+    short, long_ = 8, 72
+    fns = {}
+    for image_size in (64, 256):
+        config = configs.get("tiny_decoder", image_size=image_size)
+        model = networks.build(config)
+        params = paligemma.init_params(config, jax.random.PRNGKey(0))
+        prompt = decoder_prompt(config, 8, 16)
+        decode = jax.jit(functools.partial(decoding.generate_from, model, eos_id=None))
+        for length in (short, long_):
+            prepared = jax.jit(functools.partial(decoding.prepare, model, max_decode_length=length))(params, prompt)
+            fns[config.num_image_tokens, length] = functools.partial(
+                lambda decode, params, prepared: decode(params, prepared)[0], decode, params, prepared)
+    per_token = per_token_seconds(fns, reps, short, long_)
+    results = {"decoder_decode_ms_per_token": {str(k): round(v * 1e3, 3) for k, v in per_token.items()},
+               "decoder_decode_256_vs_16": round(per_token[256] / per_token[16], 3)}
+    print(f"decoder-only decode ms/token: {results['decoder_decode_ms_per_token']}")
     return results
 
 
@@ -158,6 +203,17 @@ def params_vs_paper() -> dict:
         ratios[name] = round(1 + diff, 4)
         print(f"{name:<10} {counts['vit'] / 1e9:>7.2f}B {counts['text'] / 1e9:>7.2f}B "
               f"{counts['total'] / 1e9:>7.2f}B {paper / 1e9:>6.1f}B {diff:>+7.1%}")
+    return ratios
+
+
+def paligemma_params() -> dict:
+    """count_params / PaliGemma's reported count."""
+    ratios = {}
+    for name, reported in configs.PALIGEMMA_PARAMS.items():
+        counts = networks.count_params(name)
+        ratios[name] = round(counts["total"] / reported, 4)
+        print(f"{name}: {counts['vit'] / 1e9:.3f}B ViT + {counts['img_proj'] / 1e6:.2f}M projection + "
+              f"{counts['text'] / 1e9:.3f}B Gemma = {counts['total'] / 1e9:.3f}B (reported {reported / 1e9:.2f}B)")
     return ratios
 
 
@@ -176,8 +232,9 @@ def main(argv=None) -> dict:
         results.update(train_results(args.batch, reps))
     if "decode" in parts:
         results.update(decode_results(reps))
+        results.update(decoder_decode_results(reps))
     if "params" in parts:
-        results["params_vs_paper"] = params_vs_paper()
+        results["params_vs_paper"] = {**params_vs_paper(), **paligemma_params()}
     print(json.dumps(results))
     return results
 
