@@ -19,7 +19,7 @@ from palimix.runner import model as model_lib
 # and dropout bound on configs.get (directly or through DROPOUT_RATE).
 BINDINGS = ["IMAGE_SIZE = 32", "configs.get.remat = 'full'", "configs.get.dtype = 'bfloat16'",
             "DROPOUT_RATE = 0.25"]
-EXPECTED = {"image_size": 32, "remat": "full", "dtype": "bfloat16", "text_dropout_rate": 0.25}
+EXPECTED = {"image_size": 32, "remat": "full", "dtype": "bfloat16", "lm_dropout_rate": 0.25}
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +43,7 @@ def _parse(*files):
 
 
 def test_gin_bindings_define_the_runner_network():
-    _parse("models/pali_network.gin")
+    _parse("models/network.gin")
     definition = model_lib.from_gin()
     assert definition.name == "tiny" and definition.overrides == EXPECTED
     config = definition.config

@@ -11,8 +11,8 @@ from palimix.commands.gin_path import gin_dir
 # Each size with the model files of its network family.
 SIZES = ["tiny", "small", "pali_3b", "pali_15b", "pali_17b"]
 DECODER_SIZES = ["tiny_decoder", "paligemma_3b"]
-FAMILY_FILES = {"pali": ("models/pali.gin", "models/pali_network.gin"),
-                "paligemma": ("models/paligemma.gin", "models/paligemma_network.gin")}
+FAMILY_FILES = {"pali": ("models/pali.gin", "models/network.gin"),
+                "paligemma": ("models/paligemma.gin", "models/network.gin")}
 SIZES_OF = {"pali": SIZES, "paligemma": DECODER_SIZES}
 
 

@@ -3,7 +3,7 @@
 HELP = "Train the palimix model on a task or mixture on this machine (resumes from --model_dir)."
 
 # Parsed before the user's gin files (see build_config).
-NETWORK_GIN = "models/pali_network.gin"
+NETWORK_GIN = "models/network.gin"
 
 # flag -> TrainConfig field (None defaults: gin or the config's default decides).
 _FLAGS = {

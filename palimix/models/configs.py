@@ -355,7 +355,7 @@ def get(name: str, **overrides: Any):
     Overrides are field names of the network config, of its language model config
     (TextConfig for pali, GemmaConfig for paligemma) or of VitConfig; a name both towers
     have (num_heads, mlp_dim, dropout_rate, ...) needs a `vit_` prefix or the language
-    model's (`text_` for pali, `llm_` for paligemma). `vit="L/16"` and `text="mt5_base"`
+    model's (`text_` for pali, `llm_` for paligemma; `lm_` for either). `vit="L/16"` and `text="mt5_base"`
     (pali) or `llm="gemma_7b"` (paligemma) swap a whole tower.
     """
     if name not in MODELS:
@@ -377,6 +377,11 @@ def get(name: str, **overrides: Any):
     )
 
 
+# The language model of any family (text for pali, llm for paligemma): gin files shared
+# by the families bind e.g. `configs.get.lm_dropout_rate = %DROPOUT_RATE`.
+LM_PREFIX = "lm_"
+
+
 def _split_overrides(family: Family, overrides: dict) -> tuple[dict, dict, dict]:
     """`get`'s overrides -> (ViT fields, language model fields, network config fields)."""
     lang, lang_fields, top_fields = family.language_field, _field_names(family.language_class), family.top_fields
@@ -386,6 +391,8 @@ def _split_overrides(family: Family, overrides: dict) -> tuple[dict, dict, dict]
             vit_kw[key[4:]] = value
         elif key.startswith(f"{lang}_") and key[len(lang) + 1:] in lang_fields:
             lang_kw[key[len(lang) + 1:]] = value
+        elif key.startswith(LM_PREFIX) and key[len(LM_PREFIX):] in lang_fields:
+            lang_kw[key[len(LM_PREFIX):]] = value
         elif key in top_fields:
             top_kw[key] = value
         elif key in _VIT_FIELDS and key in lang_fields:

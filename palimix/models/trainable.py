@@ -12,7 +12,7 @@ fully matches one of `trainable` and none of `frozen`:
 Frozen parameters get no optimizer state and no update (no weight decay either): the
 embedded runner differentiates only the trainable ones, and T5X wraps its optimizer
 in a `MultiOptimizer` over the trainable ones (`t5x_model.trainable_optimizer`). In
-gin, `palimix.models.trainable.ParamSelection` is bound once (models/pali_network.gin
+gin, `palimix.models.trainable.ParamSelection` is bound once (models/network.gin
 declares `TRAINABLE_PARAMS`) and read by both.
 """
 

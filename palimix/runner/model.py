@@ -2,7 +2,7 @@
 its parameters train (`trainable.ParamSelection`).
 
 It comes from the same gin bindings T5X reads -- `configs.get.*` (models/
-pali_network.gin and a sizes/ file: MODEL_SIZE, IMAGE_SIZE, DROPOUT_RATE, dtype,
+network.gin and a sizes/ file: MODEL_SIZE, IMAGE_SIZE, DROPOUT_RATE, dtype,
 remat, ...) and `ParamSelection.*` -- so one set of gin files trains the same network
 either way. A run records it in `run.json` (name, overrides, the whole resulting
 config, the selection), and `palimix eval` / `infer` rebuild exactly that config.
