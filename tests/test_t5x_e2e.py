@@ -1,5 +1,7 @@
 """T5X's own binaries on palimix: `python -m t5x.train | t5x.eval | t5x.infer` with the
-gin files in palimix/gin, nothing patched (subprocesses, as a user runs them)."""
+gin files in palimix/gin, nothing patched (subprocesses, as a user runs them), for each
+backbone: the encoder-decoder (models/pali.gin) and the decoder-only network
+(models/paligemma.gin), on the same task with the same runs/ files."""
 
 import glob
 import json
@@ -20,12 +22,18 @@ MIXTURE = "palimix_demo_ocr"
 TASK = "palimix_demo_ocr_mul"
 LENGTHS = "{'inputs': 64, 'targets': 32, 'image': 64}"
 STEPS = 2
+# Backbone -> (its T5X model gin file, a size of it, its T5X model class).
+BACKBONES = {
+    "encoder_decoder": ("models/pali.gin", "sizes/tiny.gin", "PaliModel"),
+    "decoder_only": ("models/paligemma.gin", "sizes/tiny_decoder.gin", "PaliGemmaModel"),
+}
 
 
-def _t5x(binary, run_file, cwd, *bindings):
+def _t5x(backbone, binary, run_file, cwd, *bindings):
+    model_file, size_file, _ = BACKBONES[backbone]
     command = [
         sys.executable, "-m", f"t5x.{binary}", f"--gin_search_paths={gin_dir()}",
-        "--gin_file=models/pali.gin", f"--gin_file=runs/{run_file}", "--gin_file=sizes/tiny.gin",
+        f"--gin_file={model_file}", f"--gin_file=runs/{run_file}", f"--gin_file={size_file}",
         f"--gin.MIXTURE_OR_TASK_NAME='{MIXTURE}'", f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}",
         *(f"--gin.{b}" for b in bindings),
     ]
@@ -35,28 +43,32 @@ def _t5x(binary, run_file, cwd, *bindings):
     return result
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("t5x_train")
+@pytest.fixture(scope="module", params=sorted(BACKBONES))
+def trained(request, tmp_path_factory):
+    """(backbone, its model dir after t5x.train)."""
+    root = tmp_path_factory.mktemp(f"t5x_train_{request.param}")
     model_dir = root / "model"
     _t5x(
-        "train", "pretrain.gin", root, f"TRAIN_STEPS={STEPS}", "BATCH_SIZE=4", f"MODEL_DIR='{model_dir}'",
-        f"CHECKPOINT_PERIOD={STEPS}", f"EVAL_PERIOD={STEPS}", "EVAL_STEPS=1", "WARMUP_STEPS=10",
+        request.param, "train", "pretrain.gin", root, f"TRAIN_STEPS={STEPS}", "BATCH_SIZE=4",
+        f"MODEL_DIR='{model_dir}'", f"CHECKPOINT_PERIOD={STEPS}", f"EVAL_PERIOD={STEPS}", "EVAL_STEPS=1",
+        "WARMUP_STEPS=10",
     )
-    return model_dir
+    return request.param, model_dir
 
 
-def test_t5x_train_writes_a_checkpoint_and_mixture_eval(model_dir):
+def test_t5x_train_writes_a_checkpoint_and_mixture_eval(trained):
+    backbone, model_dir = trained
     assert (model_dir / f"checkpoint_{STEPS}").is_dir()
     config = (model_dir / "config.gin").read_text()
-    assert "t5x_model.PaliModel" in config and "pack = False" in config
+    assert f"t5x_model.{BACKBONES[backbone][2]}" in config and "pack = False" in config
     # Training evaluation ran on the mixture as a whole (mixture_training_eval_datasets).
     assert (model_dir / "training_eval" / MIXTURE).is_dir()
 
 
-def test_t5x_infer_writes_predictions_per_task(model_dir, tmp_path):
+def test_t5x_infer_writes_predictions_per_task(trained, tmp_path):
+    backbone, model_dir = trained
     out = tmp_path / "infer"
-    _t5x("infer", "infer.gin", tmp_path, f"CHECKPOINT_PATH='{model_dir}/checkpoint_{STEPS}'",
+    _t5x(backbone, "infer", "infer.gin", tmp_path, f"CHECKPOINT_PATH='{model_dir}/checkpoint_{STEPS}'",
          f"INFER_OUTPUT_DIR='{out}'", "BATCH_SIZE=16")
     files = sorted(glob.glob(str(out / f"{TASK}-predict.jsonl-00000-of-00001")))
     assert len(files) == 1  # one per task
@@ -67,9 +79,10 @@ def test_t5x_infer_writes_predictions_per_task(model_dir, tmp_path):
     assert {"inputs_pretokenized", "targets_pretokenized", "language", "kind", "id"} <= set(rows[0]["inputs"])
 
 
-def test_t5x_eval_writes_per_task_per_language_metrics(model_dir, tmp_path):
+def test_t5x_eval_writes_per_task_per_language_metrics(trained, tmp_path):
+    backbone, model_dir = trained
     out = tmp_path / "eval"
-    _t5x("eval", "eval.gin", tmp_path, f"CHECKPOINT_PATH='{model_dir}/checkpoint_{STEPS}'",
+    _t5x(backbone, "eval", "eval.gin", tmp_path, f"CHECKPOINT_PATH='{model_dir}/checkpoint_{STEPS}'",
          f"EVAL_OUTPUT_DIR='{out}'", "BATCH_SIZE=16")
     # t5x.eval's seqio.Evaluator writes under <EVAL_OUTPUT_DIR>/inference_eval, one
     # file per task; the multilingual task's metric function scores each language on
