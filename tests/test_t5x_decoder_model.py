@@ -14,7 +14,7 @@ from flax.linen import partitioning as flax_partitioning  # noqa: E402
 from jax.sharding import PartitionSpec  # noqa: E402
 from t5x import adafactor, decoding  # noqa: E402
 
-from palimix.models import configs, paligemma, partitioning, t5x_model  # noqa: E402
+from palimix.models import configs, paligemma, partitioning, t5x_decoder_model, t5x_model  # noqa: E402
 from palimix.models.feature_converter import PaliDecoderFeatureConverter  # noqa: E402
 
 pytestmark = pytest.mark.t5x
@@ -28,7 +28,7 @@ LENGTHS = {"inputs": 4, "targets": 3, "image": IMAGE_SIZE}
 
 def _model(decode_fn=decoding.beam_search, **kwargs):
     optimizer = adafactor.Adafactor(logical_factor_rules=t5x_model.pali_logical_factor_rules())
-    return t5x_model.PaliGemmaModel(paligemma.PaliGemma(CONFIG), VOCAB, optimizer, decode_fn=decode_fn, **kwargs)
+    return t5x_decoder_model.PaliGemmaModel(paligemma.PaliGemma(CONFIG), VOCAB, optimizer, decode_fn=decode_fn, **kwargs)
 
 
 def _batch(seed=0, image_mask=(1, 0)):

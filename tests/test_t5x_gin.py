@@ -69,10 +69,10 @@ def test_t5x_files_parse_and_build_the_model_for_every_size():
     pytest.importorskip("t5x", reason="T5X is not installed (pip install '.[t5x]')")
     import gin
 
-    from palimix.models import t5x_model
+    from palimix.models import t5x_decoder_model, t5x_model
 
     model_classes = {"pali": (t5x_model.PaliModel, "PaliFeatureConverter"),
-                     "paligemma": (t5x_model.PaliGemmaModel, "PaliDecoderFeatureConverter")}
+                     "paligemma": (t5x_decoder_model.PaliGemmaModel, "PaliDecoderFeatureConverter")}
     for family, (model_class, converter_name) in model_classes.items():
         for size in SIZES_OF[family]:
             gin.clear_config(clear_constants=False)

@@ -1,5 +1,6 @@
-"""PaLI inside T5X: `PaliModel`, `PaliGemmaModel`, partitioning and Adafactor rules,
-mT5 warm start.
+"""PaLI inside T5X: `PaliModel`, partitioning and Adafactor rules for every palimix
+network, the trainable-parameter optimizer, mT5 warm start, and the batch helpers the
+T5X model classes share (the decoder-only `PaliGemmaModel` is in t5x_decoder_model.py).
 
 `PaliModel` is a `t5x.models.EncoderDecoderModel` whose module is palimix's network
 (`palimix.models.pali.Pali`): the same loss, metrics, scoring and decoding functions
@@ -12,14 +13,6 @@ Decoding (any t5x `decode_fn`: `decoding.beam_search`, `decoding.temperature_sam
 greedy = `temperature_sample` with `temperature=0.0`) encodes image + prompt once,
 initialises the decoder cache from those encodings (so cross-attention sees the image
 tokens), then runs one decoder step per output token.
-
-`PaliGemmaModel` is a `t5x.models.DecoderOnlyModel` whose module is palimix's
-decoder-only network (`palimix.models.paligemma.PaliGemma`, gin
-`palimix/gin/models/paligemma.gin`): seqio's prefix-LM features
-(`PaliDecoderFeatureConverter`) plus the image and its mask, t5x's loss and scores.
-Decoding prefills image + prompt once with the network's `prefill`, then any t5x
-`decode_fn` extends each prompt with the network's `decode_step` (t5x's
-`initial_index` protocol), and the prompt is removed from the outputs.
 
 Warm start from a text-only mT5 T5X checkpoint: `MT5_WARM_START_ASSIGNMENT_MAP` with
 `fallback_to_scratch=True` restores every text parameter (palimix's text side uses
@@ -45,7 +38,7 @@ from t5x import adafactor, decoding, models, optimizers, partitioning, utils
 
 from palimix.models import partitioning as pali_partitioning
 from palimix.models import trainable
-from palimix.models.feature_converter import PaliDecoderFeatureConverter, PaliFeatureConverter
+from palimix.models.feature_converter import PaliFeatureConverter
 
 PyTree = Any
 
@@ -256,12 +249,12 @@ class PaliModel(models.EncoderDecoderModel):
         other_variables: Optional[PyTree] = None,
     ):
         """Teacher-forced logits [B, T, V]; used by t5x's `loss_fn` and `score_batch`."""
-        _refuse_packed(batch)
+        refuse_packed(batch)
         rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
         return self.module.apply(
             {"params": params, **(other_variables or {})},
             batch.get("encoder_images"),
-            _image_mask(batch),
+            batch_image_mask(batch),
             batch["encoder_input_tokens"],
             batch["decoder_input_tokens"],
             batch["decoder_target_tokens"],
@@ -275,7 +268,7 @@ class PaliModel(models.EncoderDecoderModel):
         return self.module.apply(
             {"params": params},
             batch.get("encoder_images"),
-            _image_mask(batch),
+            batch_image_mask(batch),
             batch["encoder_input_tokens"],
             enable_dropout=False,
             method=self.module.encode,
@@ -371,15 +364,15 @@ class PaliModel(models.EncoderDecoderModel):
         `(decodes [B, num_decodes, T], {"scores": [B, num_decodes]})` sorted by
         increasing score.
         """
-        return_all_decodes, num_decodes = _decodes_wanted(self._default_decoder_params, return_all_decodes,
+        return_all_decodes, num_decodes = decodes_wanted(self._default_decoder_params, return_all_decodes,
                                                           num_decodes)
-        decoder_params = _decode_fn_kwargs(decoder_params, rng, self.output_vocabulary)
+        decoder_params = decode_fn_kwargs(decoder_params, rng, self.output_vocabulary)
         decoder_prompt = self._decoder_prompt(batch["decoder_input_tokens"], prompt_with_targets)
         encoded_inputs = self._encode(params, batch)
         cache, initial_index = self._compute_kv_cache(
             params,
             encoded_inputs=encoded_inputs,
-            encoder_image_mask=_image_mask(batch),
+            encoder_image_mask=batch_image_mask(batch),
             encoder_input_tokens=batch["encoder_input_tokens"],
             decoder_input_tokens=decoder_prompt,
             prefill_decoder_prompt=self._can_prefill(),
@@ -396,7 +389,7 @@ class PaliModel(models.EncoderDecoderModel):
             cache_offset=0,
             **decoder_params,
         )
-        return _best_decodes(decodes, scores, return_all_decodes)
+        return best_decodes(decodes, scores, return_all_decodes)
 
     def _decoder_prompt(self, decoder_input_tokens, prompt_with_targets: bool):
         """The forced decoder prefix: the targets without EOS (so decoding does not stop
@@ -408,7 +401,7 @@ class PaliModel(models.EncoderDecoderModel):
     def _tokens_to_logits(self, params, encoded_inputs, batch, num_decodes: int):
         """One cached decoder step over [batch * num_decodes, ...]: beam search and
         sampling repeat each example in place (the cache is expanded inside decode_fn)."""
-        image_mask = _image_mask(batch)
+        image_mask = batch_image_mask(batch)
         return functools.partial(
             self._compute_logits_from_slice,
             params=params,
@@ -427,139 +420,7 @@ class PaliModel(models.EncoderDecoderModel):
         return decode_fn_takes_index and network_prefills
 
 
-class PaliGemmaModel(models.DecoderOnlyModel):
-    """`DecoderOnlyModel` for palimix's decoder-only network (`palimix.models.paligemma`:
-    image tokens ++ prompt as a fully attended prefix, the answer generated causally).
-
-    Constructed like `DecoderOnlyModel` (module, vocabulary, optimizer_def, decode_fn,
-    ...), plus `default_decoder_params` as `EncoderDecoderModel` has (e.g. the number of
-    beams). The features are seqio's prefix-LM ones (`PaliDecoderFeatureConverter`), so
-    t5x's loss, metrics and `score_batch` apply unchanged; the network always reads
-    `decoder_causal_attention` (it is a prefix LM: t5x's
-    `inputs_bidirectional_attention` flag has no effect). The module must have
-    `INPUTS` (its `__call__` arguments' feature names), `config.num_image_tokens`,
-    `prefill(encoder_images, encoder_image_mask, decoder_input_tokens,
-    decoder_causal_attention, cache_length=...)` and `decode_step(tokens)`.
-    """
-
-    FEATURE_CONVERTER_CLS = PaliDecoderFeatureConverter
-
-    def __init__(self, *args, default_decoder_params: Optional[models.DecoderParams] = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._default_decoder_params = default_decoder_params or models.DecoderParams()
-
-    def get_initial_variables(
-        self,
-        rng: jax.Array,
-        input_shapes: Mapping[str, Any],
-        input_types: Optional[Mapping[str, jnp.dtype]] = None,
-    ) -> flax_core.scope.FrozenVariableDict:
-        """Initialise the network from the model features' shapes: a float32 image,
-        int32 tokens (t5x.eval leaves out the rank-0 image mask: one per example)."""
-        del input_types  # the network fixes its inputs' dtypes
-        text_shape = tuple(input_shapes["decoder_input_tokens"])
-        default_shapes = {"encoder_image_mask": text_shape[:1]}
-        inputs = [
-            jnp.zeros(input_shapes[name], jnp.float32) if name == "encoder_images"
-            else jnp.ones(tuple(input_shapes.get(name, default_shapes.get(name, text_shape))), jnp.int32)
-            for name in self.module.INPUTS
-        ]
-        return flax_core.freeze(self.module.init(rng, *inputs, enable_dropout=False))
-
-    def _compute_logits(  # pytype: disable=signature-mismatch
-        self,
-        params: PyTree,
-        batch: Mapping[str, jnp.ndarray],
-        dropout_rng: Optional[jax.Array] = None,
-        mutable=False,
-        other_variables: Optional[PyTree] = None,
-    ):
-        """Teacher-forced logits [B, L, V] over the text positions (t5x's `loss_fn`
-        and `score_batch` weight them with `decoder_loss_weights`: the answer only)."""
-        _refuse_packed(batch)
-        rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
-        batch = _with_image_mask(batch)
-        return self.module.apply(
-            {"params": params, **(other_variables or {})},
-            *(batch[name] for name in self.module.INPUTS),
-            enable_dropout=rngs is not None,
-            rngs=rngs,
-            mutable=mutable,
-        )
-
-    def predict_batch_with_aux(  # pytype: disable=signature-mismatch
-        self,
-        params: PyTree,
-        batch: Mapping[str, jnp.ndarray],
-        rng: Optional[jax.Array] = None,
-        *,
-        return_all_decodes: Optional[bool] = None,
-        num_decodes: Optional[int] = None,
-        decoder_params: Optional[MutableMapping[str, Any]] = None,
-    ) -> Tuple[jnp.ndarray, Mapping[str, jnp.ndarray]]:
-        """Decode each example's answer after its image and prompt (t5x's decoder-only
-        decoding, with one prefill pass over image + prompt).
-
-        Returns the answers without the prompt, `(decodes [B, L], {"scores": [B]})`,
-        or with `return_all_decodes` `([B, num_decodes, L], {"scores": [B,
-        num_decodes]})` sorted by increasing score.
-        """
-        return_all_decodes, num_decodes = _decodes_wanted(self._default_decoder_params, return_all_decodes,
-                                                          num_decodes)
-        prompts = _prompts(batch)
-        cache, prompt_lengths = self._prefill(params, batch)
-        decodes, scores = self._decode_fn(
-            inputs=prompts,
-            cache=cache,
-            tokens_to_logits=functools.partial(self._compute_logits_from_slice, params=params),
-            num_decodes=num_decodes,
-            initial_index=prompt_lengths,
-            cache_offset=0,  # the network's layers are not scanned: no leading layer axis
-            **_decode_fn_kwargs(decoder_params, rng, self.output_vocabulary),
-        )
-        decodes, aux = _best_decodes(decodes, scores, return_all_decodes)
-        return models.remove_prefix(decodes, prompt_lengths), aux
-
-    def _prefill(self, params: PyTree, batch: Mapping[str, jnp.ndarray]) -> Tuple[PyTree, jnp.ndarray]:
-        """The decoding cache after one pass over image + prompt, and each example's
-        prompt length n (tokens after BOS; t5x's `initial_index`).
-
-        The network's prefill consumes the whole prefix, BOS and prompt (positions
-        0..n); t5x's decode functions start by feeding the prompt's last token again
-        (position n, to get the logits of the first answer token). The cache is set
-        back by that one position, which the first step then recomputes: the same keys
-        and values, since position n attends to the whole prefix either way.
-        """
-        text_length = batch["decoder_input_tokens"].shape[1]
-        num_image_tokens = self.module.config.num_image_tokens
-        _, variables = self.module.apply(
-            {"params": params},
-            *(_with_image_mask(batch)[name] for name in self.module.PREDICT_INPUTS),
-            cache_length=num_image_tokens + text_length,
-            mutable=["cache"],
-            method=self.module.prefill,
-        )
-        prompt_lengths = jnp.maximum(jnp.sum(batch["decoder_causal_attention"], axis=1) - 1, 0).astype(jnp.int32)
-        cache = flax_core.unfreeze(variables["cache"])
-        cache["next_slot"] = num_image_tokens + prompt_lengths
-        return cache, prompt_lengths
-
-    def _compute_logits_from_slice(  # pytype: disable=signature-mismatch
-        self, decoding_state: decoding.DecodingState, params: PyTree
-    ) -> Tuple[jnp.ndarray, PyTree]:
-        """One cached step: each example's current token [N, 1] -> logits [N, V]. The
-        cache knows each row's position, so t5x may reorder and copy its rows (beam
-        search, num_decodes) freely."""
-        logits, variables = self.module.apply(
-            {"params": params, "cache": decoding_state.cache},
-            decoding_state.cur_token[:, 0],
-            mutable=["cache"],
-            method=self.module.decode_step,
-        )
-        return logits, variables["cache"]
-
-
-def _decodes_wanted(defaults: models.DecoderParams, return_all_decodes: Optional[bool],
+def decodes_wanted(defaults: models.DecoderParams, return_all_decodes: Optional[bool],
                     num_decodes: Optional[int]) -> Tuple[bool, int]:
     """The caller's `return_all_decodes` and `num_decodes`, else the model's defaults."""
     if return_all_decodes is None:
@@ -567,7 +428,7 @@ def _decodes_wanted(defaults: models.DecoderParams, return_all_decodes: Optional
     return return_all_decodes, defaults.num_decodes if num_decodes is None else num_decodes
 
 
-def _decode_fn_kwargs(decoder_params, rng, vocabulary) -> dict:
+def decode_fn_kwargs(decoder_params, rng, vocabulary) -> dict:
     """decode_fn's keyword arguments: the caller's, the RNG, and the EOS id."""
     decoder_params = dict(decoder_params or {})
     if rng is not None:
@@ -578,7 +439,7 @@ def _decode_fn_kwargs(decoder_params, rng, vocabulary) -> dict:
     return decoder_params
 
 
-def _best_decodes(decodes, scores, return_all_decodes: bool):
+def best_decodes(decodes, scores, return_all_decodes: bool):
     """decode_fn's `[B, num_decodes, T]` decodes sorted by increasing score: all of
     them, or the best of each example `[B, T]`; with their scores (t5x's outputs)."""
     if return_all_decodes:
@@ -586,21 +447,11 @@ def _best_decodes(decodes, scores, return_all_decodes: bool):
     return decodes[:, -1, :], {"scores": scores[:, -1]}
 
 
-def _prompts(batch: Mapping[str, jnp.ndarray]) -> jnp.ndarray:
-    """BOS and each prompt, the answer zeroed: the prefix a decode_fn extends."""
-    if "decoder_causal_attention" not in batch:
-        raise ValueError(
-            "PaliGemmaModel decodes prefix-LM batches: decoder_causal_attention is "
-            "missing (use PaliDecoderFeatureConverter with 'inputs' and 'targets' lengths)."
-        )
-    return batch["decoder_input_tokens"] * batch["decoder_causal_attention"]
+def with_image_mask(batch: Mapping[str, jnp.ndarray]) -> Mapping[str, jnp.ndarray]:
+    return {**batch, "encoder_image_mask": batch_image_mask(batch)}
 
 
-def _with_image_mask(batch: Mapping[str, jnp.ndarray]) -> Mapping[str, jnp.ndarray]:
-    return {**batch, "encoder_image_mask": _image_mask(batch)}
-
-
-def _image_mask(batch: Mapping[str, jnp.ndarray]) -> Optional[jnp.ndarray]:
+def batch_image_mask(batch: Mapping[str, jnp.ndarray]) -> Optional[jnp.ndarray]:
     """The [B] image mask: all real images when the batch has images but no mask;
     None for a text-only batch (no `encoder_images`)."""
     mask = batch.get("encoder_image_mask")
@@ -609,7 +460,7 @@ def _image_mask(batch: Mapping[str, jnp.ndarray]) -> Optional[jnp.ndarray]:
     return mask
 
 
-def _refuse_packed(batch: Mapping[str, jnp.ndarray]) -> None:
+def refuse_packed(batch: Mapping[str, jnp.ndarray]) -> None:
     packed = sorted(k for k in ("encoder_segment_ids", "decoder_segment_ids") if k in batch)
     if packed:
         raise ValueError(
