@@ -12,6 +12,8 @@ example and how its predictions are scored:
 | translation | text, answers [n] | translation {source} {text} | sampled | bleu, chrf | the source copied |
 | span_corruption | text | span_corruption {text} | the masked spans | exact_match | most frequent of the task |
 | prefix_lm | text | prefix_lm {text} | the continuation | chrf, bleu | most frequent of the task |
+| detection | boxes [n][4], labels [n] | detection {objects} | `<loc>` boxes with labels | detection_f1 | most frequent, per language |
+| referring | box [4], expression | referring {expression} | `<loc>` box with the expression | referring_accuracy, mean_iou | most frequent, per language |
 
 Readers: `palimix.prompts` (which template kinds exist and their placeholders),
 `palimix.preprocessors.prompts.build_example` (fields, references, target, prompt
@@ -36,6 +38,7 @@ from palimix.errors import UsageError, close_matches_hint
 from palimix.metrics.anls import anls
 from palimix.metrics.bleu import bleu
 from palimix.metrics.cider import cider
+from palimix.metrics.detection import detection_f1, referring_accuracy
 from palimix.metrics.rouge import rouge_l
 from palimix.metrics.text import accuracy, chrf, exact_match, sacrebleu_bleu
 from palimix.metrics.vqa import vqa_accuracy
@@ -78,6 +81,7 @@ class Kind:
     metrics: tuple[Metric, ...] = ()  # Primary metric's function first.
     primary_metric: str = ""  # The key reports show first.
     baseline: str = MOST_FREQUENT_PER_LANGUAGE
+    tokensets: tuple[str, ...] = ()  # palimix.vocab tokensets whose tokens must each be one id.
 
     def template_kind(self, options: Mapping[str, Any]) -> str:
         """The prompt template kind for these options: classification lists its
@@ -119,6 +123,18 @@ def _prefix_lm(dataset, segmentation, options):
     from palimix.preprocessors import text
 
     return text.prefix_lm_split(dataset, segmentation=segmentation, max_target_units=options["max_target_units"])
+
+
+def _detection_stage(dataset, segmentation, options):
+    from palimix import boxes
+
+    return boxes.detection_targets(dataset)
+
+
+def _referring_stage(dataset, segmentation, options):
+    from palimix import boxes
+
+    return boxes.referring_targets(dataset)
 
 
 def _translation_options(group, options, source, codes):
@@ -189,6 +205,19 @@ _KINDS = (
          # A continuation has many right answers: score overlap, not identity.
          metrics=(Metric(chrf, True), Metric(sacrebleu_bleu, True)), primary_metric="chrf",
          baseline=MOST_FREQUENT_OF_TASK),
+    # PaliGemma's box text (palimix.boxes), made by the text stage from the record's
+    # boxes: `targets`, and for detection the classes asked for (`objects`, "cat ; dog").
+    # The vocabulary must hold each <loc> token as one id (checked by add_task).
+    Kind("detection", fields=("boxes", "labels"), references="targets", many_references=False, target=FIRST,
+         templates={"detection": ("objects",)}, prompt_fields={"objects": "objects"},
+         text_stage=_detection_stage, tokensets=("loc",),
+         metrics=(Metric(detection_f1),), primary_metric="detection_f1"),
+    # RefCOCO-style: one box per expression, written as detection writes one object
+    # labelled with the expression (what PaliGemma answers to "detect <expression>").
+    Kind("referring", fields=("box", "expression"), references="targets", many_references=False, target=FIRST,
+         templates={"referring": ("expression",)}, prompt_fields={"expression": "expression"},
+         required_text=("expression",), text_stage=_referring_stage, tokensets=("loc",),
+         metrics=(Metric(referring_accuracy),), primary_metric="referring_accuracy"),
 )
 KINDS: dict[str, Kind] = {kind.name: kind for kind in _KINDS}
 NAMES: tuple[str, ...] = tuple(KINDS)
@@ -214,3 +243,21 @@ def kind_options(kind: Kind, group: str, given: Mapping[str, Any]) -> dict[str, 
         raise UsageError(f"{group}: {unknown} {'is not an option' if len(unknown) == 1 else 'are not options'} "
                          f"of {kind.name} tasks (their options: {known}).")
     return {**kind.options, **given}
+
+
+def check_vocabulary(kind: Kind, vocabulary, group: str) -> None:
+    """UsageError unless `vocabulary` encodes every token of the kind's tokensets as one
+    id: a <loc> token spelled as several pieces would make box targets long and the
+    coordinates unlearnable as classes."""
+    if not kind.tokensets:
+        return
+    from palimix import vocab
+
+    for name in kind.tokensets:
+        split = [t for t in vocab.TOKENSETS[name] if len(vocabulary.encode(t)) != 1]
+        if split:
+            raise UsageError(
+                f"{group}: {kind.name} tasks need a vocabulary with the {name!r} tokens as single ids, and "
+                f"{getattr(vocabulary, 'sentencepiece_model_file', vocabulary)!r} splits {len(split)} of them "
+                f"(e.g. {split[0]}); pass vocabulary=palimix.vocab.default_vocabulary(tokensets=({name!r},)) "
+                f"or palimix.vocab.paligemma_vocabulary(...).")

@@ -108,7 +108,7 @@ def add_task(
     Args:
       name: the task group's name (the mixture's name, and the tasks' prefix).
       kind: a kind of `palimix.kinds` (caption, vqa, ocr, classification,
-        translation, span_corruption, prefix_lm).
+        translation, span_corruption, prefix_lm, detection, referring).
       source: a seqio DataSource yielding palimix records (`palimix.sources`): one
         with `for_language(code)` (each task reads its language), a dict
         {language: source}, or any source when `languages` has one language.
@@ -120,7 +120,8 @@ def add_task(
         (`palimix.kinds`); [] for none. A multilingual task scores each language on
         its own with them (keys `<metric>/<language>` and `<metric>/macro`).
       overwrite: replace tasks and the mixture registered under these names before.
-      vocabulary: the text vocabulary; default palimix's.
+      vocabulary: the text vocabulary; default palimix's. detection and referring
+        need one with the <loc> tokens (`palimix.vocab.default_vocabulary(tokensets=("loc",))`).
       images: whether records carry images to decode. Default: the kind's (yes for
         caption, vqa, ocr, classification and prefix_lm; a blank image for
         translation and span_corruption).
@@ -149,6 +150,7 @@ def add_task(
     options = kinds.kind_options(entry, name, options)
     plan = _plan(settings, source, options, per_language)
     output_features = features.output_features(image_size, vocabulary)
+    kinds.check_vocabulary(entry, output_features["targets"].vocabulary, name)  # <loc> tokens for boxes.
     built = [_build_task(settings, spec, output_features) for spec in plan]
     replaced = _names_to_replace(name, [task.name for task, _ in built], overwrite)
     return _register(name, built, replaced,
