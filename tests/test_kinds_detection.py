@@ -3,7 +3,6 @@ JSON Lines file with real PNG images, their metrics on hand-computed cases, and 
 vocabulary check."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from PIL import Image
 
 from palimix import boxes, kinds, vocab
 from palimix.errors import UsageError
+from tests.vocab_cache import vocab_cache_dir  # noqa: F401 (a fixture)
 from palimix.metrics.detection import detection_f1, referring_accuracy
 from palimix.tasks import add_task, remove
 
@@ -130,18 +130,7 @@ def test_kind_entries_name_their_metrics():
 # --- tasks from a JSON Lines file with real images ------------------------------------
 
 
-@pytest.fixture(autouse=True, scope="module")
-def cache_dir(tmp_path_factory):
-    """The vocabulary with <loc> tokens is written to a temporary cache, not ~/.cache."""
-    old = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
-    vocab._with_tokensets.cache_clear()
-    yield
-    vocab._with_tokensets.cache_clear()
-    if old is None:
-        del os.environ["XDG_CACHE_HOME"]
-    else:
-        os.environ["XDG_CACHE_HOME"] = old
+pytestmark = pytest.mark.usefixtures("vocab_cache_dir")  # derived models in a temporary cache
 
 
 @pytest.fixture(scope="module")

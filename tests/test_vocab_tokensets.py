@@ -5,7 +5,6 @@ Gemma's SentencePiece cannot be downloaded here: a stand-in is the shipped model
 Gemma's special ids and a few <loc> pieces already inside (as big_vision's files may
 have them), which must keep their ids."""
 
-import os
 import pathlib
 
 import gin
@@ -14,22 +13,12 @@ from sentencepiece import sentencepiece_model_pb2
 
 from palimix import vocab
 from palimix.errors import UsageError
+from tests.vocab_cache import vocab_cache_dir  # noqa: F401 (a fixture)
 
 SHIPPED_PIECES = 8092
 
 
-@pytest.fixture(autouse=True, scope="module")
-def cache_dir(tmp_path_factory):
-    """The derived models go to a temporary cache, not the user's ~/.cache."""
-    old = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
-    vocab._with_tokensets.cache_clear()
-    yield
-    vocab._with_tokensets.cache_clear()
-    if old is None:
-        del os.environ["XDG_CACHE_HOME"]
-    else:
-        os.environ["XDG_CACHE_HOME"] = old
+pytestmark = pytest.mark.usefixtures("vocab_cache_dir")  # derived models in a temporary cache
 
 
 @pytest.fixture(scope="module")
