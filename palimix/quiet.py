@@ -58,6 +58,9 @@ LOG_RECORDS = (
     ("seqio/evaluation.py", "Given sequence lengths are longer than necessary"),
     # palimix writes evaluation metrics itself.
     ("seqio/evaluation.py", "'logger_cls' is empty"),
+    # gin tries each search path in turn (the current folder, then palimix's gin folder)
+    # and logs every miss; a file found on none is an error palimix reports itself.
+    ("gin/resource_reader.py", "Path not found"),
 )
 
 
@@ -77,7 +80,9 @@ def quiet_libraries() -> None:
         import tensorflow as tf
 
         tf.config.list_physical_devices()  # Probes CUDA now, inside this window.
-    logging.getLogger("absl").addFilter(_keep_log_record)
+    # absl's logger (orbax, seqio) and the root logger (gin logs with logging.error).
+    for logger in (logging.getLogger("absl"), logging.getLogger()):
+        logger.addFilter(_keep_log_record)
 
 
 @contextlib.contextmanager

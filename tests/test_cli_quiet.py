@@ -27,6 +27,13 @@ def test_stats_of_the_demo_mixture_shows_no_library_noise():
     assert noise_lines(out.stderr) == []
 
 
+def test_train_reading_gin_files_shows_no_library_noise(tmp_path):
+    out = _palimix("train", "palimix_demo_ocr", "--steps", "1", "--model_dir", str(tmp_path / "run"),
+                   "--gin_file", "sizes/tiny.gin", "--no_progress")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert noise_lines(out.stderr) == []
+
+
 @pytest.mark.parametrize("how", ["--verbose", "PALIMIX_VERBOSE=1"])
 def test_verbose_shows_the_library_lines(how):
     args, env = (["--verbose"], {}) if how == "--verbose" else ([], {quiet.VERBOSE_ENV: "1"})
