@@ -19,7 +19,7 @@ Readers: `palimix.prompts` (which template kinds exist and their placeholders),
 `palimix.preprocessors.prompts.build_example` (fields, references, target, prompt
 fields, text preprocessing), `palimix.tasks.registry.add_task` (per-kind options,
 whether records carry images, metrics), `palimix.runner.demo` (baselines) and
-reports (`primary_metric`). A new kind (detection, text-to-image) is a new entry.
+reports (`primary_metric`). A new kind (text-to-image next; detection and referring were added so) is a new entry.
 
 This module imports no TensorFlow and no model code: the listing commands and the
 prompt module read it; the text preprocessing adapters import TensorFlow when a task
