@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from palimix.models import configs, decoding, losses, networks, pali, paligemma
+from palimix.models import configs, decoding, losses, networks, pali
 
 
 def make_batch(config, batch_size, input_length, target_length, seed=0):
@@ -68,7 +68,7 @@ def alternate(fns: dict, reps: int) -> dict:
 def train_steps(config, batch):
     """Jitted Adam steps: fused PaLI, text only (N_img + L prompt tokens), ViT only."""
     model = pali.Pali(config)
-    params = pali.init_params(config, jax.random.PRNGKey(0))
+    params = networks.init_params(config, jax.random.PRNGKey(0))
     optimizer = optax.adam(1e-3)
 
     def make_step(loss_fn, params, batch):
@@ -133,7 +133,7 @@ def decode_results(reps) -> dict:
     for image_size, use_cache in ((64, True), (256, True), (256, False)):
         config = configs.get("tiny", image_size=image_size)
         model = pali.Pali(config)
-        params = pali.init_params(config, jax.random.PRNGKey(0))
+        params = networks.init_params(config, jax.random.PRNGKey(0))
         prompt = {k: v for k, v in make_batch(config, 8, 16, 1).items() if k.startswith("encoder_")}
         decode = jax.jit(functools.partial(decoding.generate_from, model, eos_id=None))
         key = f"{config.num_image_tokens}_{'cached' if use_cache else 'uncached'}"
@@ -179,7 +179,7 @@ def decoder_decode_results(reps) -> dict:
     for image_size in (64, 256):
         config = configs.get("tiny_decoder", image_size=image_size)
         model = networks.build(config)
-        params = paligemma.init_params(config, jax.random.PRNGKey(0))
+        params = networks.init_params(config, jax.random.PRNGKey(0))
         prompt = decoder_prompt(config, 8, 16)
         decode = jax.jit(functools.partial(decoding.generate_from, model, eos_id=None))
         for length in (short, long_):

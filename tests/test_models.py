@@ -35,7 +35,7 @@ def make_batch(config, seed=0, batch_size=B):
 @pytest.fixture(scope="module")
 def tiny():
     config = configs.get("tiny", vocab_size=VOCAB)
-    variables = pali.init_variables(config, jax.random.PRNGKey(0))
+    variables = networks.init_variables(config, jax.random.PRNGKey(0))
     return config, pali.Pali(config), variables["params"], variables["params_axes"]
 
 
@@ -159,9 +159,9 @@ def _names(tree):
 
 def test_same_seed_same_parameters_and_outputs(tiny):
     config, model, params, _ = tiny
-    again = pali.init_params(config, jax.random.PRNGKey(0))
+    again = networks.init_params(config, jax.random.PRNGKey(0))
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(again)))
-    other = pali.init_params(config, jax.random.PRNGKey(1))
+    other = networks.init_params(config, jax.random.PRNGKey(1))
     assert not np.array_equal(other["img_proj"]["kernel"], params["img_proj"]["kernel"])
     batch = make_batch(config)
     a, b = (jitted(model, "logits")(params, batch) for _ in range(2))

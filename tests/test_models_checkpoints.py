@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from palimix.models import checkpoints, configs, pali, vit
+from palimix.models import checkpoints, configs, networks, pali, vit
 from palimix.models.checkpoints import CheckpointMismatchError
 
 VOCAB = 96
@@ -85,7 +85,7 @@ def _flat(tree, prefix=""):
 @pytest.fixture(scope="module")
 def tiny():
     config = configs.get("tiny", vocab_size=VOCAB)
-    return config, pali.Pali(config), pali.init_params(config, jax.random.PRNGKey(0))
+    return config, pali.Pali(config), networks.init_params(config, jax.random.PRNGKey(0))
 
 
 def _vit_tokens(config, params, images):

@@ -44,7 +44,7 @@ def answer_weights(batch):
 @functools.lru_cache(maxsize=None)
 def network(**overrides):
     config = configs.get("tiny_decoder", vocab_size=VOCAB, **overrides)
-    return paligemma.PaliGemma(config), paligemma.init_variables(config, jax.random.PRNGKey(0))
+    return paligemma.PaliGemma(config), networks.init_variables(config, jax.random.PRNGKey(0))
 
 
 @functools.lru_cache(maxsize=None)

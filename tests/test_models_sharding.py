@@ -13,13 +13,13 @@ SCRIPT = textwrap.dedent(
     """
     import json
     import jax, jax.numpy as jnp, numpy as np
-    from palimix.models import configs, losses, pali, partitioning
+    from palimix.models import configs, losses, networks, pali, partitioning
 
     assert jax.device_count() == 8, jax.devices()
     # The tiny model with one layer per stack: the same code paths, half the compile time.
     config = configs.get("tiny", vocab_size=64, vit_depth=1, text_num_encoder_layers=1, text_num_decoder_layers=1)
     model = pali.Pali(config)
-    variables = pali.init_variables(config, jax.random.PRNGKey(0))
+    variables = networks.init_variables(config, jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
     B, L, T = 8, 6, 6
     targets = jnp.asarray(rng.integers(1, 64, (B, T)), jnp.int32)

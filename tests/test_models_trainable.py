@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from palimix.errors import UsageError
-from palimix.models import configs, pali, trainable
+from palimix.models import configs, networks, trainable
 
 
 @pytest.fixture(scope="module")
 def params():
-    return jax.eval_shape(lambda: pali.init_params(configs.get("tiny"), jax.random.PRNGKey(0)))
+    return jax.eval_shape(lambda: networks.init_params(configs.get("tiny"), jax.random.PRNGKey(0)))
 
 
 def test_default_trains_everything(params):
@@ -44,7 +44,7 @@ def test_patterns_match_whole_names(params):
 
 
 def test_split_and_merge_round_trip(params):
-    real = pali.init_params(configs.get("tiny"), jax.random.PRNGKey(0))
+    real = networks.init_params(configs.get("tiny"), jax.random.PRNGKey(0))
     mask = trainable.ParamSelection(frozen=["img/.*"]).mask(real)
     train_part, frozen_part = trainable.split(real, mask)
     assert set(train_part) == {"img_proj", "token_embedder", "encoder", "decoder"}

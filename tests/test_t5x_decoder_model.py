@@ -14,7 +14,7 @@ from flax.linen import partitioning as flax_partitioning  # noqa: E402
 from jax.sharding import PartitionSpec  # noqa: E402
 from t5x import adafactor, decoding  # noqa: E402
 
-from palimix.models import configs, paligemma, partitioning, t5x_decoder_model, t5x_model  # noqa: E402
+from palimix.models import configs, networks, paligemma, partitioning, t5x_decoder_model, t5x_model  # noqa: E402
 from palimix.models.feature_converter import PaliDecoderFeatureConverter  # noqa: E402
 
 pytestmark = pytest.mark.t5x
@@ -182,7 +182,7 @@ def test_rules_cover_every_logical_axis(name):
     # tiny_decoder has grouped-query attention (q_einsum + kv_einsum); so has
     # paligemma_3b (multi-query). Shapes only: nothing is allocated.
     config = configs.get(name)
-    axes = jax.eval_shape(lambda: paligemma.init_variables(config, jax.random.PRNGKey(0)))["params_axes"]
+    axes = jax.eval_shape(lambda: networks.init_variables(config, jax.random.PRNGKey(0)))["params_axes"]
     specs = partitioning.logical_specs(axes)
     names = {name for spec in jax.tree_util.tree_leaves(specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
              for name in spec}

@@ -12,7 +12,7 @@ import seqio  # noqa: E402
 from flax.linen import partitioning as flax_partitioning  # noqa: E402
 from t5x import adafactor, decoding, partitioning, utils  # noqa: E402
 
-from palimix.models import configs, pali, t5x_model  # noqa: E402
+from palimix.models import configs, networks, pali, t5x_model  # noqa: E402
 
 pytestmark = pytest.mark.t5x
 
@@ -146,7 +146,7 @@ def _axis_names(params_axes):
 def test_rules_cover_every_logical_axis():
     # Every size uses the same modules, hence the same axis names as tiny.
     config = configs.get("tiny")
-    axes = jax.eval_shape(lambda: pali.init_variables(config, jax.random.PRNGKey(0)))["params_axes"]
+    axes = jax.eval_shape(lambda: networks.init_variables(config, jax.random.PRNGKey(0)))["params_axes"]
     names = _axis_names(axes)
     assert {"vit_embed", "vit_mlp", "embed", "vocab"} <= names
     mesh_rules = dict(t5x_model.pali_logical_axis_rules())

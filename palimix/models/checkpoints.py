@@ -1,6 +1,6 @@
 """Loading pretrained towers: big_vision ViTs, t5x mT5s, big_vision PaliGemma and Gemma.
 
-    params = pali.init_params(config, rng)
+    params = networks.init_params(config, rng)
     params = checkpoints.load_vit("siglip_so400m14_224.npz:img", params)
     params = checkpoints.load_mt5("mt5_base/checkpoint_1000000", params)
 

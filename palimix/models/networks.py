@@ -19,13 +19,15 @@ bridge) gets its entry in `build`, `dummy_batch`, `count_params` and
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 
 from palimix.models import configs, pali, paligemma
 
 # Per network config type: its flax module, and the module holding its `dummy_batch`
-# and `init_params` helpers.
+# helper.
 _NETWORKS = {
     configs.PaliConfig: (pali.Pali, pali),
     configs.PaliGemmaConfig: (paligemma.PaliGemma, paligemma),
@@ -70,6 +72,29 @@ def feature_converter(config, pack: bool = False):
     return by_family[configs.family_of(config)](pack=pack)
 
 
+def init_variables(config, rng, batch_size: int = 1, input_length: int = 8, target_length: int = 8):
+    """`{'params': ..., 'params_axes': ...}` of `config`'s network (params_axes holds the
+    logical axis names). Jitted and cached per config: initialising op by op is much
+    slower on CPU."""
+    return _jitted_init(config, batch_size, input_length, target_length)(rng)
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_init(config, batch_size: int, input_length: int, target_length: int):
+    network = build(config)
+    lengths = {"inputs": input_length, "targets": target_length}
+
+    def init(rng):
+        batch = dummy_batch(config, batch_size, lengths)
+        return network.init({"params": rng, "dropout": rng}, *inputs(network, batch), enable_dropout=False)
+
+    return jax.jit(init)
+
+
+def init_params(config, rng):
+    return init_variables(config, rng)["params"]
+
+
 def count_params(name_or_config, **overrides) -> dict:
     """Parameter counts of the real module, from `jax.eval_shape` (nothing is allocated).
 
@@ -78,8 +103,7 @@ def count_params(name_or_config, **overrides) -> dict:
     keeps inside `img` as `img/head`).
     """
     config = configs.get(name_or_config, **overrides) if isinstance(name_or_config, str) else name_or_config
-    _, helpers = _network_entry(config)
-    shapes = jax.eval_shape(lambda: helpers.init_params(config, jax.random.PRNGKey(0)))
+    shapes = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
     size = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))  # noqa: E731
     image = dict(shapes.get("img", {}))
     proj = size(shapes.get("img_proj", {})) + size(image.pop("head", {}))

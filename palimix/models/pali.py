@@ -17,7 +17,6 @@ Top-level parameters: `img/...` (big_vision ViT names), `img_proj/{kernel,bias}`
 
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import flax.linen as nn
@@ -148,29 +147,6 @@ def dummy_batch(config: PaliConfig, batch_size: int = 1, input_length: int = 8, 
         decoder_input_tokens=tokens(target_length),
         decoder_target_tokens=tokens(target_length),
     )
-
-
-def init_variables(config: PaliConfig, rng, batch_size: int = 1, input_length: int = 8, target_length: int = 8):
-    """`{'params': ..., 'params_axes': ...}` (params_axes holds the logical axis names).
-
-    Jitted and cached per config: initialising op by op is much slower on CPU.
-    """
-    return _jitted_init(config, batch_size, input_length, target_length)(rng)
-
-
-@functools.lru_cache(maxsize=16)
-def _jitted_init(config: PaliConfig, batch_size: int, input_length: int, target_length: int):
-    model = Pali(config)
-
-    def init(rng):
-        batch = dummy_batch(config, batch_size, input_length, target_length)
-        return model.init({"params": rng, "dropout": rng}, **batch, enable_dropout=False)
-
-    return jax.jit(init)
-
-
-def init_params(config: PaliConfig, rng):
-    return init_variables(config, rng)["params"]
 
 
 def shift_right(targets):

@@ -27,10 +27,8 @@ its own prompt (left-aligned, no padding in between).
 
 from __future__ import annotations
 
-import functools
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from palimix.models import gemma, layers, vit
@@ -168,24 +166,3 @@ def dummy_batch(config: PaliGemmaConfig, batch_size: int = 1, input_length: int 
         decoder_target_tokens=jnp.ones((batch_size, length), jnp.int32),
         decoder_causal_attention=jnp.broadcast_to(prefix, (batch_size, length)).astype(jnp.int32),
     )
-
-
-def init_variables(config: PaliGemmaConfig, rng, batch_size: int = 1, input_length: int = 8,
-                   target_length: int = 8):
-    """`{'params': ..., 'params_axes': ...}`; jitted and cached per config."""
-    return _jitted_init(config, batch_size, input_length, target_length)(rng)
-
-
-@functools.lru_cache(maxsize=16)
-def _jitted_init(config: PaliGemmaConfig, batch_size: int, input_length: int, target_length: int):
-    model = PaliGemma(config)
-
-    def init(rng):
-        batch = dummy_batch(config, batch_size, input_length, target_length)
-        return model.init({"params": rng, "dropout": rng}, **batch, enable_dropout=False)
-
-    return jax.jit(init)
-
-
-def init_params(config: PaliGemmaConfig, rng):
-    return init_variables(config, rng)["params"]
