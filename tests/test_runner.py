@@ -23,7 +23,8 @@ def _converter():
 
 @pytest.fixture(scope="module", autouse=True)
 def _environment(tmp_path_factory):
-    os.environ["PALIMIX_RUNNER_FIXTURE_DIR"] = str(tmp_path_factory.mktemp("fixture_images"))
+    # Once per process: the fixture module writes its images on first import, there.
+    os.environ.setdefault("PALIMIX_RUNNER_FIXTURE_DIR", str(tmp_path_factory.mktemp("fixture_images")))
     os.environ["PALIMIX_COMPILATION_CACHE"] = str(tmp_path_factory.mktemp("jax_cache"))
     import tests.runner_fixture_tasks  # noqa: F401  (registers runner_fixture_colors)
 
