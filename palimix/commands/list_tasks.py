@@ -72,9 +72,9 @@ def run(args) -> int:
     load_registrations(args)
     language = languages.normalize(args.language) if args.language else None
     if args.kind:
-        from palimix.preprocessors.prompts import check_kind
+        from palimix import kinds
 
-        check_kind(args.kind)
+        kinds.get(args.kind)  # An unknown kind is a UsageError naming the kinds.
     names = sorted(seqio.TaskRegistry.names()) if args.tasks else sorted(seqio.MixtureRegistry.names())
     rows = []
     for name in names:

@@ -43,11 +43,6 @@ from palimix.preprocessors.text import _no_autograph
 EXAMPLE_KEYS = ("inputs", "targets", "references", "language", "kind", "id")
 
 
-def check_kind(kind: str) -> str:
-    """`kind` if palimix.kinds has it, else a UsageError naming the kinds."""
-    return kinds_lib.get(kind).name
-
-
 def most_frequent(values: tf.Tensor) -> tf.Tensor:
     """The most frequent string of a 1-D tensor (the earliest of equally frequent ones);
     "" for none."""
