@@ -57,6 +57,8 @@ EXTRAS_REQUIRE = {
         "pytest-xdist>=3",
         # Reference implementation that the caption metrics are checked against.
         "pycocoevalcap>=1.2",
+        # Reference implementation that detection mAP is checked against (COCOeval).
+        "pycocotools>=2.0",
     ],
     # T5X is not on PyPI: install it from its repository. (CI here installs the
     # prebuilt wheels from ../shared/wheels instead, see .ci/run.)

@@ -12,7 +12,7 @@ example and how its predictions are scored:
 | translation | text, answers [n] | translation {source} {text} | sampled | bleu, chrf | the source copied |
 | span_corruption | text | span_corruption {text} | the masked spans | exact_match | most frequent of the task |
 | prefix_lm | text | prefix_lm {text} | the continuation | chrf, bleu | most frequent of the task |
-| detection | boxes [n][4], labels [n] | detection {objects} | `<loc>` boxes with labels | detection_f1 | most frequent, per language |
+| detection | boxes [n][4], labels [n] | detection {objects} | `<loc>` boxes with labels | detection_f1, detection_map50 | most frequent, per language |
 | referring | box [4], expression | referring {expression} | `<loc>` box with the expression | referring_accuracy, mean_iou | most frequent, per language |
 
 Readers: `palimix.prompts` (which template kinds exist and their placeholders),
@@ -38,7 +38,7 @@ from palimix.errors import UsageError, close_matches_hint
 from palimix.metrics.anls import anls
 from palimix.metrics.bleu import bleu
 from palimix.metrics.cider import cider
-from palimix.metrics.detection import detection_f1, referring_accuracy
+from palimix.metrics.detection import detection_f1, detection_map, referring_accuracy
 from palimix.metrics.rouge import rouge_l
 from palimix.metrics.text import accuracy, chrf, exact_match, sacrebleu_bleu
 from palimix.metrics.vqa import vqa_accuracy
@@ -211,7 +211,7 @@ _KINDS = (
     Kind("detection", fields=("boxes", "labels"), references="targets", many_references=False, target=FIRST,
          templates={"detection": ("objects",)}, prompt_fields={"objects": "objects"},
          text_stage=_detection_stage, tokensets=("loc",),
-         metrics=(Metric(detection_f1),), primary_metric="detection_f1"),
+         metrics=(Metric(detection_f1), Metric(detection_map)), primary_metric="detection_f1"),
     # RefCOCO-style: one box per expression, written as detection writes one object
     # labelled with the expression (what PaliGemma answers to "detect <expression>").
     Kind("referring", fields=("box", "expression"), references="targets", many_references=False, target=FIRST,

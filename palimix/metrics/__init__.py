@@ -15,6 +15,7 @@ the language (`palimix.metrics.tokenize.tokenize(text, language, tokenizer)`).
 | `exact_match`, `accuracy`, `relaxed_accuracy` | one key each | their definitions |
 | `sacrebleu_bleu`, `chrf` | bleu, chrf | sacrebleu (chrF++) |
 | `detection_f1` | detection_f1, _precision, _recall | boxes at IoU >= 0.5 per label, one to one |
+| `detection_map` | detection_map50 | pycocotools COCOeval AP at IoU 0.5 (boxes ranked by output position) |
 | `referring_accuracy` | referring_accuracy, mean_iou | RefCOCO accuracy at IoU >= 0.5 |
 
 Which functions a task of each kind reports, and the key to show first, are in the
@@ -28,7 +29,7 @@ from palimix.metrics.aggregate import LanguageReport, summarize
 from palimix.metrics.anls import anls
 from palimix.metrics.bleu import bleu
 from palimix.metrics.cider import cider
-from palimix.metrics.detection import detection_f1, referring_accuracy
+from palimix.metrics.detection import detection_f1, detection_map, referring_accuracy
 from palimix.metrics.rouge import rouge_l
 from palimix.metrics.text import accuracy, chrf, exact_match, relaxed_accuracy, sacrebleu_bleu
 from palimix.metrics.vqa import normalize_answer, vqa_accuracy
@@ -41,6 +42,7 @@ __all__ = [
     "chrf",
     "cider",
     "detection_f1",
+    "detection_map",
     "exact_match",
     "normalize_answer",
     "referring_accuracy",

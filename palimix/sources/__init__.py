@@ -12,6 +12,8 @@ Every source yields raw records with these keys (the contract with `palimix.task
 | `question`, `answers` | string, string [n] | VQA sources (Vqav2, TextVqa, Gqa, Xgqa) |
 | `label` | string | classification (ImageFolder) |
 | `text` | string | OCR text (JsonLines, WebDataset, Tfds mappings) |
+| `boxes`, `labels` | float32 [n, 4], string [n] | detection: boxes [y_min, x_min, y_max, x_max] in 0..1 and their class names (CocoDetection, JsonLines) |
+| `box`, `expression` | float32 [4], string | referring expressions: one box and the sentence naming it (RefCoco, JsonLines) |
 
 Each source knows its `splits` and `num_input_examples(split)` (mixture rates), reads
 in a deterministic order (`shuffle=False`; a seed makes shuffling reproducible),
@@ -35,25 +37,29 @@ Single-split readers name their split with `split=`; `Splits` combines them:
     xm3600_de = sources.Xm3600("captions.jsonl", "images").for_language("de")
 """
 
-from palimix.sources.base import KIND_FIELDS, LIST_FIELDS, MissingFileError, RecordSource, Splits
-from palimix.sources.coco import CocoCaptions
+from palimix.sources.base import BOX_FIELDS, KIND_FIELDS, LIST_FIELDS, MissingFileError, RecordSource, Splits
+from palimix.sources.coco import CocoCaptions, CocoDetection
 from palimix.sources.folder import ImageFolder, read_label_table
 from palimix.sources.gqa import Gqa, Xgqa
 from palimix.sources.jsonl import JsonLines
+from palimix.sources.refcoco import RefCoco
 from palimix.sources.tfds import Tfds
 from palimix.sources.vqa import TextVqa, Vqav2
 from palimix.sources.webdataset import WebDataset, expand_shards
 from palimix.sources.xm3600 import Xm3600
 
 __all__ = [
+    "BOX_FIELDS",
     "KIND_FIELDS",
     "LIST_FIELDS",
     "CocoCaptions",
+    "CocoDetection",
     "Gqa",
     "ImageFolder",
     "JsonLines",
     "MissingFileError",
     "RecordSource",
+    "RefCoco",
     "Splits",
     "Tfds",
     "TextVqa",

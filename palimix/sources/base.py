@@ -23,9 +23,14 @@ from palimix import languages
 from palimix.errors import PalimixError, UsageError
 
 # Kind-specific fields a source may yield: lists of strings, or single strings.
-LIST_FIELDS = ("captions", "answers")
-STRING_FIELDS = ("question", "text", "label")
-KIND_FIELDS = LIST_FIELDS + STRING_FIELDS
+LIST_FIELDS = ("captions", "answers", "labels")
+STRING_FIELDS = ("question", "text", "label", "expression")
+TEXT_FIELDS = LIST_FIELDS + STRING_FIELDS
+# Box fields ([y_min, x_min, y_max, x_max] in 0..1, palimix.boxes): `boxes` a list of
+# boxes (float32 [n, 4] per record, with `labels`), `box` exactly one (float32 [4]).
+BOXES_FIELD, BOX_FIELD = "boxes", "box"
+BOX_FIELDS = (BOXES_FIELD, BOX_FIELD)
+KIND_FIELDS = TEXT_FIELDS + BOX_FIELDS
 # Keys every record has.
 COMMON_KEYS = ("id", "image/encoded", "image/path", "language")
 
@@ -72,11 +77,17 @@ def normalizer(where: str):
     return normalize
 
 
-def check_fields(fields: Iterable[str]) -> tuple[str, ...]:
+def check_fields(fields: Iterable[str], known: Sequence[str] = KIND_FIELDS) -> tuple[str, ...]:
+    """`fields` as a tuple; UsageError for one not in `known` (sources that read only
+    text pass TEXT_FIELDS, and a box field gets its own message)."""
     fields = tuple(fields)
-    unknown = [f for f in fields if f not in KIND_FIELDS]
+    boxes = [f for f in fields if f in BOX_FIELDS and f not in known]
+    if boxes:
+        raise UsageError(f"This source reads text fields only, not {boxes}; box fields come from JsonLines, "
+                         f"CocoDetection and RefCoco.")
+    unknown = [f for f in fields if f not in known]
     if unknown:
-        raise UsageError(f"Unknown record field(s) {unknown}; sources yield {', '.join(KIND_FIELDS)}.")
+        raise UsageError(f"Unknown record field(s) {unknown}; sources yield {', '.join(known)}.")
     return fields
 
 
@@ -91,6 +102,16 @@ def as_strings(value) -> list[str]:
 
 def as_string(value) -> str:
     return "" if value is None else str(value)
+
+
+def _box_column(records: Sequence[Mapping], key: str) -> tf.Tensor | tf.RaggedTensor:
+    """A box field as a column: `boxes` ragged float32 [records, (n), 4], `box` float32 [records, 4]."""
+    if key == BOX_FIELD:
+        return tf.constant([r[key] for r in records], tf.float32, shape=[len(records), 4])
+    values = [box for r in records for box in r[key]]
+    lengths = [len(r[key]) for r in records]
+    return tf.RaggedTensor.from_row_lengths(tf.constant(values, tf.float32, shape=[len(values), 4]),
+                                            tf.constant(lengths, tf.int64, shape=[len(lengths)]))
 
 
 def _read_file(path: bytes):
@@ -142,7 +163,9 @@ def records_dataset(records: Sequence[Mapping], fields: Sequence[str], exists: S
 
     columns = {key: column(key) for key in ("id", "image/path", "language")}
     for key in fields:
-        if key in LIST_FIELDS:
+        if key in BOX_FIELDS:
+            columns[key] = _box_column(records, key)
+        elif key in LIST_FIELDS:
             values = [v for r in records for v in r[key]]
             lengths = [len(r[key]) for r in records]
             columns[key] = tf.RaggedTensor.from_row_lengths(

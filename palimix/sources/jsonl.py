@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 import tensorflow as tf
 
+from palimix import boxes as box_text
 from palimix.sources import base
 
 # Output keys other than the kind fields that `fields` may rename.
@@ -16,7 +17,13 @@ _SPECIAL = ("id", "image", "language")
 class JsonLines(base.RecordSource):
     """Examples from a .jsonl file: `{"id": ..., "image": "relative/path.jpg",
     "language": "de", "captions": [...]}` per line (any of the kind fields
-    captions, answers, question, text, label).
+    captions, answers, question, text, label, labels, expression, boxes, box).
+
+    Boxes are `[y_min, x_min, y_max, x_max]` in 0..1 (palimix.boxes): detection
+    lines have `"boxes": [[...], ...]` with as many `"labels"`, referring lines one
+    `"box": [...]` and an `"expression"`. A box that is not four numbers, lies
+    outside 0..1 (pixels?) or has a minimum above its maximum, and a boxes/labels
+    count mismatch, are UsageErrors naming the file and line when the file is read.
 
     `fields` maps palimix's names to the file's keys where they differ, e.g.
     `{"image": "file_name", "captions": "sentences", "id": "image_id"}`. Without
@@ -81,7 +88,41 @@ class JsonLines(base.RecordSource):
                 "language": language,
             }
             for key in self.fields:
-                value = entry.get(m[key])
-                record[key] = base.as_strings(value) if key in base.LIST_FIELDS else base.as_string(value)
+                record[key] = self._value(key, entry.get(m[key]), f"{self.path}:{number}")
+            if base.BOXES_FIELD in self.fields and "labels" in self.fields:
+                _check_counts(record, f"{self.path}:{number}")
             records.append(record)
         return records
+
+    def _value(self, key: str, value, where: str):
+        """A line's value for `key`, checked when it is a box field."""
+        if key == base.BOXES_FIELD:
+            return _boxes(value, f"{where}: {self.mapping[key]!r}")
+        if key == base.BOX_FIELD:
+            return _box(value, f"{where}: {self.mapping[key]!r}")
+        return base.as_strings(value) if key in base.LIST_FIELDS else base.as_string(value)
+
+
+def _box(value, where: str) -> list[float]:
+    """One [y_min, x_min, y_max, x_max] box in 0..1, checked (palimix.boxes.check_box)."""
+    if not (isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+        raise base.UsageError(f"{where}: {value!r} is not a box [y_min, x_min, y_max, x_max] (four numbers in 0..1).")
+    try:
+        return list(box_text.check_box(value))
+    except box_text.BoxError as e:
+        raise base.UsageError(f"{where}: {e}") from None
+
+
+def _boxes(value, where: str) -> list[list[float]]:
+    """A list of boxes (missing: none)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise base.UsageError(f"{where}: {value!r} is not a list of boxes [[y_min, x_min, y_max, x_max], ...].")
+    return [_box(box, f"{where} box {i}") for i, box in enumerate(value)]
+
+
+def _check_counts(record: dict, where: str) -> None:
+    if len(record[base.BOXES_FIELD]) != len(record["labels"]):
+        raise base.UsageError(f"{where}: {len(record[base.BOXES_FIELD])} boxes but {len(record['labels'])} labels "
+                              f"(one label per box).")

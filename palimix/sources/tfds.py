@@ -57,7 +57,7 @@ class Tfds(seqio.DataSource):
         super().__init__(splits=list(splits), caching_permitted=True)
         self.name = name
         self.mapping = dict(mapping or {"image": "image"})
-        self.fields = base.check_fields(k for k in self.mapping if k not in ("image", "id", "language"))
+        self.fields = base.check_fields((k for k in self.mapping if k not in ("image", "id", "language")), base.TEXT_FIELDS)
         self.language = None if "language" in self.mapping else languages.normalize(language)
         image = self.mapping.get("image")
         decoders = _nested(image, tfds.decode.SkipDecoding()) if image else None

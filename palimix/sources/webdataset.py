@@ -91,7 +91,7 @@ class WebDataset(seqio.DataSource):
         super().__init__(splits=[split], caching_permitted=True)
         self.shards = expand_shards(shards)
         self.mapping = dict(fields or {"captions": ".txt"})
-        self.fields = base.check_fields(k for k in self.mapping if k not in ("id", "language"))
+        self.fields = base.check_fields((k for k in self.mapping if k not in ("id", "language")), base.TEXT_FIELDS)
         self.language = None if "language" in self.mapping else languages.normalize(language)
         self.only_language: str | None = None  # Set by for_language.
         self._normalize = base.normalizer("WebDataset language")
