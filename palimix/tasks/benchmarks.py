@@ -14,8 +14,20 @@ in the layout its release unpacks to; the others are skipped with a log line):
         -> textvqa (en; splits train, validation)
     xgqa/zero_shot/*_<lang>.json, gqa/images/<image_id>.jpg
         -> xgqa (8 languages; split test)
+    coco/annotations/instances_{train,val}2017.json, coco/{train,val}2017/*.jpg
+        -> coco_detection (detection, en; splits train, validation)
+    refcoco/refs(unc).p, refcoco/instances.json, coco/train2014/*.jpg
+        -> refcoco (referring, en; splits train, validation, testA, testB)
+    refcoco+/refs(unc).p, refcoco+/instances.json, coco/train2014/*.jpg
+        -> refcoco_plus (referring, en; splits train, validation, testA, testB)
+    refcocog/refs(umd).p, refcocog/instances.json, coco/train2014/*.jpg
+        -> refcocog (referring, en; UMD splits train, validation, test)
 
-Each benchmark becomes one task per language and a mixture (palimix.tasks.add_task).
+(the RefCOCO folders as the `refer` release unpacks them). Each benchmark becomes one
+task per language and a mixture (palimix.tasks.add_task). The box benchmarks need a
+vocabulary with single-id <loc> tokens: `vocabulary`, or by default
+`palimix.vocab.default_vocabulary(tokensets=("loc",))` (pass that one as `vocabulary`
+to give every benchmark the same vocabulary, so their tasks can share a mixture).
 """
 
 from __future__ import annotations
@@ -26,6 +38,12 @@ import os
 from palimix import features
 
 log = logging.getLogger(__name__)
+
+
+# RefCOCO-style benchmarks: (name, folder under data_dir, release of the refs file).
+REFCOCO = (("refcoco", "refcoco", "unc"), ("refcoco_plus", "refcoco+", "unc"), ("refcocog", "refcocog", "umd"))
+BOX_KINDS = ("detection", "referring")
+BENCHMARKS = ("coco_captions", "xm3600", "vqav2", "textvqa", "xgqa", "coco_detection") + tuple(n for n, _, _ in REFCOCO)
 
 
 def _exists(*paths: str) -> bool:
@@ -48,9 +66,10 @@ def register_benchmarks(
     image_size: int = features.DEFAULT_IMAGE_SIZE,
     prompt_style: str = "pali",
     overwrite: bool = False,
+    vocabulary=None,
 ) -> list[str]:
     """Registers the benchmarks found under `data_dir`; returns their mixture names."""
-    from palimix import languages, sources
+    from palimix import languages, sources, vocab
     from palimix.tasks.registry import add_task
 
     j = lambda *parts: os.path.join(data_dir, *parts)  # noqa: E731
@@ -58,6 +77,10 @@ def register_benchmarks(
     registered = []
 
     def register(name, **kwargs):
+        if kwargs["kind"] in BOX_KINDS:  # <loc> targets: a vocabulary that has them.
+            kwargs["vocabulary"] = vocabulary or vocab.default_vocabulary(tokensets=("loc",))
+        elif vocabulary is not None:
+            kwargs["vocabulary"] = vocabulary
         add_task(name, **kwargs, **common)
         registered.append(name)
 
@@ -98,6 +121,30 @@ def register_benchmarks(
         xgqa = sources.Xgqa(j("xgqa", "zero_shot"), j("gqa", "images"))
         register("xgqa", kind="vqa", source=xgqa, languages=sorted(xgqa.questions))
 
-    skipped = sorted({"coco_captions", "xm3600", "vqav2", "textvqa", "xgqa"} - set(registered))
+    _register_box_benchmarks(j, register)
+
+    skipped = sorted(set(BENCHMARKS) - set(registered))
     log.info("Registered benchmarks %s from %s; not found there: %s", registered, data_dir, skipped)
     return registered
+
+
+def _register_box_benchmarks(j, register) -> None:
+    """COCO detection and the RefCOCO family, where their files are (`j` joins under data_dir)."""
+    from palimix import sources
+    from palimix.sources.refcoco import RELEASE_SPLITS
+
+    def instances(sub):
+        return j("coco", "annotations", f"instances_{sub}2017.json"), j("coco", f"{sub}2017")
+
+    coco_detection = _splits({
+        split: (instances(sub), lambda sub=sub, split=split: sources.CocoDetection(*instances(sub), split=split))
+        for split, sub in (("train", "train"), ("validation", "val"))
+    })
+    if coco_detection:
+        register("coco_detection", kind="detection", source=coco_detection, languages=["en"])
+
+    for name, folder, release in REFCOCO:
+        files = (j(folder, f"refs({release}).p"), j(folder, "instances.json"), j("coco", "train2014"))
+        if _exists(*files):
+            register(name, kind="referring", source=sources.RefCoco(*files, splits=RELEASE_SPLITS[release]),
+                     languages=["en"])
