@@ -158,7 +158,8 @@ def _write_jsonl(root, lines):
 
 def _jsonl_source(path, list_fields=(), box_fields=(), string_fields=()):
     """A seqio source over the file: the records' box fields as float [n, 4] and their
-    images' bytes (palimix's JsonLines reads only the text kind fields)."""
+    images' bytes, unchecked: palimix's JsonLines refuses bad boxes when it reads the file, and
+    these tests reach the checks of the text stage (palimix.boxes)."""
     lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
     def dataset(split, shuffle_files, seed=None):

@@ -6,12 +6,11 @@ import io
 
 import numpy as np
 import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from palimix import boxes, kinds
 from palimix.metrics.detection import average_precision, detection_map
-
-COCO = pytest.importorskip("pycocotools.coco", reason="pycocotools (the test extra) checks detection_map")
-from pycocotools.cocoeval import COCOeval  # noqa: E402
 
 
 def _loc(*objects):
@@ -41,7 +40,7 @@ def _coco_eval_ap50(targets, predictions, sizes):
             results.append({"image_id": i + 1, "category_id": category.get(d.label, 999),
                             "bbox": _pixels(d.box, sizes[i]), "score": 1000.0 - rank})
     with contextlib.redirect_stdout(io.StringIO()):  # COCO and COCOeval print progress.
-        coco_gt = COCO.COCO()
+        coco_gt = COCO()
         coco_gt.dataset = gt
         coco_gt.createIndex()
         evaluation = COCOeval(coco_gt, coco_gt.loadRes(results), "bbox")

@@ -34,9 +34,9 @@ class Tfds(seqio.DataSource):
         Tfds("coco_captions", "train", {"image": "image", "id": "image/id",
                                         "captions": "captions/text"})
 
-    `mapping` maps palimix keys (`image`, `id`, `language`, and the kind fields
-    captions, answers, question, text, label) to TFDS feature paths ("a/b" for
-    nested features). The image is read undecoded (`tfds.decode.SkipDecoding`), so
+    `mapping` maps palimix keys (`image`, `id`, `language`, and the text kind fields
+    captions, answers, question, text, label, labels, expression) to TFDS feature
+    paths ("a/b" for nested features). The image is read undecoded (`tfds.decode.SkipDecoding`), so
     palimix's decoder handles it like any file. ClassLabel features become their
     names. `split` is a split name or {palimix split: TFDS split or slice}.
     `language` is a fixed code unless `mapping["language"]` names a feature.
