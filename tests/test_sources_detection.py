@@ -93,6 +93,7 @@ def test_coco_detection_bad_annotations_are_clear_errors(tmp_path):
     cases = [
         ([image_entry(1)], [annotation(5, 1, 1, [0, 0, -3, 4])], "annotation 5: bbox .* negative width or height"),
         ([image_entry(1)], [annotation(5, 1, 1, [0, 0, 4])], r"annotation 5: bbox \[0, 0, 4\] is not \[x, y, width"),
+        ([image_entry(1)], [annotation(5, 1, 1, [30, 0, 20, 4])], r"bbox \[30, 0, 20, 4\] reaches outside the 40 x 20"),
         ([image_entry(1)], [annotation(5, 1, 7, [0, 0, 4, 4])], "annotation 5 has category 7, which is not in"),
         ([image_entry(1)], [annotation(5, 2, 1, [0, 0, 4, 4])], "annotation 5 is for image 2, which is not in"),
         ([{"id": 1, "file_name": "000000000001.jpg"}], [], "image 1 has no positive width and height"),

@@ -11,6 +11,9 @@ from palimix.sources import base
 
 log = logging.getLogger(__name__)
 
+# How far (pixels) a COCO bbox may reach past the image border and be cut at it.
+_BORDER_PIXELS = 1.0
+
 
 class CocoCaptions(base.RecordSource):
     """One example per image with all its captions (`captions`), from a COCO
@@ -73,9 +76,10 @@ def image_sizes(images: list, where: str) -> dict[int, tuple[int, int]]:
 def normalized_box(bbox, size: tuple[int, int], where: str) -> list[float]:
     """A COCO `bbox` [x, y, width, height] in pixels -> [y_min, x_min, y_max, x_max] in 0..1.
 
-    Parts outside the image are cut off (COCO's boxes come from polygons and a few
-    reach a fraction of a pixel past the border); a bbox that is not four numbers,
-    or has a negative width or height, is a UsageError naming `where`."""
+    A box up to a pixel past the border is cut at it (COCO's boxes bound polygons
+    whose float corners can lie a fraction of a pixel outside); a bbox that is not
+    four numbers, has a negative width or height, or reaches further out, is a
+    UsageError naming `where`."""
     if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)):
         raise base.UsageError(f"{where}: bbox {bbox!r} is not [x, y, width, height] (four numbers, in pixels).")
@@ -83,13 +87,15 @@ def normalized_box(bbox, size: tuple[int, int], where: str) -> list[float]:
     if w < 0 or h < 0:
         raise base.UsageError(f"{where}: bbox {bbox!r} has a negative width or height.")
     width, height = size
+    if min(x, y) < -_BORDER_PIXELS or x + w > width + _BORDER_PIXELS or y + h > height + _BORDER_PIXELS:
+        raise base.UsageError(f"{where}: bbox {bbox!r} reaches outside the {width} x {height} image.")
     clip = lambda v: min(max(v, 0.0), 1.0)  # noqa: E731
     return [clip(y / height), clip(x / width), clip((y + h) / height), clip((x + w) / width)]
 
 
 @dataclasses.dataclass
 class _Objects:
-    """The boxes and labels of one image, and what was left out of them."""
+    """The boxes and labels of one image (parallel lists)."""
 
     boxes: list = dataclasses.field(default_factory=list)
     labels: list = dataclasses.field(default_factory=list)
