@@ -12,6 +12,8 @@ and a language into the prompt text:
     'Beschreibe das Bild auf Deutsch.'
     >>> prompts.prompt("translation", "fr", style="natural", source="en", text="Hello")
     'Traduis en français (langue source : anglais) : Hello'
+    >>> prompts.prompt("caption", "de", style="instruct", answer_language="en", variant=0)
+    'Beschreibe das Bild auf Englisch.'
 
 Styles:
   - "pali": the compact PaLI/PaliGemma prompts ("caption de", "answer de <question>",
@@ -19,6 +21,24 @@ Styles:
   - "natural": sentences written in the prompt's language ("Beschreibe das Bild auf
     Deutsch."), localized for 34 languages (the Crossmodal-3600 languages but Maori
     and Cusco Quechua).
+  - "instruct": mBLIP-style instructions, SEVERAL per kind and language (one row
+    each), every one naming the answer language where the answer has one ("Caption
+    the image in {language_name}.", "{question} Short {language_name} answer:"); the
+    `*` rows are English, a few languages have rows of their own. Which one an
+    example gets is `variant_for(example_id, language, count)`: FarmHash
+    Fingerprint64 (tf.strings.to_hash_bucket_fast) of "<language>/<id>", modulo the
+    number of templates -- a pure function of the example, so the same on every run,
+    machine and epoch, whatever order or shuffling (round-robin would depend on the
+    reading order). mBLIP fixes one template per record too (when it writes its files).
+  - "verbatim": the record's own text is the whole prompt (`{question}`), for data
+    whose prompts are written already: mBLIP's released task files
+    (palimix.sources.MblipTaskFile). Only kinds with a prompt text field have rows.
+
+The answer language: `prompt(..., answer_language="en")` asks for the answer in
+another language than the prompt's (`{lang}` and `{language_name}` are the answer
+language's; by default the prompt's language). A template that names neither cannot
+ask for another language: UsageError. `build_example(english_answer_share=...)` uses
+this to ask a share of non-English examples for an English answer.
 
 The templates live in `palimix/data/prompts/*.tsv`, one row per (style, kind,
 language) with the columns `style kind language template`. `language` is a code
@@ -68,7 +88,28 @@ from palimix.errors import UnknownNameError, UsageError, close_matches_hint
 # of KINDS is the listing order.
 _KIND_FIELDS: dict[str, tuple[str, ...]] = kinds.template_fields()
 KINDS: tuple[str, ...] = tuple(_KIND_FIELDS)
-STYLES: tuple[str, ...] = ("pali", "natural")
+
+
+@dataclasses.dataclass(frozen=True)
+class Style:
+    name: str
+    several: bool = False  # Several templates per (kind, language), one chosen per example.
+    every_kind: bool = True  # Has a `*` row for every kind (verbatim: only kinds with a prompt text).
+    warn_on_fallback: bool = False  # The `*` row stands in for a missing localization (natural).
+
+
+_STYLES: dict[str, Style] = {s.name: s for s in (
+    Style("pali"),
+    Style("natural", warn_on_fallback=True),
+    Style("instruct", several=True),
+    Style("verbatim", every_kind=False),
+)}
+STYLES: tuple[str, ...] = tuple(_STYLES)
+
+
+def style(name: str) -> Style:
+    """The Style entry of `name` (UnknownNameError naming the styles)."""
+    return _STYLES[_check_style(name)]
 
 # Placeholders palimix fills in itself: name -> the field it is derived from
 # (None: from the prompt's language).
@@ -82,6 +123,9 @@ ENV_VAR = "PALIMIX_PROMPTS"
 _COLUMNS = ("style", "kind", "language", "template")
 # Class names are joined with " ; " in the compact style, as PaliGemma joins object names.
 _PALI_CLASS_SEPARATOR = " ; "
+# Template choice: Fingerprint64(key) % _HASH_BUCKETS, then modulo the template count
+# (2**31 - 1 is prime, so the modulo keeps every template about equally likely).
+HASH_BUCKETS = 2**31 - 1
 
 _log = logging.getLogger(__name__)
 
@@ -110,57 +154,84 @@ def placeholders(kind: str) -> set[str]:
 
 
 def templates(kind: str, style: str = "natural") -> dict[str, str]:
-    """language ("*" first, then codes sorted) -> template text, for one kind and style."""
+    """language ("*" first, then codes sorted) -> template text, for one kind and style
+    (the first template of a style with several: `variants` gives them all)."""
     kind, style = _check_kind(kind), _check_style(style)
-    rows = {lang: t.text for (s, k, lang), t in _registry().items() if s == style and k == kind}
+    rows = {lang: ts[0].text for (s, k, lang), ts in _registry().items() if s == style and k == kind}
     return dict(sorted(rows.items(), key=lambda item: (item[0] != ANY_LANGUAGE, item[0])))
 
 
 def all_templates() -> list[Template]:
-    """Every loaded template, by style, kind (in KINDS order) and language."""
+    """Every loaded template, by style, kind (in KINDS order) and language (a style
+    with several templates per key: in row order)."""
     order = {kind: i for i, kind in enumerate(KINDS)}
-    return sorted(
-        _registry().values(),
-        key=lambda t: (STYLES.index(t.style), order[t.kind], t.language != ANY_LANGUAGE, t.language),
-    )
+    rows = [t for ts in _registry().values() for t in ts]
+    # sorted() is stable: variants keep their row order.
+    return sorted(rows, key=lambda t: (STYLES.index(t.style), order[t.kind], t.language != ANY_LANGUAGE, t.language))
 
 
-def template_for(kind: str, language: str, style: str = "pali") -> Template:
-    """The template `prompt` would use: the language's own row, else the `*` row
-    (`template.language == "*"` then)."""
+def variants(kind: str, language: str, style: str = "instruct") -> tuple[Template, ...]:
+    """Every template `language` gets for `kind`: its own rows, else the `*` rows
+    (one for the pali and natural styles, several for instruct)."""
     kind, style = _check_kind(kind), _check_style(style)
     code = languages.normalize(language)
     table = _registry()
-    if (style, kind, code) in table:
-        return table[(style, kind, code)]
-    if (style, kind, ANY_LANGUAGE) in table:
-        return table[(style, kind, ANY_LANGUAGE)]
+    for key in ((style, kind, code), (style, kind, ANY_LANGUAGE)):
+        if key in table:
+            return table[key]
     raise UnknownNameError(
         f"No {style} prompt template for kind {kind!r} in language {code!r}, and no "
         f"'*' fallback row; add one with palimix.prompts.load_templates(path)."
     )
 
 
-def prompt(kind: str, language: str, *, style: str = "pali", **fields) -> str:
+def template_for(kind: str, language: str, style: str = "pali") -> Template:
+    """The template `prompt` would use (the first of several): the language's own row,
+    else the `*` row (`template.language == "*"` then)."""
+    return variants(kind, language, style)[0]
+
+
+def variant_for(example_id, language: str, count: int) -> int:
+    """Which of `count` templates the example `example_id` in `language` gets: the
+    Python twin of the choice build_example makes in TensorFlow (same hash)."""
+    import tensorflow as tf
+
+    key = choice_key(tf.constant(str(example_id) if not isinstance(example_id, bytes) else example_id),
+                     languages.normalize(language))
+    return int(tf.strings.to_hash_bucket_fast(key, HASH_BUCKETS).numpy()) % count
+
+
+def choice_key(example_id, language):
+    """The string hashed to pick an example's template: "<language>/<id>" (tensors)."""
+    import tensorflow as tf
+
+    return tf.strings.join([language, "/", example_id])
+
+
+def prompt(kind: str, language: str, *, style: str = "pali", answer_language: str | None = None,
+           variant: int = 0, **fields) -> str:
     """The prompt text for `kind` in `language`, with `fields` filled in.
 
-    `language` is the language of the prompt and of the expected answer (for
-    translation: the target). Raises UnknownNameError for an unknown kind or style,
-    UnknownLanguageError for an unknown language code, and UsageError for missing,
-    unexpected or empty fields.
+    `language` is the language of the prompt; `answer_language` that of the expected
+    answer (default: the same; for translation: the target). `variant` picks one of
+    a language's several templates (instruct style; `variant_for` picks per example).
+    Raises UnknownNameError for an unknown kind or style, UnknownLanguageError for an
+    unknown language code, and UsageError for missing, unexpected or empty fields, a
+    variant out of range, or a template that cannot name another answer language.
     """
-    template = _template_warning_on_fallback(kind, language, style)
-    return template.text.format_map(_values(template, language, fields, allow_tensors=False))
+    template = _template_warning_on_fallback(kind, language, style, variant)
+    return template.text.format_map(_values(template, language, answer_language, fields, allow_tensors=False))
 
 
-def prompt_tf(kind: str, language: str, *, style: str = "pali", **fields):
+def prompt_tf(kind: str, language: str, *, style: str = "pali", answer_language: str | None = None,
+              variant: int = 0, **fields):
     """Like `prompt`, but `question` and `text` may be tf.string tensors (scalars or
     batches); returns a tf.string tensor. For seqio preprocessors, where a task's
     language and kind are fixed and the per-example fields are tensors."""
     import tensorflow as tf
 
-    template = _template_warning_on_fallback(kind, language, style)
-    values = _values(template, language, fields, allow_tensors=True)
+    template = _template_warning_on_fallback(kind, language, style, variant)
+    values = _values(template, language, answer_language, fields, allow_tensors=True)
     pieces = []
     for literal, name, _, _ in string.Formatter().parse(template.text):
         if literal:
@@ -174,9 +245,13 @@ def prompt_tf(kind: str, language: str, *, style: str = "pali", **fields):
     return tf.strings.join([p if isinstance(p, tf.Tensor) else tf.fill(shape, p) for p in pieces])
 
 
-def _template_warning_on_fallback(kind: str, language: str, style: str) -> Template:
-    template = template_for(kind, language, style)
-    if template.language == ANY_LANGUAGE and style == "natural":
+def _template_warning_on_fallback(kind: str, language: str, style: str, variant: int = 0) -> Template:
+    options = variants(kind, language, style)
+    if not 0 <= variant < len(options):
+        raise UsageError(f"{style} {kind} prompts in {language!r} have {len(options)} template(s); "
+                         f"variant {variant} does not exist.")
+    template = options[variant]
+    if template.language == ANY_LANGUAGE and _STYLES[style].warn_on_fallback:
         _warn_fallback_once(kind, languages.normalize(language))
     return template
 
@@ -199,9 +274,10 @@ def load_templates(path: str | os.PathLike) -> int:
 
 
 def register_template(kind: str, language: str, text: str, *, style: str = "natural") -> Template:
-    """Adds (or replaces) one template, checked like a file row."""
+    """Adds one template, checked like a file row; it replaces the templates of its
+    (style, kind, language) (for several instruct templates, load a file)."""
     template = _make_template(style, kind, language, text, origin="register_template")
-    _registry()[(template.style, template.kind, template.language)] = template
+    _registry()[(template.style, template.kind, template.language)] = (template,)
     return template
 
 
@@ -215,15 +291,16 @@ def reset() -> None:
 
 # --- loading ----------------------------------------------------------------------
 
-_REGISTRY: dict[tuple[str, str, str], Template] | None = None
+# (style, kind, language) -> its templates (one, or several for the instruct style).
+_REGISTRY: dict[tuple[str, str, str], tuple[Template, ...]] | None = None
 _LOCK = threading.Lock()
 
 
-def _registry() -> dict[tuple[str, str, str], Template]:
+def _registry() -> dict[tuple[str, str, str], tuple[Template, ...]]:
     global _REGISTRY
     with _LOCK:
         if _REGISTRY is None:
-            table: dict[tuple[str, str, str], Template] = {}
+            table: dict[tuple[str, str, str], tuple[Template, ...]] = {}
             folder = importlib.resources.files("palimix") / "data" / "prompts"
             for entry in sorted(folder.iterdir(), key=lambda e: e.name):
                 if entry.name.endswith(".tsv"):
@@ -239,14 +316,17 @@ def _registry() -> dict[tuple[str, str, str], Template]:
     return _REGISTRY
 
 
-def _keyed(rows: Iterable[Template]) -> dict[tuple[str, str, str], Template]:
-    """Rows by key; one file (or one load) may not hold the same key twice."""
-    table: dict[tuple[str, str, str], Template] = {}
+def _keyed(rows: Iterable[Template]) -> dict[tuple[str, str, str], tuple[Template, ...]]:
+    """Rows by key. One file (or one load) may hold a key once, or, in a style with
+    several templates per key, several times (its templates, in row order)."""
+    table: dict[tuple[str, str, str], tuple[Template, ...]] = {}
     for row in rows:
         key = (row.style, row.kind, row.language)
-        if key in table:
-            raise UsageError(f"{row.origin}: duplicate row for {key}, first at {table[key].origin}.")
-        table[key] = row
+        if key in table and not _STYLES[row.style].several:
+            raise UsageError(f"{row.origin}: duplicate row for {key}, first at {table[key][0].origin}.")
+        if any(t.text == row.text for t in table.get(key, ())):
+            raise UsageError(f"{row.origin}: the same template twice for {key}.")
+        table[key] = table.get(key, ()) + (row,)
     return table
 
 
@@ -324,7 +404,8 @@ def _braced(names: Sequence[str]) -> str:
 # --- filling in -------------------------------------------------------------------
 
 
-def _values(template: Template, language: str, fields: Mapping[str, object], allow_tensors: bool) -> dict:
+def _values(template: Template, language: str, answer_language: str | None, fields: Mapping[str, object],
+            allow_tensors: bool) -> dict:
     kind = template.kind
     expected = _KIND_FIELDS[kind]
     missing = [f for f in expected if f not in fields]
@@ -335,7 +416,7 @@ def _values(template: Template, language: str, fields: Mapping[str, object], all
         detail += "; unexpected " + ", ".join(unexpected) if unexpected else ""
         hint = " (a class list is kind 'classification_choices')" if kind == "classification" and "classes" in fields else ""
         raise UsageError(f"Prompt kind {kind!r} {needs}{detail}{hint}.")
-    code = languages.normalize(language)
+    code = _answer_language(template, languages.normalize(language), answer_language)
     values: dict[str, object] = {"lang": code}
     if "language_name" in template.placeholders:
         values["language_name"] = language_name(code, template.written_in)
@@ -351,6 +432,19 @@ def _values(template: Template, language: str, fields: Mapping[str, object], all
         else:
             values[name] = _text_field(name, value, kind)
     return values
+
+
+def _answer_language(template: Template, code: str, answer_language: str | None) -> str:
+    """The answer language's code: the prompt language's unless `answer_language` asks
+    for another, which only a template naming it ({lang} or {language_name}) can."""
+    if answer_language is None:
+        return code
+    answer = languages.normalize(answer_language)
+    if answer != code and not template.placeholders & {"lang", "language_name"}:
+        raise UsageError(f"{template.origin}: the {template.style} {template.kind} template {template.text!r} does not "
+                         f"name the answer language, so it cannot ask for an answer in {answer!r} "
+                         f"(a template with {{language_name}} or {{lang}} can).")
+    return answer
 
 
 def _text_field(name: str, value: object, kind: str) -> str:

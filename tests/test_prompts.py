@@ -27,6 +27,8 @@ def _fields_used(text):
 
 def test_every_kind_and_style_has_a_fallback_row():
     for style in prompts.STYLES:
+        if not prompts.style(style).every_kind:  # verbatim: only kinds with a prompt text.
+            continue
         for kind in prompts.KINDS:
             assert prompts.ANY_LANGUAGE in prompts.templates(kind, style), (style, kind)
 

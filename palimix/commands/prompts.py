@@ -7,10 +7,11 @@ HELP = "List prompt templates per kind, style and language (or the prompts one l
 
 def configure(parser):
     parser.add_argument("--kind", help="only this task kind (caption, vqa, ocr, ...)")
-    parser.add_argument("--style", help="only this style (pali or natural)")
+    parser.add_argument("--style", help="only this style (pali, natural, instruct or verbatim)")
     parser.add_argument(
         "--language",
-        help="show the template this language gets for each kind and style (its own row or the '*' fallback)",
+        help="show the templates this language gets for each kind and style (its own rows or the '*' fallback; "
+             "instruct has several, one chosen per example)",
     )
     parser.add_argument("--templates", action="append", default=[], metavar="PATH",
                         help="also load this TSV file or folder of templates (repeatable; see palimix.prompts)")
@@ -31,11 +32,13 @@ def run(args) -> int:
         code = languages.normalize(args.language)
         for style in styles:
             for kind in kinds:
-                template = prompts.template_for(kind, code, style)
-                # The pali style's "*" rows are meant for every language; a natural "*"
-                # row is the English fallback for a language nobody localized yet.
-                fallback = style == "natural" and template.language == prompts.ANY_LANGUAGE
-                rows.append(_row(template, fallback=fallback))
+                if not _has_rows(prompts, kind, style):
+                    continue  # verbatim: only kinds with a prompt text.
+                for template in prompts.variants(kind, code, style):
+                    # The pali and instruct "*" rows are meant for every language; a natural
+                    # "*" row is the English fallback for a language nobody localized yet.
+                    fallback = prompts.style(style).warn_on_fallback and template.language == prompts.ANY_LANGUAGE
+                    rows.append(_row(template, fallback=fallback))
     else:
         for template in prompts.all_templates():
             if template.kind in kinds and template.style in styles:
@@ -52,6 +55,10 @@ def run(args) -> int:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) + "  " + line[3])
     print(f"{len(rows)} templates")
     return 0
+
+
+def _has_rows(prompts, kind, style) -> bool:
+    return prompts.style(style).every_kind or bool(prompts.templates(kind, style))
 
 
 def _row(template, fallback=None):

@@ -26,9 +26,13 @@ for a map or a filter), so prompt, target, tokenizing and EOS are one map.
 
 from __future__ import annotations
 
+import collections
 import functools
+import logging
+import threading
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import seqio
 import tensorflow as tf
 
@@ -38,6 +42,8 @@ from palimix.errors import UsageError
 from palimix.metrics import per_language
 from palimix.preprocessors import text as text_preprocessors
 from palimix.preprocessors.text import _no_autograph
+
+_log = logging.getLogger(__name__)
 
 # Keys an example keeps after build_example (plus image and has_image).
 EXAMPLE_KEYS = ("inputs", "targets", "references", "language", "kind", "id")
@@ -80,41 +86,131 @@ def _as_list(value) -> tf.Tensor:
 
 
 _MARK = "\ue000"  # Private-use character: marks where a per-example field goes.
+ENGLISH = "en"
+# The record key with a record's English references (a translated record keeps its
+# English original there; palimix.sources: the `english` list field).
+ENGLISH_FIELD = "english"
 
 
-def _prompt_builder(kind: str, codes: Sequence[str], style: str, static_fields, dynamic_fields: Sequence[str]):
-    """fn(example, {field: tensor}) -> the prompt tensor, for one language or several.
+class _PromptTable:
+    """Every prompt a task can build, rendered once with markers for the per-example
+    fields: for each language, its templates asking for an answer in that language,
+    then (with an English-answer share) the same templates asking for English. An
+    example's row is offset[language] + english * count[language] + variant."""
 
-    With several languages, each language's template is rendered once with markers
-    for the per-example fields; the literal pieces between them become lookup tables
-    indexed by the example's language."""
-    if len(codes) == 1:
+    def __init__(self, kind: str, codes: Sequence[str], style: str, static_fields, dynamic_fields: Sequence[str],
+                 with_english: bool):
+        self.codes, self.offsets, self.counts, rows = list(codes), [], [], []
+        markers = {f: f"{_MARK}{f}{_MARK}" for f in dynamic_fields}
+        for code in codes:
+            count = len(prompts.variants(kind, code, style))
+            self.offsets.append(len(rows))
+            self.counts.append(count)
+            for answer in [code, ENGLISH] if with_english else [code]:
+                rows += [prompts.prompt(kind, code, style=style, answer_language=answer, variant=v,
+                                        **static_fields(code), **markers).split(_MARK) for v in range(count)]
+        order = {tuple(r[1::2]) for r in rows}
+        if len(order) != 1:
+            raise UsageError(f"the {style} {kind} templates of {list(codes)} place their fields differently; "
+                             "register one task per language (per_language=True).")
+        self.fields = order.pop()
+        self.literals = [[r[0::2][i] for r in rows] for i in range(len(self.fields) + 1)]
+
+    @property
+    def single(self) -> bool:
+        return len(self.literals[0]) == 1
+
+    def builder(self):
+        """fn(example, {field: tensor}, english: bool tensor) -> the prompt tensor."""
+        literals = [tf.constant(column) for column in self.literals]
+        codes, offsets, counts = tf.constant(self.codes), tf.constant(self.offsets, tf.int64), tf.constant(self.counts, tf.int64)
+
+        def build(example, values, english):
+            if len(self.codes) == 1:  # A one-language task: its records may name any language.
+                index, code = tf.constant(0), codes[0]
+            else:
+                index = tf.argmax(tf.cast(tf.equal(codes, example["language"]), tf.int32), output_type=tf.int32)
+                code = example["language"]
+            count = counts[index]
+            variant = tf.strings.to_hash_bucket_fast(prompts.choice_key(_id_string(example), code),
+                                                     prompts.HASH_BUCKETS) % count
+            row = offsets[index] + tf.cast(english, tf.int64) * count + variant
+            parts = [tf.gather(literals[0], row)]
+            for i, field in enumerate(self.fields):
+                parts += [values[field], tf.gather(literals[i + 1], row)]
+            return tf.strings.join(parts)
+
+        return build
+
+
+def _prompt_builder(kind: str, codes: Sequence[str], style: str, static_fields, dynamic_fields: Sequence[str],
+                    with_english: bool = False):
+    """fn(example, {field: tensor}, english) -> the prompt tensor, for one language or
+    several, one template or several (chosen per example: prompts.variant_for), and,
+    `with_english`, the English-answer form where `english` is true."""
+    table = _PromptTable(kind, codes, style, static_fields, dynamic_fields, with_english)
+    if table.single and not dynamic_fields:
+        text = table.literals[0][0]
+        return lambda example, values, english: tf.constant(text)
+    if table.single:  # One template: no lookup tables per example.
         code = codes[0]
-        if dynamic_fields:
-            return lambda example, values: prompts.prompt_tf(kind, code, style=style, **static_fields(code), **values)
-        text = prompts.prompt(kind, code, style=style, **static_fields(code))
-        return lambda example, values: tf.constant(text)
-    pieces = []
-    for code in codes:
-        marked = prompts.prompt(kind, code, style=style, **static_fields(code),
-                                **{f: f"{_MARK}{f}{_MARK}" for f in dynamic_fields})
-        pieces.append(marked.split(_MARK))
-    order = {tuple(p[1::2]) for p in pieces}
-    if len(order) != 1:
-        raise UsageError(f"the {style} {kind} templates of {list(codes)} place their fields differently; "
-                         "register one task per language (per_language=True).")
-    fields = order.pop()
-    literals = [tf.constant([p[0::2][i] for p in pieces]) for i in range(len(fields) + 1)]
-    codes_tensor = tf.constant(list(codes))
+        return lambda example, values, english: prompts.prompt_tf(kind, code, style=style, **static_fields(code),
+                                                                  **values)
+    return table.builder()
 
-    def build(example, values):
-        index = tf.argmax(tf.cast(tf.equal(codes_tensor, example["language"]), tf.int32), output_type=tf.int32)
-        parts = [tf.gather(literals[0], index)]
-        for i, field in enumerate(fields):
-            parts += [values[field], tf.gather(literals[i + 1], index)]
-        return tf.strings.join(parts)
 
-    return build
+class _EnglishAnswerSkips:
+    """Thread-safe counts, per task, of examples picked for an English answer that
+    carry no English reference (they keep their own language); the first few are
+    logged with their ids."""
+
+    LOGGED = 5
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._counts: collections.Counter = collections.Counter()
+
+    def add(self, task_name: bytes, example_id: bytes) -> np.int64:
+        task, example = task_name.decode("utf-8"), example_id.decode("utf-8")
+        with self._lock:
+            self._counts[task] += 1
+            seen = self._counts[task]
+        if seen <= self.LOGGED:
+            _log.warning("Task %r: example %s was picked for an English answer but has no English reference "
+                         "(`%s`); it keeps its own language%s.", task or "<unnamed>", example, ENGLISH_FIELD,
+                         " (further ones are only counted)" if seen == self.LOGGED else "")
+        return np.int64(seen)
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._counts.clear()
+
+
+_SKIPS = _EnglishAnswerSkips()
+
+
+def english_answer_skips() -> dict[str, int]:
+    """{task name: examples picked for an English answer without an English reference},
+    counted in this process as datasets are read (each pass counts again)."""
+    return _SKIPS.counts()
+
+
+def reset_english_answer_skips() -> None:
+    _SKIPS.reset()
+
+
+def english_answer_picked(example_id, language, share: float):
+    """Whether an example in `language` is asked for an English answer: never for
+    English ones; else Fingerprint64("english/<language>/<id>") lands in the lowest
+    `share` of the hash range (a pure function of the example, like the template)."""
+    key = tf.strings.join(["english/", prompts.choice_key(example_id, language)])
+    bucket = tf.strings.to_hash_bucket_fast(key, prompts.HASH_BUCKETS)
+    below = bucket < tf.constant(int(round(share * prompts.HASH_BUCKETS)), tf.int64)
+    return tf.logical_and(below, tf.not_equal(language, ENGLISH))
 
 
 def build_example(
@@ -129,6 +225,7 @@ def build_example(
     blank_image: bool = False,
     image_size: int | None = None,
     strict_images: bool = False,
+    english_answer_share: float = 0.0,
     task_name: str = "",
     output_features=None,
     sequence_length=None,
@@ -141,7 +238,9 @@ def build_example(
       language: the normalized code of the prompt and target language; or a list of
         codes for a multilingual task: each example's prompt is in its record's
         `language`, and records in other languages are left out.
-      style: prompt style ("pali" or "natural"; see palimix.prompts).
+      style: prompt style ("pali", "natural", "instruct" or "verbatim"; see
+        palimix.prompts). A style with several templates per language (instruct)
+        gives each example one of them: `prompts.variant_for(id, language, count)`.
       segmentation: "space" or other (characters): the units that span corruption
         and prefix LM count (palimix.languages' `segmentation`); {language: name}
         for a multilingual task.
@@ -154,6 +253,15 @@ def build_example(
         and counted under `task_name`).
       blank_image: give each example the all-zero `image_size` image, has_image 0
         (language-only kinds; no file is read).
+      english_answer_share: the share (0..1) of non-English examples asked for an
+        English answer (mBLIP asks about half of its translated VQA examples so).
+        Which ones: `english_answer_picked` (a hash of language and id, the same on
+        every run). Such an example's prompt names English (every template must be
+        able to: {language_name} or {lang}) and its target and references are its
+        record's English references (the `english` list field, which a translated
+        record keeps: palimix.translate). A picked example without them keeps its
+        own language and is counted (`english_answer_skips()`, first ones logged).
+        The example's `language` stays its record's.
       task_name: named in drop counts and in errors about an example.
       **options: the kind's options (`palimix.kinds`: classification `classes`, a
         list or {language: list}; translation `source_language`; span corruption
@@ -162,6 +270,7 @@ def build_example(
     entry = kinds_lib.get(kind)
     codes = [language] if isinstance(language, str) else list(language)
     options = _prepared_options(entry, task_name or kind, options, codes)
+    check_english_answer_share(english_answer_share, task_name or kind)
     if (decode_images or blank_image) and not image_size:
         raise UsageError("build_example(decode_images=/blank_image=True) needs image_size.")
     if tokenize and output_features is None:
@@ -177,12 +286,33 @@ def build_example(
         dataset = decoder.decode(dataset)
     finish = text_preprocessors.tokenize_and_append_eos_fn(output_features, sequence_length) if tokenize else None
     build = _example_builder(entry, codes, style, options, task_name=task_name, finish=finish,
-                             blank_image_size=image_size if blank_image else None)
+                             blank_image_size=image_size if blank_image else None,
+                             english_answer_share=english_answer_share)
     if decode_images or blank_image:
         # Bad images and examples without a target are marked in the map
         # (has_image < 0) and dropped by one filter after it.
         return build(dataset).filter(features.is_kept)
     return build(dataset.filter(_no_autograph(lambda example: _has_target(entry, example))))
+
+
+def check_prompts(kind: str, language, style: str, options, english_answer_share: float = 0.0,
+                  task_name: str = "") -> None:
+    """Renders every prompt a task of `kind` in `language` (a code or a list) can
+    build, so a missing template, a bad style or a template that cannot ask for an
+    English answer is an error when the task is registered, not when it is read."""
+    entry = kinds_lib.get(kind)
+    codes = [language] if isinstance(language, str) else list(language)
+    options = _prepared_options(entry, task_name or kind, options, codes)
+    template = entry.template_kind(options)
+    _PromptTable(template, codes, style, _static_fields(entry, template, options), tuple(entry.prompt_fields),
+                 with_english=english_answer_share > 0)
+
+
+def check_english_answer_share(share, name: str) -> float:
+    """`share` if it is a number in 0..1, else UsageError."""
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        raise UsageError(f"{name}: english_answer_share must be a number from 0 to 1, got {share!r}.")
+    return float(share)
 
 
 def _prepared_options(entry: kinds_lib.Kind, name: str, options, codes) -> dict:
@@ -203,24 +333,27 @@ def _keep_languages(dataset: tf.data.Dataset, codes: Sequence[str]) -> tf.data.D
 
 
 def _example_builder(entry: kinds_lib.Kind, codes, style: str, options, *, task_name: str, finish,
-                     blank_image_size: int | None):
+                     blank_image_size: int | None, english_answer_share: float = 0.0):
     """The map from a record to its example (seqio seeds it per example)."""
     template = entry.template_kind(options)
+    with_english = english_answer_share > 0
     prompt_for = _prompt_builder(template, codes, style, _static_fields(entry, template, options),
-                                 tuple(entry.prompt_fields))
+                                 tuple(entry.prompt_fields), with_english=with_english)
     pick_target = _PICK_TARGET[entry.target]
     multilingual = len(codes) > 1
 
     @seqio.map_over_dataset(num_seeds=1)
     @_no_autograph
     def build(example, seed):
-        references = _references(entry, example)
+        own = _references(entry, example)
+        kept = _has_target(entry, example, own)
+        english, references, counted = _english_answer(task_name, example, own, english_answer_share, kept)
         values = {field: example[key] for field, key in entry.prompt_fields.items()}
         checks = _utf8_checks(task_name, example, {**{entry.prompt_fields[f]: v for f, v in values.items()},
                                                    entry.references: references})
-        with tf.control_dependencies(checks):
+        with tf.control_dependencies(checks + counted):
             out = {
-                "inputs": tf.identity(prompt_for(example, values)),
+                "inputs": tf.identity(prompt_for(example, values, english)),
                 "targets": tf.identity(pick_target(references, seed)),
                 "references": references,
                 "language": example["language"] if multilingual else tf.constant(codes[0]),
@@ -233,11 +366,35 @@ def _example_builder(entry: kinds_lib.Kind, codes, style: str, options, *, task_
         elif "image" in example:
             out["image"], out["has_image"] = example["image"], example["has_image"]
         if "has_image" in out:  # (min: the decoder's end marker, END_OF_DATA, stays as it is.)
-            out["has_image"] = tf.where(_has_target(entry, example, references), out["has_image"],
-                                        tf.minimum(out["has_image"], features.DROPPED))
+            out["has_image"] = tf.where(kept, out["has_image"], tf.minimum(out["has_image"], features.DROPPED))
         return finish(out) if finish else out
 
     return build
+
+
+def _english_answer(task_name: str, example, own: tf.Tensor, share: float, kept: tf.Tensor):
+    """(English answer?, the references to use, [the skip count op]) of one record;
+    only examples that stay (`kept`, and not a dropped image or the decoder's end
+    marker) are counted."""
+    if share <= 0:
+        return tf.constant(False), own, []
+    if ENGLISH_FIELD not in example:
+        raise UsageError(f"{task_name or 'build_example'}: english_answer_share needs records with the "
+                         f"`{ENGLISH_FIELD}` field (their English references); this source has "
+                         f"{sorted(example)}.")
+    example_id = _id_string(example)
+    picked = english_answer_picked(example_id, example["language"], share)
+    english = _as_list(example[ENGLISH_FIELD])
+    has_english = tf.size(english) > 0
+    skipped = tf.logical_and(picked, tf.logical_not(has_english))
+    if "has_image" in example:
+        kept = tf.logical_and(kept, example["has_image"][0] >= 0)
+    skipped = tf.logical_and(skipped, kept)
+    count = tf.cond(skipped, lambda: tf.numpy_function(_SKIPS.add, [tf.constant(task_name), example_id], tf.int64,
+                                                       stateful=True, name="palimix_count_english_skip"),
+                    lambda: tf.constant(0, tf.int64))
+    use = tf.logical_and(picked, has_english)
+    return use, tf.cond(use, lambda: english, lambda: own), [count]
 
 
 def _static_fields(entry: kinds_lib.Kind, template: str, options):

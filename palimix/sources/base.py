@@ -23,7 +23,8 @@ from palimix import languages
 from palimix.errors import PalimixError, UsageError
 
 # Kind-specific fields a source may yield: lists of strings, or single strings.
-LIST_FIELDS = ("captions", "answers", "labels")
+# `english`: a translated record's English references (build_example's english_answer_share).
+LIST_FIELDS = ("captions", "answers", "labels", "english")
 STRING_FIELDS = ("question", "text", "label", "expression")
 TEXT_FIELDS = LIST_FIELDS + STRING_FIELDS
 # Box fields ([y_min, x_min, y_max, x_max] in 0..1, palimix.boxes): `boxes` a list of

@@ -53,6 +53,7 @@ class TaskInfo:
     images: bool  # Whether examples carry real images (else a blank one).
     source: str  # repr of the source, for listings.
     languages: tuple[str, ...] = ()  # Every language of its examples.
+    english_answer_share: float = 0.0  # Share of non-English examples asked for an English answer.
 
     def __post_init__(self):
         if not self.languages:
@@ -97,6 +98,7 @@ def add_task(
     temperature: float = 1.0,
     max_rate: float | None = None,
     unimax=None,
+    english_answer_share: float = 0.0,
     **options,
 ):
     """Registers `<name>_<lang>` for each language and the mixture `<name>` over them.
@@ -114,7 +116,10 @@ def add_task(
         {language: source}, or any source when `languages` has one language.
       languages: language codes (aliases accepted: "iw" -> "he"), or a group name of
         `palimix.languages.codes` ("mc4", "xm3600").
-      prompt_style: "pali" ("caption de") or "natural" (localized sentences).
+      prompt_style: "pali" ("caption de"), "natural" (localized sentences),
+        "instruct" (several mBLIP-style instructions per language, one chosen per
+        example by a hash of its language and id) or "verbatim" (the record's
+        `question` is the whole prompt: mBLIP's task files); see palimix.prompts.
       image_size: the image side the task resizes to (TASK_FEATURE_LENGTHS["image"]).
       metrics: seqio metric functions; None: the kind's standard metrics
         (`palimix.kinds`); [] for none. A multilingual task scores each language on
@@ -133,6 +138,12 @@ def add_task(
         build for 100+ small languages, at the cost of per-language rates.
       rate, temperature, max_rate, unimax: the mixture over the tasks
         (palimix.mixtures.add_mixture).
+      english_answer_share: the share (0..1) of non-English examples whose prompt
+        asks for an English answer and whose target is the record's English
+        reference (the `english` field that translated records keep; a picked
+        record without one keeps its language and is counted). The prompt style's
+        templates must name the answer language (instruct, pali); a training
+        option (eval tasks keep 0). See preprocessors.prompts.build_example.
       **options: the kind's own options (`palimix.kinds`): classification `classes`
         (a list, {language: list}, or True for the source's `class_names(language)`;
         None asks an open question), translation `source_language` (the language of
@@ -146,7 +157,8 @@ def add_task(
         group=name, kind=entry, codes=tuple(_languages(languages)), prompt_style=prompt_style,
         image_size=features.check_image_size(image_size), images=entry.images if images is None else bool(images),
         strict_images=strict_images, metrics=None if metrics is None else tuple(metrics),
-        shuffle_buffer_size=shuffle_buffer_size)
+        shuffle_buffer_size=shuffle_buffer_size,
+        english_answer_share=prompt_preprocessors.check_english_answer_share(english_answer_share, name))
     options = kinds.kind_options(entry, name, options)
     plan = _plan(settings, source, options, per_language)
     output_features = features.output_features(image_size, vocabulary)
@@ -170,6 +182,7 @@ class _TaskSettings:
     strict_images: bool
     metrics: tuple | None
     shuffle_buffer_size: int | None
+    english_answer_share: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +201,8 @@ def _plan(settings: _TaskSettings, source, options, per_language: bool) -> list[
     before anything is built or registered)."""
     group, kind = settings.group, settings.kind
     _check_source_fields(group, kind, source)
+    if settings.english_answer_share:
+        _check_source_fields(group, kind, source, (prompt_preprocessors.ENGLISH_FIELD,), "english_answer_share")
     prepare = kind.prepare_options or (lambda group, options, source, codes: options)
     if not per_language:
         if isinstance(source, Mapping):
@@ -214,7 +229,10 @@ def _build_task(settings: _TaskSettings, spec: _TaskSpec, output_features) -> tu
         tokenize=True,  # Tokenizing and EOS in the same map (one tf.data stage, one trace).
         # The image right before that map (bad ones dropped and counted), or a blank one in it.
         decode_images=settings.images, blank_image=not settings.images, image_size=settings.image_size,
-        strict_images=settings.strict_images, task_name=spec.name, **spec.options)
+        strict_images=settings.strict_images, english_answer_share=settings.english_answer_share,
+        task_name=spec.name, **spec.options)
+    prompt_preprocessors.check_prompts(kind.name, codes if multilingual else spec.language, settings.prompt_style,
+                                       spec.options, settings.english_answer_share, spec.name)
     task = _PretrimmedTask(
         spec.name, source=spec.source, output_features=output_features, preprocessors=[build],
         postprocess_fn=prompt_preprocessors.postprocess_fn(kind.name, multilingual=multilingual),
@@ -222,7 +240,7 @@ def _build_task(settings: _TaskSettings, spec: _TaskSpec, output_features) -> tu
         shuffle_buffer_size=settings.shuffle_buffer_size or (
             IMAGE_SHUFFLE_BUFFER if settings.images else TEXT_SHUFFLE_BUFFER))
     info = TaskInfo(spec.name, settings.group, kind.name, spec.language, settings.image_size, settings.prompt_style,
-                    settings.images, _describe(spec.source), tuple(codes))
+                    settings.images, _describe(spec.source), tuple(codes), settings.english_answer_share)
     return task, info
 
 
@@ -359,16 +377,18 @@ def _source_for(name, source, code, codes):
         "or a dict {language: source}.")
 
 
-def _check_source_fields(name, kind: kinds.Kind, source):
-    """Catch a source that lacks the kind's fields at registration, not deep in tf.data."""
+def _check_source_fields(name, kind: kinds.Kind, source, needed=None, what=None):
+    """Catch a source that lacks the kind's fields (or `needed` ones, for `what`) at
+    registration, not deep in tf.data."""
     sample = next(iter(source.values())) if isinstance(source, Mapping) else source
     fields = getattr(sample, "fields", None)
     if fields is None:
         return  # A plain seqio DataSource: its records are checked when read.
-    missing = [f for f in kind.fields if f not in fields]
+    needed = kind.fields if needed is None else needed
+    missing = [f for f in needed if f not in fields]
     if missing:
-        raise UsageError(f"{name}: {kind.name} tasks need the record fields {list(kind.fields)}; "
-                         f"{sample!r} yields {list(fields)} (missing {missing}).")
+        raise UsageError(f"{name}: {what or kind.name + ' tasks'} need{'s' if what else ''} the record fields "
+                         f"{list(needed)}; {sample!r} yields {list(fields)} (missing {missing}).")
 
 
 def _describe(source) -> str:
