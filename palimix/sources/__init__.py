@@ -43,6 +43,7 @@ from palimix.sources.coco import CocoCaptions, CocoDetection
 from palimix.sources.folder import ImageFolder, read_label_table
 from palimix.sources.gqa import Gqa, Xgqa
 from palimix.sources.jsonl import JsonLines
+from palimix.sources.mblip import MblipTaskFile
 from palimix.sources.refcoco import RefCoco
 from palimix.sources.tfds import Tfds
 from palimix.sources.vqa import TextVqa, Vqav2
@@ -58,6 +59,7 @@ __all__ = [
     "Gqa",
     "ImageFolder",
     "JsonLines",
+    "MblipTaskFile",
     "MissingFileError",
     "RecordSource",
     "RefCoco",
