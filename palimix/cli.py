@@ -29,6 +29,7 @@ COMMANDS = {
     "demo": "demo",
     "languages": "languages",
     "prompts": "prompts",
+    "translate": "translate",
     "vocab": "vocab",
     "list": "list_tasks",
     "show": "show",

@@ -105,7 +105,6 @@ def test_evaluation_files_take_text_label_and_a_context_template(mblip_dir):
     ([{"context": "x", "label": "y"}], "record 0: no image_id"),
     ([{"context": 3, "label": "y", "image_id": "a.jpg"}], "record 0: 'context' must be text"),
     ([{"context": "x", "image_id": "a.jpg"}], "record 0: 'label' must be text"),
-    ([{"context": "x", "label": "", "image_id": "a.jpg"}], "an empty label and no text_label"),
     ([{"context": "x", "label": "", "image_id": "a.jpg", "text_label": [1]}], "'text_label' must be text"),
     ([{"context": "x", "label": "", "left_image": "a.jpg", "right_image": "b.jpg"}], "palimix.sources.Marvl"),
 ])
@@ -114,6 +113,15 @@ def test_malformed_task_files_are_clear_errors(tmp_path, records, message):
     path.write_text(json.dumps(records))
     with pytest.raises(UsageError, match=message):
         sources.MblipTaskFile(str(path), str(tmp_path), language="en").records("train")
+
+
+def test_a_record_without_any_target_is_left_out_by_the_task(mblip_dir):
+    path = mblip_dir / "partly_empty.json"
+    path.write_text(json.dumps([{**MIX[0], "label": ""}, MIX[1]]))
+    source = sources.MblipTaskFile(str(path), str(mblip_dir / "images"), language="en")
+    assert [r["answers"] for r in source.records("train")] == [[], [MIX[1]["label"]]]
+    add_task("tm_eval", kind="vqa", source=source, languages=["en"], prompt_style="verbatim", image_size=16, metrics=[])
+    assert [e["targets_pretokenized"].decode() for e in _examples("tm_eval_en")] == [MIX[1]["label"]]
 
 
 def test_a_file_without_languages_needs_language(mblip_dir):

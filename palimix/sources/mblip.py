@@ -65,14 +65,8 @@ class MblipTaskFile(base.RecordSource):
         return f"MblipTaskFile({self.path!r})"
 
     def entries(self) -> list:
-        """The file's records as parsed JSON (a list, checked)."""
-        if self.path.endswith(".jsonl"):
-            return [entry for _, entry in _json_lines(self.path)]
-        entries = base.read_json(self.path, "mBLIP task file")
-        if not isinstance(entries, list):
-            raise base.UsageError(f"{self.path}: an mBLIP task file is a JSON list of records, "
-                                  f"not a JSON {type(entries).__name__}.")
-        return entries
+        """The file's records as parsed JSON (`read_task_file`)."""
+        return read_task_file(self.path)
 
     def _load_split(self, split: str) -> list[dict]:
         normalize = base.normalizer(self.path)
@@ -112,6 +106,17 @@ class MblipTaskFile(base.RecordSource):
                               f"to give every record of the file one language.")
 
 
+def read_task_file(path: str) -> list:
+    """The records of a task file as parsed JSON: a `.jsonl` file line by line, any
+    other file as one JSON list (mBLIP's releases). UsageError for anything else."""
+    if path.endswith(".jsonl"):
+        return [entry for _, entry in _json_lines(path)]
+    entries = base.read_json(path, "mBLIP task file")
+    if not isinstance(entries, list):
+        raise base.UsageError(f"{path}: an mBLIP task file is a JSON list of records, not a JSON {type(entries).__name__}.")
+    return entries
+
+
 def _json_lines(path: str):
     with tf.io.gfile.GFile(path, "r") as f:
         for number, line in enumerate(f, 1):
@@ -138,11 +143,9 @@ def _strings(value, key: str, where: str) -> list[str]:
 
 
 def _references(entry: dict, where: str) -> list[str]:
-    """The target: `label`, or in an evaluation file (label "") its `text_label`s."""
+    """The target: `label`, or in an evaluation file (label "") its `text_label`s. None
+    at all: [] (build_example leaves such a record out; `palimix stats` counts it)."""
     label = _text(entry, "label", where)
     if label.strip():
         return [label]
-    references = _strings(entry.get("text_label"), "text_label", where)
-    if not references:
-        raise base.UsageError(f"{where}: an empty label and no text_label: the record has no target.")
-    return references
+    return _strings(entry.get("text_label"), "text_label", where)
