@@ -96,13 +96,14 @@ class Style:
     several: bool = False  # Several templates per (kind, language), one chosen per example.
     every_kind: bool = True  # Has a `*` row for every kind (verbatim: only kinds with a prompt text).
     warn_on_fallback: bool = False  # The `*` row stands in for a missing localization (natural).
+    names_answer_language: bool = True  # Its rows can ask for an answer in another language.
 
 
 _STYLES: dict[str, Style] = {s.name: s for s in (
     Style("pali"),
-    Style("natural", warn_on_fallback=True),
+    Style("natural", warn_on_fallback=True, names_answer_language=False),
     Style("instruct", several=True),
-    Style("verbatim", every_kind=False),
+    Style("verbatim", every_kind=False, names_answer_language=False),
 )}
 STYLES: tuple[str, ...] = tuple(_STYLES)
 

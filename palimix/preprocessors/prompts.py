@@ -99,14 +99,14 @@ class _PromptTable:
     example's row is offset[language] + english * count[language] + variant."""
 
     def __init__(self, kind: str, codes: Sequence[str], style: str, static_fields, dynamic_fields: Sequence[str],
-                 with_english: bool):
+                 with_english: bool, answer_language: str | None = None):
         self.codes, self.offsets, self.counts, rows = list(codes), [], [], []
         markers = {f: f"{_MARK}{f}{_MARK}" for f in dynamic_fields}
         for code in codes:
             count = len(prompts.variants(kind, code, style))
             self.offsets.append(len(rows))
             self.counts.append(count)
-            for answer in [code, ENGLISH] if with_english else [code]:
+            for answer in [answer_language or code] + ([ENGLISH] if with_english else []):
                 rows += [prompts.prompt(kind, code, style=style, answer_language=answer, variant=v,
                                         **static_fields(code), **markers).split(_MARK) for v in range(count)]
         order = {tuple(r[1::2]) for r in rows}
@@ -144,18 +144,19 @@ class _PromptTable:
 
 
 def _prompt_builder(kind: str, codes: Sequence[str], style: str, static_fields, dynamic_fields: Sequence[str],
-                    with_english: bool = False):
+                    with_english: bool = False, answer_language: str | None = None):
     """fn(example, {field: tensor}, english) -> the prompt tensor, for one language or
     several, one template or several (chosen per example: prompts.variant_for), and,
-    `with_english`, the English-answer form where `english` is true."""
-    table = _PromptTable(kind, codes, style, static_fields, dynamic_fields, with_english)
+    `with_english`, the English-answer form where `english` is true. The answer
+    language is the prompt's, or `answer_language` for every example."""
+    table = _PromptTable(kind, codes, style, static_fields, dynamic_fields, with_english, answer_language)
     if table.single and not dynamic_fields:
         text = table.literals[0][0]
         return lambda example, values, english: tf.constant(text)
     if table.single:  # One template: no lookup tables per example.
         code = codes[0]
-        return lambda example, values, english: prompts.prompt_tf(kind, code, style=style, **static_fields(code),
-                                                                  **values)
+        return lambda example, values, english: prompts.prompt_tf(kind, code, style=style, answer_language=answer_language,
+                                                                  **static_fields(code), **values)
     return table.builder()
 
 
@@ -226,6 +227,7 @@ def build_example(
     image_size: int | None = None,
     strict_images: bool = False,
     english_answer_share: float = 0.0,
+    answer_language: str | None = None,
     task_name: str = "",
     output_features=None,
     sequence_length=None,
@@ -262,6 +264,9 @@ def build_example(
         record keeps: palimix.translate). A picked example without them keeps its
         own language and is counted (`english_answer_skips()`, first ones logged).
         The example's `language` stays its record's.
+      answer_language: the language of every target when it is not the records'
+        (xGQA, XVNLI, MaRVL: English answers to questions in other languages); the
+        prompts name it ({lang}, {language_name}). Not with english_answer_share.
       task_name: named in drop counts and in errors about an example.
       **options: the kind's options (`palimix.kinds`: classification `classes`, a
         list or {language: list}; translation `source_language`; span corruption
@@ -271,6 +276,7 @@ def build_example(
     codes = [language] if isinstance(language, str) else list(language)
     options = _prepared_options(entry, task_name or kind, options, codes)
     check_english_answer_share(english_answer_share, task_name or kind)
+    _check_answer_options(answer_language, english_answer_share, task_name or kind)
     if (decode_images or blank_image) and not image_size:
         raise UsageError("build_example(decode_images=/blank_image=True) needs image_size.")
     if tokenize and output_features is None:
@@ -287,7 +293,7 @@ def build_example(
     finish = text_preprocessors.tokenize_and_append_eos_fn(output_features, sequence_length) if tokenize else None
     build = _example_builder(entry, codes, style, options, task_name=task_name, finish=finish,
                              blank_image_size=image_size if blank_image else None,
-                             english_answer_share=english_answer_share)
+                             english_answer_share=english_answer_share, answer_language=answer_language)
     if decode_images or blank_image:
         # Bad images and examples without a target are marked in the map
         # (has_image < 0) and dropped by one filter after it.
@@ -296,7 +302,7 @@ def build_example(
 
 
 def check_prompts(kind: str, language, style: str, options, english_answer_share: float = 0.0,
-                  task_name: str = "") -> None:
+                  task_name: str = "", answer_language: str | None = None) -> None:
     """Renders every prompt a task of `kind` in `language` (a code or a list) can
     build, so a missing template, a bad style or a template that cannot ask for an
     English answer is an error when the task is registered, not when it is read."""
@@ -304,8 +310,15 @@ def check_prompts(kind: str, language, style: str, options, english_answer_share
     codes = [language] if isinstance(language, str) else list(language)
     options = _prepared_options(entry, task_name or kind, options, codes)
     template = entry.template_kind(options)
+    _check_answer_options(answer_language, english_answer_share, task_name or kind)
     _PromptTable(template, codes, style, _static_fields(entry, template, options), tuple(entry.prompt_fields),
-                 with_english=english_answer_share > 0)
+                 with_english=english_answer_share > 0, answer_language=answer_language)
+
+
+def _check_answer_options(answer_language, english_answer_share: float, name: str) -> None:
+    if answer_language is not None and english_answer_share > 0:
+        raise UsageError(f"{name}: answer_language= fixes the answer language of every example; "
+                         f"english_answer_share= cannot ask some for English then.")
 
 
 def check_english_answer_share(share, name: str) -> float:
@@ -333,12 +346,14 @@ def _keep_languages(dataset: tf.data.Dataset, codes: Sequence[str]) -> tf.data.D
 
 
 def _example_builder(entry: kinds_lib.Kind, codes, style: str, options, *, task_name: str, finish,
-                     blank_image_size: int | None, english_answer_share: float = 0.0):
+                     blank_image_size: int | None, english_answer_share: float = 0.0,
+                     answer_language: str | None = None):
     """The map from a record to its example (seqio seeds it per example)."""
     template = entry.template_kind(options)
     with_english = english_answer_share > 0
     prompt_for = _prompt_builder(template, codes, style, _static_fields(entry, template, options),
-                                 tuple(entry.prompt_fields), with_english=with_english)
+                                 tuple(entry.prompt_fields), with_english=with_english,
+                                 answer_language=answer_language)
     pick_target = _PICK_TARGET[entry.target]
     multilingual = len(codes) > 1
 

@@ -42,7 +42,9 @@ from palimix.sources.base import BOX_FIELDS, KIND_FIELDS, LIST_FIELDS, MissingFi
 from palimix.sources.coco import CocoCaptions, CocoDetection
 from palimix.sources.folder import ImageFolder, read_label_table
 from palimix.sources.gqa import Gqa, Xgqa
+from palimix.sources.iglue import Marvl, XFlickrCo, Xvnli, side_by_side
 from palimix.sources.jsonl import JsonLines
+from palimix.sources.maxm import Maxm
 from palimix.sources.mblip import MblipTaskFile
 from palimix.sources.refcoco import RefCoco
 from palimix.sources.tfds import Tfds
@@ -59,6 +61,8 @@ __all__ = [
     "Gqa",
     "ImageFolder",
     "JsonLines",
+    "Marvl",
+    "Maxm",
     "MblipTaskFile",
     "MissingFileError",
     "RecordSource",
@@ -68,8 +72,11 @@ __all__ = [
     "TextVqa",
     "Vqav2",
     "WebDataset",
+    "XFlickrCo",
     "Xgqa",
     "Xm3600",
+    "Xvnli",
     "expand_shards",
     "read_label_table",
+    "side_by_side",
 ]

@@ -31,11 +31,7 @@ file and the record.
 
 from __future__ import annotations
 
-import json
-
-import tensorflow as tf
-
-from palimix.sources import base
+from palimix.sources import base, lines
 
 # palimix kind -> the record fields it reads from a task file.
 KIND_FIELDS = {"vqa": ("question", "answers"), "caption": ("captions",)}
@@ -110,21 +106,11 @@ def read_task_file(path: str) -> list:
     """The records of a task file as parsed JSON: a `.jsonl` file line by line, any
     other file as one JSON list (mBLIP's releases). UsageError for anything else."""
     if path.endswith(".jsonl"):
-        return [entry for _, entry in _json_lines(path)]
+        return [entry for _, entry in lines.json_lines(path)]
     entries = base.read_json(path, "mBLIP task file")
     if not isinstance(entries, list):
         raise base.UsageError(f"{path}: an mBLIP task file is a JSON list of records, not a JSON {type(entries).__name__}.")
     return entries
-
-
-def _json_lines(path: str):
-    with tf.io.gfile.GFile(path, "r") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise base.UsageError(f"{path}:{number}: not valid JSON ({e}).") from None
 
 
 def _text(entry: dict, key: str, where: str) -> str:

@@ -23,6 +23,18 @@ in the layout its release unpacks to; the others are skipped with a log line):
     refcocog/refs(umd).p, refcocog/instances.json, coco/train2014/*.jpg
         -> refcocog (referring, en; UMD splits train, validation, test)
 
+mBLIP's multilingual benchmarks (IGLUE's `datasets/` folders, MaXM's release):
+
+    xflickrco/annotations/<lang>/test.jsonl, flickr30k/images/<id>.jpg, coco/val2014/*.jpg
+        -> xflickrco (caption, 8 languages; split test)
+    xvnli/annotations/<lang>/test.jsonl, flickr30k/images/<Flikr30kID>.jpg
+        -> xvnli (yes/no/maybe answers in English, accuracy; 5 languages; split test)
+    marvl/zero_shot/annotations/marvl-<lang>.jsonl, marvl/images/<lang>/images/<concept>/*
+        -> marvl (yes/no answers in English to an image PAIR composed side by side,
+           accuracy; 5 languages; split test)
+    maxm/maxm_v1_release/maxm_v1_<lang>.json, xm3600/images/<image_id>.jpg
+        -> maxm (vqa, exact match against any processed answer; 7 languages; split test)
+
 (the RefCOCO folders as the `refer` release unpacks them). Each benchmark becomes one
 task per language and a mixture (palimix.tasks.add_task). The box benchmarks need a
 vocabulary with single-id <loc> tokens: `vocabulary`, or by default
@@ -43,7 +55,9 @@ log = logging.getLogger(__name__)
 # RefCOCO-style benchmarks: (name, folder under data_dir, release of the refs file).
 REFCOCO = (("refcoco", "refcoco", "unc"), ("refcoco_plus", "refcoco+", "unc"), ("refcocog", "refcocog", "umd"))
 BOX_KINDS = ("detection", "referring")
-BENCHMARKS = ("coco_captions", "xm3600", "vqav2", "textvqa", "xgqa", "coco_detection") + tuple(n for n, _, _ in REFCOCO)
+MBLIP_BENCHMARKS = ("xflickrco", "xvnli", "marvl", "maxm")
+BENCHMARKS = (("coco_captions", "xm3600", "vqav2", "textvqa", "xgqa", "coco_detection") + tuple(n for n, _, _ in REFCOCO)
+              + MBLIP_BENCHMARKS)
 
 
 def _exists(*paths: str) -> bool:
@@ -122,6 +136,7 @@ def register_benchmarks(
         register("xgqa", kind="vqa", source=xgqa, languages=sorted(xgqa.questions))
 
     _register_box_benchmarks(j, register)
+    _register_mblip_benchmarks(j, register, prompt_style)
 
     skipped = sorted(set(BENCHMARKS) - set(registered))
     log.info("Registered benchmarks %s from %s; not found there: %s", registered, data_dir, skipped)
@@ -148,3 +163,27 @@ def _register_box_benchmarks(j, register) -> None:
         if _exists(*files):
             register(name, kind="referring", source=sources.RefCoco(*files, splits=RELEASE_SPLITS[release]),
                      languages=["en"])
+
+
+def _register_mblip_benchmarks(j, register, prompt_style: str) -> None:
+    """xFlickrCO, XVNLI, MaRVL and MaXM, where their files are (`j` joins under data_dir).
+    XVNLI's and MaRVL's labels are English words whatever the statement's language:
+    their prompts ask for English where the style can say so (pali, instruct)."""
+    from palimix import prompts, sources
+    from palimix.metrics.text import accuracy, exact_match
+
+    english = {"answer_language": "en"} if prompts.style(prompt_style).names_answer_language else {}
+    flickr = j("flickr30k", "images")
+    if _exists(j("xflickrco", "annotations"), flickr, j("coco", "val2014")):
+        source = sources.XFlickrCo(j("xflickrco", "annotations"), flickr, j("coco", "val2014"))
+        register("xflickrco", kind="caption", source=source, languages=sorted(source.files))
+    if _exists(j("xvnli", "annotations"), flickr):
+        source = sources.Xvnli(j("xvnli", "annotations"), flickr)
+        register("xvnli", kind="vqa", source=source, languages=sorted(source.files), metrics=[accuracy], **english)
+    if _exists(j("marvl", "zero_shot", "annotations"), j("marvl", "images")):
+        source = sources.Marvl(j("marvl", "zero_shot", "annotations"), j("marvl", "images"))
+        register("marvl", kind="vqa", source=source, languages=sorted(source.files), metrics=[accuracy], **english)
+    if _exists(j("maxm", "maxm_v1_release"), j("xm3600", "images")):
+        source = sources.Maxm(j("maxm", "maxm_v1_release"), j("xm3600", "images"))
+        # MaXM and mBLIP score a prediction right when it equals any processed answer.
+        register("maxm", kind="vqa", source=source, languages=sorted(source.questions), metrics=[exact_match])

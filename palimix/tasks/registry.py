@@ -99,6 +99,7 @@ def add_task(
     max_rate: float | None = None,
     unimax=None,
     english_answer_share: float = 0.0,
+    answer_language: str | None = None,
     **options,
 ):
     """Registers `<name>_<lang>` for each language and the mixture `<name>` over them.
@@ -144,6 +145,9 @@ def add_task(
         record without one keeps its language and is counted). The prompt style's
         templates must name the answer language (instruct, pali); a training
         option (eval tasks keep 0). See preprocessors.prompts.build_example.
+      answer_language: the language of every target when it is not the records'
+        (English labels of XVNLI and MaRVL statements in other languages): the
+        prompts ask for it (a style whose templates name it: pali, instruct).
       **options: the kind's own options (`palimix.kinds`): classification `classes`
         (a list, {language: list}, or True for the source's `class_names(language)`;
         None asks an open question), translation `source_language` (the language of
@@ -158,7 +162,8 @@ def add_task(
         image_size=features.check_image_size(image_size), images=entry.images if images is None else bool(images),
         strict_images=strict_images, metrics=None if metrics is None else tuple(metrics),
         shuffle_buffer_size=shuffle_buffer_size,
-        english_answer_share=prompt_preprocessors.check_english_answer_share(english_answer_share, name))
+        english_answer_share=prompt_preprocessors.check_english_answer_share(english_answer_share, name),
+        answer_language=None if answer_language is None else languages_lib.normalize(answer_language))
     options = kinds.kind_options(entry, name, options)
     plan = _plan(settings, source, options, per_language)
     output_features = features.output_features(image_size, vocabulary)
@@ -183,6 +188,7 @@ class _TaskSettings:
     metrics: tuple | None
     shuffle_buffer_size: int | None
     english_answer_share: float = 0.0
+    answer_language: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,9 +236,10 @@ def _build_task(settings: _TaskSettings, spec: _TaskSpec, output_features) -> tu
         # The image right before that map (bad ones dropped and counted), or a blank one in it.
         decode_images=settings.images, blank_image=not settings.images, image_size=settings.image_size,
         strict_images=settings.strict_images, english_answer_share=settings.english_answer_share,
-        task_name=spec.name, **spec.options)
+        answer_language=settings.answer_language, task_name=spec.name, **spec.options)
     prompt_preprocessors.check_prompts(kind.name, codes if multilingual else spec.language, settings.prompt_style,
-                                       spec.options, settings.english_answer_share, spec.name)
+                                       spec.options, settings.english_answer_share, spec.name,
+                                       settings.answer_language)
     task = _PretrimmedTask(
         spec.name, source=spec.source, output_features=output_features, preprocessors=[build],
         postprocess_fn=prompt_preprocessors.postprocess_fn(kind.name, multilingual=multilingual),
