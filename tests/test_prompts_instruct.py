@@ -232,3 +232,14 @@ def test_english_answer_share_errors(translated):
     with pytest.raises(UsageError, match="from 0 to 1"):
         add_task("ti_no_english", kind="caption", source=source, languages=["de"], prompt_style="instruct",
                  english_answer_share=1.5)
+
+
+def test_answer_language_asks_every_example_for_another_language(translated):
+    source, lines = translated
+    add_task("ti_vqa", kind="vqa", source=source.for_language("sw"), languages=["sw"], prompt_style="pali",
+             image_size=16, metrics=[], answer_language="en")
+    questions = sorted(e["inputs_pretokenized"].decode() for e in _examples("ti_vqa_sw"))
+    assert questions == sorted(f"answer en {line['question']}" for line in lines if line["language"] == "sw")
+    with pytest.raises(UsageError, match="answer_language= fixes the answer language"):
+        add_task("ti_no_english", kind="caption", source=source, languages=["de"], prompt_style="instruct",
+                 image_size=16, metrics=[], answer_language="en", english_answer_share=0.5)
