@@ -124,6 +124,7 @@ class _PromptTable:
         """fn(example, {field: tensor}, english: bool tensor) -> the prompt tensor."""
         literals = [tf.constant(column) for column in self.literals]
         codes, offsets, counts = tf.constant(self.codes), tf.constant(self.offsets, tf.int64), tf.constant(self.counts, tf.int64)
+        several = max(self.counts) > 1  # Else no hash per example (one template per language).
 
         def build(example, values, english):
             if len(self.codes) == 1:  # A one-language task: its records may name any language.
@@ -132,8 +133,8 @@ class _PromptTable:
                 index = tf.argmax(tf.cast(tf.equal(codes, example["language"]), tf.int32), output_type=tf.int32)
                 code = example["language"]
             count = counts[index]
-            variant = tf.strings.to_hash_bucket_fast(prompts.choice_key(_id_string(example), code),
-                                                     prompts.HASH_BUCKETS) % count
+            variant = (tf.strings.to_hash_bucket_fast(prompts.choice_key(_id_string(example), code),
+                                                      prompts.HASH_BUCKETS) % count) if several else tf.constant(0, tf.int64)
             row = offsets[index] + tf.cast(english, tf.int64) * count + variant
             parts = [tf.gather(literals[0], row)]
             for i, field in enumerate(self.fields):
