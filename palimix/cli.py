@@ -37,6 +37,7 @@ COMMANDS = {
     "train": "train",
     "eval": "eval",
     "infer": "infer",
+    "convert-checkpoint": "convert_checkpoint",
     "gin-path": "gin_path",
 }
 # Commands that never load TensorFlow or JAX: nothing to quiet, and they stay fast.

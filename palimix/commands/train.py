@@ -13,6 +13,7 @@ _FLAGS = {
     "clip_gradient_norm": "clip_gradient_norm", "seed": "seed", "split": "split",
     "checkpoint_every": "checkpoint_every", "keep_checkpoints": "keep_checkpoints",
     "log_every": "log_every", "input_mode": "input_mode", "memory_passes": "memory_passes",
+    "init_checkpoint": "init_checkpoint", "init_format": "init_format",
 }
 
 
@@ -50,6 +51,14 @@ def configure(parser):
                              "seqio's tf.data pipeline; auto (default): memory when it fits --memory_limit_mb")
     parser.add_argument("--memory_passes", type=int,
                         help="memory input: epochs of random preprocessing to keep (default 2)")
+    parser.add_argument("--init_checkpoint", metavar="PATH",
+                        help="start a new run from the parameters of this public checkpoint, loaded before step 0 "
+                             "(needs --init_format); recorded in run.json: resume with the same flags")
+    parser.add_argument("--init_format", metavar="FORMAT",
+                        help="the format of --init_checkpoint: paligemma (big_vision .npz, every parameter), "
+                             "gemma (its language model; the ViT as initialised), vit (big_vision ViT .npz), "
+                             "mt5 (t5x checkpoint, the text side); see palimix.models.checkpoints."
+                             "WARM_START_FORMATS")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar or log lines")
     add_common_flags(parser)
 

@@ -47,20 +47,25 @@ What loads:
 
 All check every shape and raise `CheckpointMismatchError` listing every missing or
 mis-shaped parameter (a different vocabulary gets a hint: `skip=` or `vocab_size=`).
+
+`WARM_START_FORMATS`: format name -> its loader and the parameters it sets, the one
+table behind `palimix train --init_checkpoint PATH --init_format NAME` and
+`palimix convert-checkpoint` (`warm_start(params, path, format)`, `warm_started_part`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
-from typing import Iterable, Mapping, Optional
+from typing import Callable, Iterable, Mapping, Optional
 
 import jax
 import numpy as np
 from absl import logging
 from flax import traverse_util
 
-from palimix.errors import PalimixError
+from palimix.errors import PalimixError, UsageError, close_matches_hint
 
 IMAGE_TOWER = ("img",)
 IMAGE_SIDE = ("img", "img_proj")  # everything a text-only checkpoint lacks
@@ -517,3 +522,99 @@ def save_paligemma(params, path: str, *, dtype=None) -> str:
         np.savez(f, **dict(sorted(flat.items())))
     os.replace(partial, path)
     return path
+
+
+# ----------------------------------------------------------------------------------------
+# Warm start: one table of checkpoint formats, for `palimix train --init_checkpoint` and
+# `palimix convert-checkpoint` (which writes what a format loads as a t5x checkpoint).
+
+
+def _everything(name: str) -> bool:
+    return True
+
+
+def _language_model(name: str) -> bool:
+    return name.split("/", 1)[0] not in IMAGE_SIDE
+
+
+def _under(*tops: str):
+    return lambda name: name.split("/", 1)[0] in tops
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmStartFormat:
+    """A public checkpoint layout: its loader `load(path, params) -> params` (strict: it
+    raises `CheckpointMismatchError` naming what is missing, mis-shaped or extra), which
+    parameters it sets (`sets(flat name) -> bool`; the others keep their initial values),
+    and one line for help texts."""
+
+    load: Callable
+    sets: Callable[[str], bool]
+    description: str
+
+
+WARM_START_FORMATS = {
+    "paligemma": WarmStartFormat(load_paligemma, _everything,
+                                 "big_vision PaliGemma .npz: every parameter (img/... and llm/...)"),
+    "gemma": WarmStartFormat(load_gemma, _under(*GEMMA),
+                             "big_vision Gemma (a PaliGemma .npz's llm/ part, or a Gemma-only .npz): "
+                             "the language model; the ViT and its projection as initialised"),
+    "vit": WarmStartFormat(load_vit, _under(*IMAGE_TOWER),
+                           "big_vision ViT .npz ('file.npz:img' for a sub-model): the image tower "
+                           "of a PaLI model; the rest as initialised"),
+    "mt5": WarmStartFormat(load_mt5, _language_model,
+                           "t5x mT5 / T5 1.1 checkpoint: the text side of a PaLI model; the ViT and "
+                           "its projection as initialised"),
+}
+
+
+def warm_start_format(name: str) -> WarmStartFormat:
+    """The table entry for `name`, or a UsageError listing the formats."""
+    if name not in WARM_START_FORMATS:
+        known = "; ".join(f"{k}: {v.description}" for k, v in WARM_START_FORMATS.items())
+        raise UsageError(f"Unknown checkpoint format {name!r}. Formats: {known}."
+                         + close_matches_hint(name, WARM_START_FORMATS))
+    return WARM_START_FORMATS[name]
+
+
+def warm_start(params, checkpoint: str, format: str):
+    """`params` (freshly initialised) with the parameters a `format` checkpoint holds."""
+    return warm_start_format(format).load(checkpoint, params)
+
+
+def warm_started_part(params, format: str) -> dict:
+    """The parameters of `params` that a `format` warm start sets, nested (the ViT's for
+    "vit", Gemma's for "gemma", all for "paligemma")."""
+    sets = warm_start_format(format).sets
+    flat = {k: v for k, v in _flatten(params).items() if sets(k)}
+    return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+
+
+# `t5x.train`'s `RestoreCheckpointConfig.assignment_map` for a `save_t5x` checkpoint:
+# restore every parameter it holds by its own name; the optimizer state (which it does
+# not hold) starts from scratch. t5x's `fallback_to_scratch` needs a map (any state
+# transformation) to run at all.
+T5X_ASSIGNMENT_MAP = ((r"state/param_states/.*", None),)
+
+
+def save_t5x(variables, out_dir: str, *, step: int = 0) -> str:
+    """Writes `variables` (`{"params": ..., "params_axes": ...}`, or a part of them) as a
+    t5x checkpoint `out_dir/checkpoint_<step>` with t5x's own `Checkpointer`: the
+    parameters and the step, no optimizer state. `t5x.train` restores it with
+    `RestoreCheckpointConfig(mode='specific', path=..., fallback_to_scratch=True,
+    assignment_map=T5X_ASSIGNMENT_MAP)`: what the file lacks (the optimizer state, the
+    parameters a partial warm start leaves out) starts from scratch. Returns the
+    checkpoint folder."""
+    import jax.numpy as jnp
+    from t5x import checkpoints as t5x_checkpoints
+    from t5x import partitioning as t5x_partitioning
+    from t5x import train_state as t5x_train_state
+
+    from palimix.models import t5x_model
+
+    state = t5x_train_state.InferenceState.create(variables).replace_step(jnp.asarray(step, jnp.int32))
+    partitioner = t5x_partitioning.PjitPartitioner(num_partitions=1,
+                                                   logical_axis_rules=t5x_model.pali_logical_axis_rules())
+    checkpointer = t5x_checkpoints.Checkpointer(state, partitioner, out_dir)
+    checkpointer.save(state)
+    return os.path.join(out_dir, f"checkpoint_{step}")

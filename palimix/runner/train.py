@@ -79,6 +79,11 @@ class TrainConfig:
     input_mode: str = "auto"
     memory_limit_mb: float = 1024
     memory_passes: int = 2
+    # Warm start of a new run (not of a resumed one): the parameters a public checkpoint
+    # holds (`palimix.models.checkpoints.WARM_START_FORMATS`: "paligemma", "gemma",
+    # "vit", "mt5") replace the fresh ones before step 0. The format is always explicit.
+    init_checkpoint: str | None = None
+    init_format: str | None = None
 
     def validate(self) -> None:
         for name in ("batch_size", "train_steps", "checkpoint_every", "log_every", "keep_checkpoints"):
@@ -92,6 +97,19 @@ class TrainConfig:
         if missing:
             raise UsageError(f"task_feature_lengths needs {sorted(missing)} (got {self.task_feature_lengths}); "
                              "e.g. {'inputs': 32, 'targets': 16, 'image': 32}.")
+        self._validate_warm_start()
+
+    def _validate_warm_start(self) -> None:
+        if (self.init_checkpoint is None) != (self.init_format is None):
+            raise UsageError("--init_checkpoint and --init_format go together: the format is never guessed "
+                             "from the file name.")
+        if self.init_format is not None:
+            from palimix.models import checkpoints
+
+            checkpoints.warm_start_format(self.init_format)
+            local = self.init_checkpoint.partition(".npz:")[0]  # big_vision's "file.npz:img" names a sub-model
+            if "://" not in local and not any(os.path.exists(p) for p in (local, local + ".npz")):
+                raise UsageError(f"--init_checkpoint {self.init_checkpoint}: no such file or folder.")
 
 
 @dataclasses.dataclass
@@ -140,7 +158,8 @@ def run_description(config: TrainConfig, definition, input_mode: str) -> dict:
     return json.loads(json.dumps({
         "model": definition.to_json(), "mixture_or_task_name": config.mixture_or_task_name,
         "task_feature_lengths": dict(config.task_feature_lengths), "seed": config.seed,
-        "batch_size": config.batch_size, "input_mode": input_mode}))
+        "batch_size": config.batch_size, "input_mode": input_mode,
+        "init_checkpoint": config.init_checkpoint, "init_format": config.init_format}))
 
 
 def _check_same_run(model_dir: str, description: dict) -> None:
@@ -223,25 +242,39 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> TrainResult:
         input_mode, config.mixture_or_task_name, config.task_feature_lengths, config.batch_size,
         converter=networks.feature_converter(definition.config), seed=config.seed, split=config.split,
         memory_passes=config.memory_passes)
-    state = _initial_state(trainer, checkpoints, batches, config.model_dir)
+    state = _initial_state(trainer, checkpoints, batches, config)
     _write_json_atomically(os.path.join(config.model_dir, "run.json"), description)
     _write_json_atomically(os.path.join(config.model_dir, "train_config.json"), _config_json(config, definition))
     loop = TrainLoop(config, trainer, checkpoints, batches, start_step=int(state["step"]))
     return loop.run(state, stop_after)
 
 
-def _initial_state(trainer, checkpoints, batches, model_dir: str) -> dict:
-    """A fresh state, or the latest checkpoint's (and the input position with it)."""
+def _initial_state(trainer, checkpoints, batches, config: TrainConfig) -> dict:
+    """A fresh (or warm-started) state, or the latest checkpoint's (and the input
+    position with it)."""
     import jax
 
+    model_dir = config.model_dir
     state = trainer.init_state()
     if checkpoints.latest_step() is None:
-        return state
+        return _warm_started(state, config)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
     state, _ = checkpoints.restore(abstract, iterator=batches)
     log.info("Resumed %s from step %d.", model_dir, int(state["step"]))
     print(f"resuming from the checkpoint at step {int(state['step'])} in {model_dir}", file=sys.stderr, flush=True)
     return state
+
+
+def _warm_started(state: dict, config: TrainConfig) -> dict:
+    """`state` with the parameters of `config.init_checkpoint` (the optimizer state stays
+    the fresh one: it does not depend on the parameters' values)."""
+    from palimix.models import checkpoints
+
+    if config.init_checkpoint is None:
+        return state
+    params = checkpoints.warm_start(state["params"], config.init_checkpoint, config.init_format)
+    print(f"warm start: {config.init_format} checkpoint {config.init_checkpoint}", file=sys.stderr, flush=True)
+    return {**state, "params": params}
 
 
 def _config_json(config: TrainConfig, definition) -> dict:
