@@ -22,7 +22,9 @@ Decoding (`palimix.models.decoding` drives it): `prefill` runs image + prompt on
 creates the cache (collection "cache": per layer keys/values, plus `key_mask [B, slots]`
 and `next_slot [B]`); each `decode_step` feeds one token per example. Cache slots are
 sequence positions: slot n holds position n, each example's answer starts right after
-its own prompt (left-aligned, no padding in between).
+its own prompt (left-aligned, no padding in between). `PaliGemma.rewind_cache(cache,
+steps)` takes back each example's last `steps` positions, so that decoding feeds them
+again (T5X's decode functions start by re-feeding the last prompt token).
 """
 
 from __future__ import annotations
@@ -144,6 +146,22 @@ class PaliGemma(nn.Module):
         self.put_variable("cache", "key_mask", key_mask)
         self.put_variable("cache", "next_slot", slot + 1)
         return logits[:, 0]
+
+    @staticmethod
+    def rewind_cache(cache, steps):
+        """The decoding `cache` (a "cache" collection after `prefill` / `decode_step`) as if
+        each example's last `steps` positions (an int or `[B]`) had not been fed: its next
+        slot moves back by `steps` and those slots leave `key_mask`, so the next
+        `decode_step` feeds the first of them again (and overwrites its keys/values).
+        Returns a new cache; layer keys/values are shared, not copied.
+
+        Feeding them again reproduces them where they attended causally: answer
+        positions, and the prefix's last one (it sees the whole prefix either way). An
+        earlier prefix position saw the later ones in the prefill, which a step cannot."""
+        next_slot = cache["next_slot"] - jnp.asarray(steps, jnp.int32)
+        slots = jnp.arange(cache["key_mask"].shape[1], dtype=jnp.int32)
+        key_mask = cache["key_mask"] & (slots[None, :] < next_slot[:, None])
+        return {**cache, "next_slot": next_slot, "key_mask": key_mask}
 
 
 def _check_text_shapes(*arrays):

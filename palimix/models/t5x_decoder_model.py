@@ -37,7 +37,8 @@ class PaliGemmaModel(models.DecoderOnlyModel):
     `inputs_bidirectional_attention` flag has no effect). The module must have
     `INPUTS` (its `__call__` arguments' feature names), `config.num_image_tokens`,
     `prefill(encoder_images, encoder_image_mask, decoder_input_tokens,
-    decoder_causal_attention, cache_length=...)` and `decode_step(tokens)`.
+    decoder_causal_attention, cache_length=...)`, `decode_step(tokens)` and
+    `rewind_cache(cache, steps)`.
     """
 
     FEATURE_CONVERTER_CLS = PaliDecoderFeatureConverter
@@ -125,8 +126,9 @@ class PaliGemmaModel(models.DecoderOnlyModel):
         The network's prefill consumes the whole prefix, BOS and prompt (positions
         0..n); t5x's decode functions start by feeding the prompt's last token again
         (position n, to get the logits of the first answer token). The cache is set
-        back by that one position, which the first step then recomputes: the same keys
-        and values, since position n attends to the whole prefix either way.
+        back by that one position (the network's `rewind_cache`), which the first step
+        then recomputes: the same keys and values, since position n attends to the whole
+        prefix either way.
         """
         text_length = batch["decoder_input_tokens"].shape[1]
         num_image_tokens = self.module.config.num_image_tokens
@@ -137,10 +139,9 @@ class PaliGemmaModel(models.DecoderOnlyModel):
             mutable=["cache"],
             method=self.module.prefill,
         )
-        prompt_lengths = jnp.maximum(jnp.sum(batch["decoder_causal_attention"], axis=1) - 1, 0).astype(jnp.int32)
-        cache = flax_core.unfreeze(variables["cache"])
-        cache["next_slot"] = num_image_tokens + prompt_lengths
-        return cache, prompt_lengths
+        prefix_lengths = jnp.sum(batch["decoder_causal_attention"], axis=1, dtype=jnp.int32)  # BOS + prompt
+        cache = self.module.rewind_cache(flax_core.unfreeze(variables["cache"]), jnp.minimum(prefix_lengths, 1))
+        return cache, jnp.maximum(prefix_lengths - 1, 0)
 
     def _compute_logits_from_slice(  # pytype: disable=signature-mismatch
         self, decoding_state: decoding.DecodingState, params: PyTree
