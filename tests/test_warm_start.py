@@ -130,3 +130,16 @@ def test_every_format_names_its_loader_and_part():
     assert sorted(checkpoints.warm_started_part(params, "mt5")) == ["llm"]
     with pytest.raises(UsageError, match="Formats: paligemma"):
         checkpoints.warm_start_format("npz")
+
+
+def test_the_vit_format_fits_the_encoder_decoder(tmp_path):
+    """The same table warm-starts PaLI's image tower from a big_vision ViT .npz."""
+    config = configs.get("tiny")
+    source = checkpoints._flatten(networks.init_params(config, jax.random.PRNGKey(1)))
+    vit = {k[len("img/"):]: np.asarray(v) for k, v in source.items() if k.startswith("img/")}
+    np.savez(tmp_path / "vit.npz", **vit)
+    fresh = checkpoints._flatten(networks.init_params(config, jax.random.PRNGKey(0)))
+    got = checkpoints._flatten(checkpoints.warm_start(networks.init_params(config, jax.random.PRNGKey(0)),
+                                                      str(tmp_path / "vit.npz"), "vit"))
+    _assert_equal(got, source, [k for k in source if k.startswith("img/")])
+    _assert_equal(got, fresh, [k for k in source if not k.startswith("img/")])

@@ -82,3 +82,20 @@ def test_convert_refuses_a_checkpoint_that_does_not_fit_the_model(tmp_path, caps
     assert "llm/layers_0/attn/kv_einsum/w: not in the checkpoint" in error
     assert "llm/layers_0/attn/qkv_einsum/w: in the checkpoint, not in the model" in error
     assert not (tmp_path / "out").exists()
+
+
+def test_the_mt5_format_reads_what_save_t5x_writes(tmp_path):
+    """The text side of a PaLI model, written as a t5x checkpoint and warm-started back."""
+    config = configs.get("tiny")
+    variables = networks.init_variables(config, jax.random.PRNGKey(1))
+    part = checkpoints.warm_started_part(variables["params"], "mt5")
+    axes = {k: v for k, v in variables["params_axes"].items() if k in part}
+    path = checkpoints.save_t5x({"params": part, "params_axes": axes}, str(tmp_path / "mt5"))
+    want = checkpoints._flatten(variables["params"])
+    fresh = networks.init_params(config, jax.random.PRNGKey(0))
+    got = checkpoints._flatten(checkpoints.warm_start(fresh, path, "mt5"))
+    fresh = checkpoints._flatten(fresh)
+    assert sorted(part) == sorted(k for k in variables["params"] if k not in ("img", "img_proj"))
+    for name, value in got.items():
+        expected = fresh[name] if name.split("/")[0] in ("img", "img_proj") else want[name]
+        np.testing.assert_array_equal(np.asarray(value), np.asarray(expected), err_msg=name)
