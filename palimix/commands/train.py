@@ -59,6 +59,9 @@ def configure(parser):
                              "gemma (its language model; the ViT as initialised), vit (big_vision ViT .npz), "
                              "mt5 (t5x checkpoint, the text side); see palimix.models.checkpoints."
                              "WARM_START_FORMATS")
+    parser.add_argument("--mesh", help="device mesh as axis=size pairs, e.g. data=2,model=4 (model: "
+                        "tensor parallelism by the model's logical axis rules); default: every device "
+                        "data parallel (gin: TrainConfig.mesh)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar or log lines")
     add_common_flags(parser)
 
@@ -90,6 +93,10 @@ def build_config(args):
     lengths = config_lib.parse_lengths(args.lengths)
     if lengths:
         overrides["task_feature_lengths"] = lengths
+    if args.mesh:
+        from palimix.models.partitioning import parse_mesh
+
+        overrides["mesh"] = parse_mesh(args.mesh)
     if args.no_progress:
         overrides["progress"] = False
     if args.trainable or args.frozen:

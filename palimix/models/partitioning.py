@@ -24,6 +24,8 @@ import numpy as np
 from flax.linen import partitioning as nn_partitioning
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from palimix.errors import UsageError
+
 LogicalRules = Sequence[Tuple[str, Optional[str]]]
 
 MESH_AXES = ("data", "model")
@@ -90,11 +92,29 @@ def make_mesh(data: int = -1, model: int = 1, devices=None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     if data == -1:
         if len(devices) % model:
-            raise ValueError(f"{len(devices)} devices cannot be split into model={model} groups.")
+            raise UsageError(f"{len(devices)} devices cannot be split into model={model} groups.")
         data = len(devices) // model
     if data * model != len(devices):
-        raise ValueError(f"mesh data={data} x model={model} needs {data * model} devices, have {len(devices)}.")
+        raise UsageError(f"mesh data={data} x model={model} needs {data * model} devices, have {len(devices)}.")
     return Mesh(np.asarray(devices).reshape(data, model), MESH_AXES)
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    """`data=2,model=4` -> {"data": 2, "model": 4}; `model=4` leaves data to make_mesh
+    (every device not used by 'model'). Axes are MESH_AXES; sizes positive integers."""
+    shape = {}
+    for part in text.split(","):
+        axis, sep, size = (p.strip() for p in part.partition("="))
+        if not sep or axis not in MESH_AXES or axis in shape or not size.isdigit() or int(size) < 1:
+            raise UsageError(f"a mesh is axis=size pairs over {', '.join(MESH_AXES)}, e.g. data=2,model=4; "
+                             f"got {text!r}.")
+        shape[axis] = int(size)
+    return shape
+
+
+def mesh_shape(mesh: Mesh) -> dict[str, int]:
+    """{"data": n, "model": m}: a mesh's axis sizes (what run.json records)."""
+    return {axis: int(size) for axis, size in mesh.shape.items()}
 
 
 def logical_specs(params_axes):
@@ -105,6 +125,29 @@ def logical_specs(params_axes):
 def param_shardings(params_axes, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES):
     """Tree of `NamedSharding`s for the parameters on `mesh`."""
     return nn.logical_to_mesh_sharding(logical_specs(params_axes), mesh, rules)
+
+
+def like_params(state, params, shardings, other: NamedSharding):
+    """Shardings for an optimizer state (a tree of arrays or shapes): a leaf that sits at
+    a parameter's path (optax states hold trees shaped like the parameters) and has its
+    shape is placed like that parameter (Adam's moments, Adafactor's unfactored second
+    moments); every other leaf (step counts, factored row/column statistics) gets `other`."""
+    shapes = {_dict_keys(path): leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+    placed = {_dict_keys(path): sharding for path, sharding in jax.tree_util.tree_leaves_with_path(shardings)}
+
+    def place(path, leaf):
+        names = _dict_keys(path)
+        # The state's own fields come first (`[0].v_row[...]`): the parameter's path is a suffix.
+        for start in range(len(names)):
+            if names[start:] in shapes:
+                return placed[names[start:]] if shapes[names[start:]] == leaf.shape else other
+        return other
+
+    return jax.tree_util.tree_map_with_path(place, state)
+
+
+def _dict_keys(path) -> tuple:
+    return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:

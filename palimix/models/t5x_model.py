@@ -133,6 +133,27 @@ def pali_logical_axis_rules(
     )
 
 
+class PjitPartitioner(partitioning.PjitPartitioner):
+    """t5x's `PjitPartitioner` whose `num_partitions` also holds on CPU devices.
+
+    t5x gives CPU devices a (processes, devices per process) mesh whatever
+    `num_partitions` says: on one machine every device is a 'model' shard, and
+    `num_partitions = 2` on 8 forced host devices (XLA_FLAGS=
+    --xla_force_host_platform_device_count=8) becomes 8-way model parallelism. Here a
+    CPU mesh is (devices / num_partitions, num_partitions), as on GPUs, so a sharded
+    run can be tried on a laptop before it goes to accelerators. GPUs and TPUs, and
+    an explicit `model_parallel_submesh` or `ici_mesh_shape`, get t5x's mesh unchanged.
+    """
+
+    @functools.cached_property
+    def mesh(self):
+        devices = jax.devices(self._backend)
+        if (devices[-1].platform != "cpu" or self._model_parallel_submesh
+                or self._ici_mesh_shape is not None or jax.process_count() > 1):
+            return super().mesh
+        return pali_partitioning.make_mesh(model=self._num_partitions, devices=devices)
+
+
 def pali_logical_factor_rules():
     """Adafactor's standard factor rules plus the ViT's and Gemma's axes.
 

@@ -84,6 +84,9 @@ class TrainConfig:
     # "vit", "mt5") replace the fresh ones before step 0. The format is always explicit.
     init_checkpoint: str | None = None
     init_format: str | None = None
+    # The device mesh: {"data": n, "model": m} (`--mesh data=2,model=4`); None: every
+    # device data parallel. run.json records the mesh used; a run resumes on any mesh.
+    mesh: Mapping[str, int] | None = None
 
     def validate(self) -> None:
         for name in ("batch_size", "train_steps", "checkpoint_every", "log_every", "keep_checkpoints"):
@@ -214,13 +217,13 @@ def build_trainer(config: TrainConfig, definition):
     tx = schedules.optimizer(config.optimizer, schedule, weight_decay=config.weight_decay,
                              clip_gradient_norm=config.clip_gradient_norm)
     return Trainer(definition, config.task_feature_lengths, batch_size=config.batch_size, tx=tx,
-                   schedule=schedule, z_loss=config.z_loss, seed=config.seed)
+                   schedule=schedule, z_loss=config.z_loss, seed=config.seed, mesh=config.mesh)
 
 
 def train(config: TrainConfig, *, stop_after: int | None = None) -> TrainResult:
     """Trains until `config.train_steps` (resuming from `model_dir` when it holds a
     checkpoint). `stop_after`: return after that many steps of this call (tests)."""
-    from palimix.models import networks
+    from palimix.models import networks, partitioning
     from palimix.runner import checkpoints as checkpoints_lib
     from palimix.runner import data as data_lib
     from palimix.runner import inputs
@@ -243,7 +246,9 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> TrainResult:
         converter=networks.feature_converter(definition.config), seed=config.seed, split=config.split,
         memory_passes=config.memory_passes)
     state = _initial_state(trainer, checkpoints, batches, config)
-    _write_json_atomically(os.path.join(config.model_dir, "run.json"), description)
+    # The mesh is recorded, not compared: checkpoints restore onto any mesh.
+    _write_json_atomically(os.path.join(config.model_dir, "run.json"),
+                           {**description, "mesh": partitioning.mesh_shape(trainer.mesh)})
     _write_json_atomically(os.path.join(config.model_dir, "train_config.json"), _config_json(config, definition))
     loop = TrainLoop(config, trainer, checkpoints, batches, start_step=int(state["step"]))
     return loop.run(state, stop_after)

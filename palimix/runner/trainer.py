@@ -22,7 +22,8 @@ METRICS = ("loss", "cross_entropy", "token_accuracy", "grad_norm", "learning_rat
 
 class Trainer:
     def __init__(self, definition: ModelDefinition, task_feature_lengths: Mapping[str, int], *,
-                 batch_size: int, tx=None, schedule=None, z_loss: float = 1e-4, seed: int = 0):
+                 batch_size: int, tx=None, schedule=None, z_loss: float = 1e-4, seed: int = 0,
+                 mesh: Mapping[str, int] | None = None):
         import jax
         from jax.sharding import NamedSharding, PartitionSpec
 
@@ -30,13 +31,15 @@ class Trainer:
         self.network = networks.build(definition.config)
         self.task_feature_lengths = dict(task_feature_lengths)
         self.tx, self.schedule, self.z_loss, self.seed = tx, schedule, z_loss, seed
-        devices = jax.devices()
-        if batch_size % len(devices):
-            raise UsageError(f"the batch size {batch_size} must be a multiple of the {len(devices)} "
-                             "devices it is split over.")
-        # Data parallel: parameters placed by the model's logical-axis rules (replicated
-        # on a (n, 1) mesh), batches split over "data".
-        self.mesh = partitioning.make_mesh(data=len(devices), model=1, devices=devices)
+        # mesh: {"data": n, "model": m} (partitioning.parse_mesh); None: every device
+        # data parallel. Parameters are placed by the model's logical-axis rules
+        # (replicated when model is 1), batches split over "data".
+        mesh = dict(mesh or {})
+        self.mesh = partitioning.make_mesh(data=mesh.get("data", -1), model=mesh.get("model", 1))
+        data = self.mesh.shape["data"]
+        if batch_size % data:
+            raise UsageError(f"the batch size {batch_size} must be a multiple of the {data} data-parallel "
+                             f"devices it is split over (mesh {partitioning.mesh_shape(self.mesh)}).")
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         abstract = jax.eval_shape(self._init_variables, jax.random.key(0))
@@ -49,10 +52,12 @@ class Trainer:
                                  enable_dropout=False)
 
     def context(self):
-        """The mesh every jitted call runs under. Activations follow the batch's
-        data-parallel sharding by XLA's propagation, so the model's logical constraints
-        are left inactive (on a ("data", "model") mesh of shape (n, 1) they would only
-        restate that)."""
+        """What every jitted call runs under: the mesh, and with model parallelism the
+        model's logical activation constraints (partitioning.DEFAULT_RULES). On a
+        data-parallel mesh activations follow the batch's sharding by XLA's propagation,
+        so the constraints are left inactive (they would only restate that)."""
+        if self.mesh.shape["model"] > 1:
+            return partitioning.activation_sharding(self.mesh)
         return self.mesh
 
     def split(self, params) -> tuple[Any, Any]:
@@ -78,12 +83,13 @@ class Trainer:
         return {"step": step, "params": params, "opt_state": opt_state}
 
     def opt_state_shardings(self):
-        """Optimizer state is replicated: on a (n, 1) mesh that is all data parallelism
-        needs, and Adafactor's factored statistics are small."""
+        """Optimizer state placed like the parameters it belongs to (sharded over
+        'model' with them); counts and Adafactor's small factored statistics replicated."""
         import jax
 
         trainable_params = self.split(self.abstract_params())[0]
-        return jax.tree.map(lambda _: self.replicated, jax.eval_shape(self.tx.init, trainable_params))
+        return partitioning.like_params(jax.eval_shape(self.tx.init, trainable_params), trainable_params,
+                                        self.split(self.param_shardings)[0], self.replicated)
 
     def state_shardings(self) -> dict:
         return {"step": self.replicated, "params": self.param_shardings, "opt_state": self.opt_state_shardings()}

@@ -1,0 +1,209 @@
+"""Model parallelism end to end on 8 forced host devices
+(XLA_FLAGS=--xla_force_host_platform_device_count=8, set in each subprocess: the device
+count is fixed when JAX starts), against the same run on one device:
+
+- `python -m t5x.train` with palimix's gin files and `num_partitions` 2 and 4 (meshes
+  data 4 x model 2 and data 2 x model 4), then `t5x.eval` of the sharded checkpoint;
+- `palimix train --mesh data=2,model=4` (the embedded runner).
+
+The training losses of every step equal the single-device run's within float tolerance,
+and the checkpoints' own sharding records show the large kernels split over 'model'.
+Runs are shared between tests (module-scoped caches): each is made once.
+"""
+
+import base64
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from palimix.commands.gin_path import gin_dir
+
+pytestmark = pytest.mark.slow
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EIGHT_DEVICES = "--xla_force_host_platform_device_count=8"
+# Summed losses of a few batches after up to 3 optimizer steps: reductions in another
+# order (sharded matmuls) move them in the 6th-7th digit.
+RELATIVE_TOLERANCE = 1e-4
+
+# --- helpers shared by the T5X and runner runs -----------------------------------------
+
+
+def _run(command, cwd, devices: int, **extra_env):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               XLA_FLAGS=EIGHT_DEVICES if devices == 8 else "", **extra_env)
+    # cwd: a fresh folder, so no local models/ runs/ sizes/ folder shadows the gin files.
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-6000:]
+    return result
+
+
+def _orbax_shardings(state_dir) -> dict:
+    """{array name: its sharding} as orbax recorded them when saving (`_sharding`:
+    base64 names -> JSON NamedSharding with the mesh shape and partition spec)."""
+    with open(os.path.join(state_dir, "_sharding"), encoding="utf-8") as f:
+        raw = json.load(f)
+    return {base64.b64decode(name).decode(): json.loads(value) for name, value in raw.items()}
+
+
+def _shard_shape(sharding: dict, shape) -> tuple:
+    """jax's per-device shape of an array of `shape` under a recorded NamedSharding."""
+    from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec
+
+    mesh = AbstractMesh(tuple(sharding["shape"]), tuple(sharding["axis_names"]))
+    spec = PartitionSpec(*(tuple(a) if isinstance(a, list) else a for a in sharding["partition_spec"]))
+    return NamedSharding(mesh, spec).shard_shape(tuple(shape))
+
+
+def _assert_same_losses(losses: dict, reference: dict, steps: int):
+    assert sorted(losses) == sorted(reference) == list(range(1, steps + 1))
+    for step in reference:
+        assert losses[step] == pytest.approx(reference[step], rel=RELATIVE_TOLERANCE), (step, losses, reference)
+    assert len(set(reference.values())) == steps  # real, changing numbers
+
+
+# --- T5X: python -m t5x.train / t5x.eval -----------------------------------------------
+
+TASK = "palimix_demo_ocr_mul"  # 13 languages of OCR; a task, so no mixture sampling
+LENGTHS = "{'inputs': 32, 'targets': 16, 'image': 64}"
+T5X_STEPS = 3
+T5X_BATCH = 8  # divisible by every data-parallel size here (8 / num_partitions)
+# Backbone -> (its T5X model gin file, a size of it, the logits kernel: name, shape).
+BACKBONES = {
+    "encoder_decoder": ("models/pali.gin", "sizes/tiny.gin", "decoder/logits_dense/kernel", (64, 8192)),
+    "decoder_only": ("models/paligemma.gin", "sizes/tiny_decoder.gin", "llm/embedder/input_embedding", (8192, 64)),
+}
+
+
+def _t5x(backbone, binary, run_file, cwd, devices, partitions, *bindings):
+    model_file, size_file, _, _ = BACKBONES[backbone]
+    command = [
+        sys.executable, "-m", f"t5x.{binary}", f"--gin_search_paths={gin_dir()}",
+        f"--gin_file={model_file}", f"--gin_file=runs/{run_file}", f"--gin_file={size_file}",
+        f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'", f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}",
+        f"--gin.t5x_model.PjitPartitioner.num_partitions={partitions}",
+        *(f"--gin.{b}" for b in bindings),
+    ]
+    return _run(command, cwd, devices)
+
+
+@pytest.fixture(scope="module")
+def t5x_run(tmp_path_factory):
+    """`(backbone, num_partitions) -> model dir` of a T5X_STEPS t5x.train, made once:
+    num_partitions 1 on one device (the reference), else on 8 forced host devices."""
+    pytest.importorskip("t5x", reason="T5X is not installed (pip install '.[t5x]')")
+    runs = {}
+
+    def run(backbone, partitions):
+        if (backbone, partitions) not in runs:
+            root = tmp_path_factory.mktemp(f"t5x_{backbone}_{partitions}")
+            model_dir = root / "model"
+            _t5x(backbone, "train", "pretrain.gin", root, 1 if partitions == 1 else 8, partitions,
+                 f"TRAIN_STEPS={T5X_STEPS}", f"BATCH_SIZE={T5X_BATCH}", f"MODEL_DIR='{model_dir}'",
+                 f"CHECKPOINT_PERIOD={T5X_STEPS}", f"EVAL_PERIOD={T5X_STEPS}",
+                 # The same batches and initialisation in every run; a loss every step.
+                 "RANDOM_SEED=0", "SHUFFLE_TRAIN_EXAMPLES=False", "train/utils.DatasetConfig.seed=0",
+                 "__main__.train.stats_period=1", "__main__.train.train_eval_dataset_cfg=None")
+            runs[backbone, partitions] = model_dir
+        return runs[backbone, partitions]
+
+    return run
+
+
+def _t5x_losses(model_dir) -> dict:
+    """{step: loss} from t5x's TensorBoard events of the train collection."""
+    import tensorflow as tf
+
+    losses = {}
+    for path in glob.glob(str(model_dir / "train" / "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == "loss":
+                    losses[event.step] = float(tf.make_ndarray(value.tensor))
+    return losses
+
+
+@pytest.mark.t5x
+@pytest.mark.parametrize("backbone, partitions", [("encoder_decoder", 2), ("encoder_decoder", 4),
+                                                   ("decoder_only", 4)])
+def test_t5x_model_parallel_training_matches_one_device(t5x_run, backbone, partitions):
+    model_dir = t5x_run(backbone, partitions)
+    _assert_same_losses(_t5x_losses(model_dir), _t5x_losses(t5x_run(backbone, 1)), T5X_STEPS)
+    # The checkpoint's arrays lived on a (8 / n, n) mesh, the vocabulary split n ways.
+    _, _, name, shape = BACKBONES[backbone]
+    sharding = _orbax_shardings(model_dir / f"checkpoint_{T5X_STEPS}" / "state")["target." + name.replace("/", ".")]
+    assert dict(zip(sharding["axis_names"], sharding["shape"])) == {"data": 8 // partitions, "model": partitions}
+    vocab_axis = shape.index(8192)
+    expected = tuple(d // partitions if i == vocab_axis else d for i, d in enumerate(shape))
+    assert _shard_shape(sharding, shape) == expected
+
+
+@pytest.mark.t5x
+def test_t5x_eval_decodes_with_the_model_split_four_ways(t5x_run, tmp_path):
+    model_dir = t5x_run("encoder_decoder", 4)
+    out = tmp_path / "eval"
+    _t5x("encoder_decoder", "eval", "eval.gin", tmp_path, 8, 4,
+         f"CHECKPOINT_PATH='{model_dir}/checkpoint_{T5X_STEPS}'", f"EVAL_OUTPUT_DIR='{out}'", "BATCH_SIZE=8",
+         "seqio.Evaluator.num_examples=16")
+    with open(out / "inference_eval" / f"{TASK}-metrics.jsonl", encoding="utf-8") as f:
+        record = json.loads(f.readline())
+    assert record["step"] == T5X_STEPS
+    assert sum(v for k, v in record.items() if k.startswith("examples/")) == 16
+    assert 0.0 <= record["anls/macro"] <= 100.0
+
+
+# --- the embedded runner: palimix train --mesh -----------------------------------------
+
+RUNNER_STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def runner_run(tmp_path_factory):
+    """`mesh flag or None -> model dir` of a RUNNER_STEPS `palimix train`, made once:
+    None on one device, a mesh on 8 forced host devices."""
+    fixture_images = str(tmp_path_factory.mktemp("fixture_images"))
+    runs = {}
+
+    def run(mesh):
+        if mesh not in runs:
+            model_dir = tmp_path_factory.mktemp("runner") / "model"
+            command = [sys.executable, "-m", "palimix.cli", "train", "runner_fixture_colors",
+                       "--module", "tests.runner_fixture_tasks", "--model_dir", str(model_dir),
+                       "--steps", str(RUNNER_STEPS), "--batch_size", "8", "--lengths", "inputs=8,targets=8,image=32",
+                       "--checkpoint_every", str(RUNNER_STEPS), "--log_every", "1", "--warmup_steps", "2",
+                       "--learning_rate", "0.01", "--no_progress", *(["--mesh", mesh] if mesh else [])]
+            _run(command, REPO, 8 if mesh else 1, PALIMIX_RUNNER_FIXTURE_DIR=fixture_images,
+                 PALIMIX_COMPILATION_CACHE="off")
+            runs[mesh] = model_dir
+        return runs[mesh]
+
+    return run
+
+
+def _runner_losses(model_dir) -> dict:
+    from palimix.runner.summaries import read_metrics
+
+    return {step: record["loss"] for step, record in read_metrics(str(model_dir)).items()}
+
+
+def test_runner_on_a_2x4_mesh_matches_one_device(runner_run):
+    model_dir = runner_run("data=2,model=4")
+    reference = runner_run(None)
+    _assert_same_losses(_runner_losses(model_dir), _runner_losses(reference), RUNNER_STEPS)
+    with open(model_dir / "run.json", encoding="utf-8") as f:
+        assert json.load(f)["mesh"] == {"data": 2, "model": 4}
+    with open(reference / "run.json", encoding="utf-8") as f:
+        assert json.load(f)["mesh"] == {"data": 1, "model": 1}
+    # Parameters and their optimizer statistics were split over 'model' (vocabulary
+    # and MLP), the rest replicated, as the checkpoint recorded them.
+    shardings = _orbax_shardings(model_dir / "checkpoints" / str(RUNNER_STEPS) / "state")
+    mlp = "img.Transformer.encoderblock_0.MlpBlock_0.Dense_0.kernel"
+    for name, shape, shard in [("params.decoder.logits_dense.kernel", (64, 8192), (64, 2048)),
+                               ("opt_state.0.v.decoder.logits_dense.kernel", (64, 8192), (64, 2048)),
+                               (f"params.{mlp}", (64, 128), (64, 32)),
+                               ("params.decoder.decoder_norm.scale", (64,), (64,))]:
+        assert _shard_shape(shardings[name], shape) == shard, name
