@@ -21,8 +21,7 @@ import sys
 import pytest
 
 from palimix.commands.gin_path import gin_dir
-
-pytestmark = pytest.mark.slow
+from palimix.errors import UsageError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EIGHT_DEVICES = "--xla_force_host_platform_device_count=8"
@@ -127,6 +126,7 @@ def _t5x_losses(model_dir) -> dict:
     return losses
 
 
+@pytest.mark.slow
 @pytest.mark.t5x
 @pytest.mark.parametrize("backbone, partitions", [("encoder_decoder", 2), ("encoder_decoder", 4),
                                                    ("decoder_only", 4)])
@@ -142,6 +142,7 @@ def test_t5x_model_parallel_training_matches_one_device(t5x_run, backbone, parti
     assert _shard_shape(sharding, shape) == expected
 
 
+@pytest.mark.slow
 @pytest.mark.t5x
 def test_t5x_eval_decodes_with_the_model_split_four_ways(t5x_run, tmp_path):
     model_dir = t5x_run("encoder_decoder", 4)
@@ -190,6 +191,7 @@ def _runner_losses(model_dir) -> dict:
     return {step: record["loss"] for step, record in read_metrics(str(model_dir)).items()}
 
 
+@pytest.mark.slow
 def test_runner_on_a_2x4_mesh_matches_one_device(runner_run):
     model_dir = runner_run("data=2,model=4")
     reference = runner_run(None)
@@ -207,3 +209,42 @@ def test_runner_on_a_2x4_mesh_matches_one_device(runner_run):
                                (f"params.{mlp}", (64, 128), (64, 32)),
                                ("params.decoder.decoder_norm.scale", (64,), (64,))]:
         assert _shard_shape(shardings[name], shape) == shard, name
+
+
+# --- the mesh flag and optimizer-state placement (no subprocess) -----------------------
+
+
+def test_mesh_flag_reads_axis_sizes_and_refuses_anything_else():
+    from palimix.models import partitioning
+
+    assert partitioning.parse_mesh("data=2,model=4") == {"data": 2, "model": 4}
+    assert partitioning.parse_mesh(" model = 4 ") == {"model": 4}
+    for bad in ("2x4", "data=2,modle=4", "model=0", "model=four", "model=2,model=4", ""):
+        with pytest.raises(UsageError, match="data=2,model=4"):
+            partitioning.parse_mesh(bad)
+    with pytest.raises(UsageError, match="needs 4 devices"):
+        partitioning.make_mesh(data=1, model=4)  # this process has one device
+
+
+def test_optimizer_state_is_placed_like_its_parameters():
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec
+
+    from palimix.models import partitioning
+
+    mesh = AbstractMesh((2, 4), ("data", "model"))
+    split, replicated = NamedSharding(mesh, PartitionSpec(None, "model")), NamedSharding(mesh, PartitionSpec())
+    params = {"dense": {"kernel": jnp.zeros((256, 512)), "bias": jnp.zeros((512,))}}
+    shardings = {"dense": {"kernel": split, "bias": replicated}}
+    # Adafactor: the kernel's second moment is factored (row and column statistics of
+    # other shapes: replicated), the bias's is not (placed like the bias).
+    state = jax.eval_shape(optax.adafactor(1e-3).init, params)
+    placed = partitioning.like_params(state, params, shardings, replicated)
+    factored = placed[0]  # optax's ScaleByFactoredRMS state
+    assert factored.v_row["dense"]["kernel"] == replicated and factored.v_col["dense"]["kernel"] == replicated
+    assert factored.v["dense"]["bias"] == replicated and factored.count == replicated
+    adam = partitioning.like_params(jax.eval_shape(optax.adam(1e-3).init, params), params, shardings, replicated)
+    assert adam[0].mu["dense"]["kernel"] == split and adam[0].nu["dense"]["kernel"] == split
+    assert adam[0].count == replicated
