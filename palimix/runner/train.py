@@ -4,8 +4,9 @@
     result = train.train(train.TrainConfig(mixture_or_task_name="palimix_demo",
                                            model_dir="/tmp/run", train_steps=2000))
 
-Data parallel over `jax.devices()` (`palimix.runner.trainer.Trainer`: the network,
-mesh and compiled step); optax (Adafactor by default, warmup then rsqrt/cosine decay)
+Data parallel over `jax.devices()`, or on a ("data", "model") mesh with `TrainConfig.mesh`
+(`--mesh data=2,model=4`) (`palimix.runner.trainer.Trainer`: the network, mesh and
+compiled step); optax (Adafactor by default, warmup then rsqrt/cosine decay)
 over the trainable parameters only; orbax checkpoints with the input position,
 resumed automatically from `model_dir`; TensorBoard summaries and `metrics.jsonl`; a
 progress bar; a loss that becomes NaN or Inf stops the run with the last good
