@@ -101,6 +101,11 @@ class PaliConfig:
     dtype: activations ("float32" or "bfloat16"); param_dtype: parameters.
     remat: per-layer rematerialisation: "none", "full" (save nothing) or "dots"
       (save matmul outputs without batch dims).
+    scan_layers: run each tower's identical blocks as one `nn.scan` (t5x's and
+      big_vision's `scan`): one block is traced and compiled instead of `depth` of them,
+      and the blocks' parameters are stacked along a leading "layers" axis under one
+      name (`encoder/layers/...`, not `encoder/layers_N/...`; see
+      `palimix.models.scan_layout` to convert between the two).
     (Which parameters train is not part of the network: see `palimix.models.trainable`.)
     image_pooling: "none" (all patch tokens) or "mean" (one mean-pooled token).
     max_image_tokens: keep only the first K image tokens (after pooling).
@@ -111,6 +116,7 @@ class PaliConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"
+    scan_layers: bool = False
     image_pooling: str = "none"
     max_image_tokens: Optional[int] = None
 
@@ -166,7 +172,7 @@ class PaliGemmaConfig:
     """A ViT whose tokens, projected to the LM width, are the fully attended prefix of a
     decoder-only Gemma (PaliGemma, Beyer et al. 2024).
 
-    dtype, param_dtype, remat: as in `PaliConfig`.
+    dtype, param_dtype, remat, scan_layers: as in `PaliConfig`.
     """
 
     vit: VitConfig
@@ -174,6 +180,7 @@ class PaliGemmaConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"
+    scan_layers: bool = False
 
     def __post_init__(self):
         _check_choices(self, _NETWORK_CHOICES)
@@ -193,6 +200,7 @@ _NETWORK_CHOICES = {
     "dtype": ("float32", "bfloat16"),
     "param_dtype": ("float32", "bfloat16"),
     "remat": ("none", "full", "dots"),
+    "scan_layers": (False, True),
 }
 
 

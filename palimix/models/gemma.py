@@ -24,13 +24,15 @@ Parameters (under the module's name, `llm` in `paligemma.PaliGemma`):
     layers_N/mlp/linear                      [mlp_dim, width]         ("mlp", "embed")
     final_norm/scale                         [width]
 
-Layers are UNSTACKED (`layers_0`, `layers_1`, ...; one flax module each, like palimix's
-ViT and T5), where big_vision scans them into one `layers/...` tree with a leading depth
-axis: a checkpoint loader stacks/unstacks along axis 0.
+Layers are unstacked by default (`layers_0`, `layers_1`, ...; one flax module each,
+like palimix's ViT and T5); with `scan_layers` they are one scanned `layers/...` tree
+with a leading depth axis, as big_vision writes them (`palimix.models.scan_layout`
+converts; the checkpoint loaders follow the model's layout).
 
 Decoding cache (collection "cache"), per layer `layers_N/attn/{k_cache,v_cache}`
 `[B, kv_heads, head_dim, cache_length]` (`CACHE_LAYOUT`; batch first, so beam search
-can reorder rows).
+can reorder rows); scanned, one `layers/attn/{k_cache,v_cache}` `[B, depth, ...]`
+(the depth axis second, as big_vision's: still batch first).
 """
 
 from __future__ import annotations
@@ -255,6 +257,7 @@ class Gemma(nn.Module):
     remat: str = "none"
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    scan_layers: bool = False
 
     @nn.compact
     def __call__(self, prefix, tokens, positions, attention_mask, *, deterministic: bool = True,
@@ -272,12 +275,12 @@ class Gemma(nn.Module):
         if prefix is not None:
             x = jnp.concatenate([jnp.asarray(prefix, self.dtype), x], axis=1)
         x = nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=deterministic)
-        layer = GemmaLayer
         decoding = cache_length is not None or cache_index is not None
-        if self.remat != "none" and not decoding:  # remat saves training memory only
-            layer = nn.remat(GemmaLayer, static_argnums=(4,), policy=layers.remat_policy(self.remat))
-        for i in range(cfg.depth):
-            x = layer(cfg, self.dtype, self.param_dtype, name=f"layers_{i}")(
-                x, positions, attention_mask, deterministic, cache_length, cache_index)
+        x = layers.apply_blocks(
+            GemmaLayer, x, positions, attention_mask, deterministic, cache_length, cache_index, name="layers",
+            depth=cfg.depth, scan=self.scan_layers,
+            remat="none" if decoding else self.remat,  # remat saves training memory only
+            static_argnums=(4, 5), config=cfg, dtype=self.dtype, param_dtype=self.param_dtype,
+        )
         x = GemmaRMSNorm(cfg.norm_epsilon, self.dtype, self.param_dtype, name="final_norm")(x[:, x.shape[1] - tokens.shape[1]:])
         return embedder.decode(x)

@@ -263,3 +263,44 @@ def remat_policy(name: str):
         "full": None,  # save nothing: recompute each layer in the backward pass
         "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     }[name]
+
+
+# How a scanned stack of blocks lays out its variables: parameters with the layer axis
+# leading (t5x's logical axis "layers", big_vision's checkpoints); the decoding cache with
+# it second, so that every cache entry stays batch-first (as big_vision's Gemma does):
+# decoding and t5x's decode functions copy and reorder cache rows (beams) without
+# knowing whether the layers are scanned (t5x's cache_offset stays 0).
+SCAN_VARIABLE_AXES = {"params": 0, "cache": 1}
+SCAN_AXIS_NAME = "layers"
+
+
+def _block_carry(block, x, *args):
+    """nn.scan's body: the block's output is the carry; nothing is stacked per layer."""
+    return block(x, *args), None
+
+
+def apply_blocks(block_class, x, *args, name: str, depth: int, scan: bool, remat: str = "none",
+                 static_argnums: tuple = (), **block_fields):
+    """`x` through `depth` blocks `block_class(**block_fields)`, each called as
+    `block(x, *args)`; call it from a compact method (the blocks are its children).
+
+    Unscanned: `depth` modules `{name}_0`, `{name}_1`, ... (t5x's and big_vision's
+    per-layer names). scan=True: one `nn.scan` over a module `name` whose parameters
+    have a leading "layers" axis (see SCAN_VARIABLE_AXES); `args` are the same for every
+    layer (broadcast). remat != "none": each block is rematerialised with that policy
+    (static_argnums: the block's non-array arguments, counted with self as 0).
+    """
+    if remat != "none":
+        # prevent_cse is only needed outside a scan (t5x and big_vision do the same).
+        block_class = nn.remat(block_class, static_argnums=static_argnums, policy=remat_policy(remat),
+                               prevent_cse=not scan)
+    if not scan:
+        for i in range(depth):
+            x = block_class(**block_fields, name=f"{name}_{i}")(x, *args)
+        return x
+    scanned = nn_partitioning.scan_with_axes(
+        _block_carry, variable_axes=SCAN_VARIABLE_AXES, split_rngs={"params": True, "dropout": True},
+        in_axes=nn.broadcast, length=depth, axis_name=SCAN_AXIS_NAME,
+    )
+    x, _ = scanned(block_class(**block_fields, name=name), x, *args)
+    return x

@@ -45,14 +45,14 @@ class Pali(nn.Module):
     def setup(self):
         cfg = self.config
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        self.img = vit.VisionTransformer(cfg.vit, cfg.remat, dtype, param_dtype)
+        self.img = vit.VisionTransformer(cfg.vit, cfg.remat, dtype, param_dtype, cfg.scan_layers)
         self.img_proj = layers.DenseGeneral(
             cfg.text.emb_dim, kernel_axes=("vit_embed", "embed"), use_bias=True, bias_axes=("embed",),
             dtype=dtype, param_dtype=param_dtype,
         )
         self.token_embedder = layers.Embed(cfg.text.vocab_size, cfg.text.emb_dim, dtype, param_dtype)
-        self.encoder = t5.Encoder(cfg.text, cfg.remat, dtype, param_dtype)
-        self.decoder = t5.Decoder(cfg.text, cfg.remat, dtype, param_dtype)
+        self.encoder = t5.Encoder(cfg.text, cfg.remat, dtype, param_dtype, cfg.scan_layers)
+        self.decoder = t5.Decoder(cfg.text, cfg.remat, dtype, param_dtype, cfg.scan_layers)
 
     # --- image side -----------------------------------------------------------------
 

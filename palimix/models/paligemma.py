@@ -79,9 +79,9 @@ class PaliGemma(nn.Module):
     def setup(self):
         cfg = self.config
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        self.img = ProjectedVisionTransformer(cfg.vit, cfg.remat, dtype, param_dtype,
+        self.img = ProjectedVisionTransformer(cfg.vit, cfg.remat, dtype, param_dtype, cfg.scan_layers,
                                               projection_width=cfg.llm.width)
-        self.llm = gemma.Gemma(cfg.llm, cfg.remat, dtype, param_dtype)
+        self.llm = gemma.Gemma(cfg.llm, cfg.remat, dtype, param_dtype, cfg.scan_layers)
 
     def embed_images(self, encoder_images, enable_dropout: bool = False):
         """Images -> image tokens at the Gemma width `[B, num_image_tokens, width]`

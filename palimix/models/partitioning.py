@@ -64,7 +64,13 @@ GEMMA_RULES: LogicalRules = (
     ("kv_heads", None),
 )
 
-DEFAULT_RULES: LogicalRules = TEXT_RULES + VIT_RULES + GEMMA_RULES
+# Scanned layers (`scan_layers`): the leading depth axis of stacked block parameters is
+# never sharded (each device holds its share of every layer), as in t5x's rules.
+SCAN_RULES: LogicalRules = (
+    ("layers", None),
+)
+
+DEFAULT_RULES: LogicalRules = TEXT_RULES + VIT_RULES + GEMMA_RULES + SCAN_RULES
 
 # Adafactor factoring for the ViT's axes (strings t5x's `factor_name_to_factordim`
 # reads): the width is the row, the other matrix dims are columns.

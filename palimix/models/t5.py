@@ -20,6 +20,11 @@ the real `encoded` (that call projects the cross-attention keys/values, once per
 sequence); steps then feed one token each and never re-project the image+prompt.
 Scalars are named `cache_index`, so t5x's beam search (`decoding.cache_map`) leaves
 them alone, and the cache may be expanded to beams after creation.
+
+With `scan_layers` the layers are one scanned `encoder/layers/...` (`decoder/layers/...`)
+whose parameters have a leading depth axis (logical axis "layers"), and the decoder's
+cache is `decoder/layers/...` with the depth axis second, `[B, depth, ...]`: every cache
+entry stays batch-first (`layers.SCAN_VARIABLE_AXES`).
 """
 
 from __future__ import annotations
@@ -220,6 +225,7 @@ class Encoder(nn.Module):
     remat: str = "none"
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    scan_layers: bool = False
 
     @nn.compact
     def __call__(self, x, key_mask, deterministic: bool = True):
@@ -229,11 +235,11 @@ class Encoder(nn.Module):
         bias = bias + layers.mask_to_bias(key_mask[:, None, None, :], self.dtype)
         x = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
         x = layers.constrain(x.astype(self.dtype), ("batch", "length", "embed"))
-        layer = EncoderLayer
-        if self.remat != "none":
-            layer = nn.remat(EncoderLayer, static_argnums=(3,), policy=layers.remat_policy(self.remat))
-        for i in range(cfg.num_encoder_layers):
-            x = layer(cfg, self.dtype, self.param_dtype, name=f"layers_{i}")(x, bias, deterministic)
+        x = layers.apply_blocks(
+            EncoderLayer, x, bias, deterministic, name="layers", depth=cfg.num_encoder_layers,
+            scan=self.scan_layers, remat=self.remat, static_argnums=(3,), config=cfg, dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
         x = layers.RMSNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="encoder_norm")(x)
         return nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -245,6 +251,7 @@ class Decoder(nn.Module):
     remat: str = "none"
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    scan_layers: bool = False
 
     @nn.compact
     def __call__(self, y, encoded, encoder_key_mask, decoder_target_tokens=None, *, deterministic: bool = True,
@@ -274,12 +281,11 @@ class Decoder(nn.Module):
             self_bias = self._training_bias(relpos, y.shape[1], decoder_target_tokens)
         y = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
         y = layers.constrain(y.astype(self.dtype), ("batch", "length", "embed"))
-        layer = DecoderLayer
-        if self.remat != "none" and not decode:
-            layer = nn.remat(DecoderLayer, static_argnums=(5, 6), policy=layers.remat_policy(self.remat))
-        for i in range(cfg.num_decoder_layers):
-            y = layer(cfg, self.dtype, self.param_dtype, name=f"layers_{i}")(
-                y, encoded, self_bias, cross_bias, deterministic, decode, position)
+        y = layers.apply_blocks(
+            DecoderLayer, y, encoded, self_bias, cross_bias, deterministic, decode, position, name="layers",
+            depth=cfg.num_decoder_layers, scan=self.scan_layers, remat="none" if decode else self.remat,
+            static_argnums=(5, 6), config=cfg, dtype=self.dtype, param_dtype=self.param_dtype,
+        )
         y = layers.RMSNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="decoder_norm")(y)
         y = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
         logits = layers.DenseGeneral(cfg.vocab_size, kernel_axes=("embed", "vocab"), dtype=jnp.float32,
@@ -287,7 +293,8 @@ class Decoder(nn.Module):
         return layers.constrain(logits, ("batch", "length", "vocab"))
 
     def _cache_length(self) -> int:
-        return self.get_variable("cache", "layers_0")["self_attention"]["cached_key"].shape[-1]
+        first_layer = "layers" if self.scan_layers else "layers_0"  # scanned: every layer's, batch first
+        return self.get_variable("cache", first_layer)["self_attention"]["cached_key"].shape[-1]
 
     def _training_bias(self, relpos, length, decoder_target_tokens):
         """Relative positions + causal mask (+ target padding as keys when given)."""

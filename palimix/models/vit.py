@@ -9,6 +9,9 @@ Parameters (as in big_vision `models/vit.py` and its `.npz` checkpoints):
     Transformer/encoderblock_N/MlpBlock_0/{Dense_0, Dense_1}
     Transformer/encoder_norm
 
+With `scan_layers` the blocks are one scanned `Transformer/encoderblock/...` whose
+parameters have a leading depth axis (big_vision's `scan=True` layout).
+
 Logical axes: vit_embed, vit_mlp, vit_heads, vit_kv, vit_patch_height, vit_patch_width,
 vit_channels, vit_tokens, vit_posemb_batch (partitioning.DEFAULT_RULES maps them).
 """
@@ -121,14 +124,15 @@ class VitEncoder(nn.Module):
     remat: str = "none"
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    scan_layers: bool = False
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
-        block = VitBlock
-        if self.remat != "none":
-            block = nn.remat(VitBlock, static_argnums=(2,), policy=layers.remat_policy(self.remat))
-        for i in range(self.config.depth):
-            x = block(self.config, self.dtype, self.param_dtype, name=f"encoderblock_{i}")(x, deterministic)
+        x = layers.apply_blocks(
+            VitBlock, x, deterministic, name="encoderblock", depth=self.config.depth, scan=self.scan_layers,
+            remat=self.remat, static_argnums=(2,), config=self.config, dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
         return layers.LayerNorm(name="encoder_norm", dtype=self.dtype, param_dtype=self.param_dtype)(x)
 
 
@@ -139,6 +143,7 @@ class VisionTransformer(nn.Module):
     remat: str = "none"
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    scan_layers: bool = False
 
     @nn.compact
     def __call__(self, images, *, train: bool = False):
@@ -168,4 +173,5 @@ class VisionTransformer(nn.Module):
             posemb = posemb_sincos_2d(cfg.grid_size, cfg.grid_size, cfg.width)
         x = x + jnp.asarray(posemb, self.dtype)
         x = nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=not train)
-        return VitEncoder(cfg, self.remat, self.dtype, self.param_dtype, name="Transformer")(x, not train)
+        return VitEncoder(cfg, self.remat, self.dtype, self.param_dtype, self.scan_layers, name="Transformer")(
+            x, not train)
