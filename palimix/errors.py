@@ -13,6 +13,11 @@ class UsageError(PalimixError, ValueError):
     """A bad flag, name or value."""
 
 
+class CheckpointMismatchError(PalimixError, ValueError):
+    """A checkpoint's parameters do not fit the model (missing names, other shapes,
+    another number of blocks)."""
+
+
 class UnknownLanguageError(PalimixError, KeyError):
     """A language code that is not in palimix's languages table."""
 

@@ -38,12 +38,17 @@ What loads:
   `mlp/linear`, `pre_attention_norm/scale`, `pre_ffw_norm/scale`, `final_norm/scale`).
   big_vision stacks the blocks of both towers along a leading depth axis
   (`img/Transformer/encoderblock/...`, `llm/layers/...`); they are split into the
-  model's per-block names (`encoderblock_N`, `layers_N`) where it has them.
+  model's per-block names (`encoderblock_N`, `layers_N`) where it has them (a model
+  built with `scan_layers` takes them as they are).
   Strict: a checkpoint parameter the model does not use is an error too.
 `load_gemma(checkpoint, params)`: only `llm/...` (from a PaliGemma file, "file.npz:llm",
   or a Gemma-only big_vision file); `img/...` keeps its values. A checkpoint with fewer
   embedding rows (Gemma's 256,000 under PaliGemma's 257,152) fills the first rows.
 `save_paligemma(params, path)`: the inverse of load_paligemma, bit for bit.
+
+Every loader brings the file's blocks into the model's layout, scanned or not
+(`palimix.models.scan_layout.match_layout`): a t5x mT5 file's `encoder/layers_N` load
+into a scanned `encoder/layers` too.
 
 All check every shape and raise `CheckpointMismatchError` listing every missing or
 mis-shaped parameter (a different vocabulary gets a hint: `skip=` or `vocab_size=`).
@@ -65,29 +70,18 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
-from palimix.errors import PalimixError, UsageError, close_matches_hint
+from palimix.errors import CheckpointMismatchError, UsageError, close_matches_hint
+from palimix.models import scan_layout
+from palimix.models.scan_layout import flatten as _flatten
+from palimix.models.scan_layout import plain_dict as _to_dict
 
 IMAGE_TOWER = ("img",)
 IMAGE_SIDE = ("img", "img_proj")  # everything a text-only checkpoint lacks
 _VIT_IGNORED = re.compile(r"^(head|MAPHead_0|pre_logits|cls)(/|$)")
 
 
-class CheckpointMismatchError(PalimixError, ValueError):
-    """A checkpoint's parameters do not fit the model (missing names, other shapes)."""
-
-
 # ----------------------------------------------------------------------------------------
-# Shared: flatten, check, merge.
-
-
-def _flatten(tree) -> dict:
-    return {"/".join(map(str, k)): v for k, v in traverse_util.flatten_dict(_to_dict(tree)).items()}
-
-
-def _to_dict(tree):
-    if isinstance(tree, Mapping):
-        return {k: _to_dict(v) for k, v in tree.items()}
-    return tree
+# Shared: check, merge (flat names: `scan_layout.flatten`).
 
 
 # When the embedding/softmax is what differs, the cause is the vocabulary, not the model.
@@ -205,7 +199,8 @@ def read_big_vision_npz(checkpoint: str) -> dict:
 
 
 def _fix_vit_layout(flat: dict, model_posemb_shape: Optional[tuple]) -> dict:
-    """Old names, scanned blocks, class-token and resolution changes -> our layout."""
+    """Old names, class-token and resolution changes -> our layout (scanned or
+    per-block blocks: `scan_layout.match_layout` brings them to the model's)."""
     from flax.training.checkpoints import convert_pre_linen
 
     tree = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
@@ -218,11 +213,6 @@ def _fix_vit_layout(flat: dict, model_posemb_shape: Optional[tuple]) -> dict:
         if old[-1] in node:
             tree["pos_embedding"] = node.pop(old[-1])
     transformer.pop("posembed_input", None)
-    if "encoderblock" in transformer:  # big_vision scan=True: one block, depth-stacked leaves
-        stacked = transformer.pop("encoderblock")
-        depth = jax.tree_util.tree_leaves(stacked)[0].shape[0]
-        for i in range(depth):
-            transformer[f"encoderblock_{i}"] = jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
     flat = _flatten(tree)
     posemb = flat.get("pos_embedding")
     if posemb is not None and model_posemb_shape is not None:
@@ -262,6 +252,9 @@ def load_vit(checkpoint, params, *, under: tuple = IMAGE_TOWER):
     flat = read_big_vision_npz(checkpoint) if isinstance(checkpoint, str) else _flatten(checkpoint)
     posemb = model_flat.get(prefix + "pos_embedding")
     flat = _fix_vit_layout(flat, None if posemb is None else tuple(posemb.shape))
+    # big_vision's scan=True files stack the blocks ("Transformer/encoderblock"): as the model holds them.
+    vit_flat = {k[len(prefix):]: v for k, v in model_flat.items() if k.startswith(prefix)}
+    flat = scan_layout.match_layout(flat, vit_flat, stacks=(scan_layout.VIT_STACK,), source=source)
     return _merge(params, flat, under=under, source=source)
 
 
@@ -368,64 +361,20 @@ def load_mt5(checkpoint, params, *, step: Optional[int] = None, skip: Iterable[s
             flat = {k[len("target/"):]: v for k, v in flat.items() if k.startswith("target/")}
     else:
         flat, source = read_t5x_checkpoint(str(checkpoint), step), str(checkpoint)
+    # t5x's mT5 files hold one subtree per layer: stacked when the model scans its layers.
+    flat = scan_layout.match_layout(flat, _flatten(params), source=source)
     return _merge(params, flat, under=(), exclude=IMAGE_SIDE, skip=skip, source=source)
 
 
 # ----------------------------------------------------------------------------------------
 # big_vision PaliGemma (.npz): `img/...` (ViT + `img/head`, the projection into Gemma's
 # width) and `llm/...` (Gemma). big_vision scans both towers, so its files stack their
-# blocks along a leading depth axis; palimix's modules may hold one subtree per block.
+# blocks along a leading depth axis; palimix's modules hold them so with scan_layers,
+# else one subtree per block (`scan_layout.match_layout` converts).
 
 GEMMA = ("llm",)
-# (big_vision's stacked name, the per-block name palimix may use instead)
-_BLOCK_STACKS = (
-    ("img/Transformer/encoderblock", "img/Transformer/encoderblock_{}"),
-    ("llm/layers", "llm/layers_{}"),
-)
-
-
-def _unstack_blocks(flat: dict, model_names: Iterable[str], source: str) -> dict:
-    """A stacked checkpoint in the model's layout: split a stack into per-block names when
-    the model has them; the depth must be the model's (extra blocks would load silently)."""
-    model_names = list(model_names)
-    out = dict(flat)
-    for stacked, per_block in _BLOCK_STACKS:
-        model_depth = _depth(model_names, per_block)
-        keys = [k for k in flat if k.startswith(stacked + "/")]
-        if not model_depth or not keys:  # the model stacks too (shapes are checked) or lacks it
-            continue
-        depths = {int(flat[k].shape[0]) for k in keys}
-        if depths != {model_depth}:
-            raise CheckpointMismatchError(
-                f"{source}: {stacked} holds {sorted(depths)} blocks, the model has {model_depth}.")
-        for key in keys:
-            value = out.pop(key)
-            for i in range(model_depth):
-                out[f"{per_block.format(i)}/{key[len(stacked) + 1:]}"] = value[i]
-    return out
-
-
-def _depth(names: Iterable[str], per_block: str) -> int:
-    pattern = re.compile(re.escape(per_block).replace(r"\{\}", r"(\d+)") + "/")
-    indices = {int(m.group(1)) for n in names if (m := pattern.match(n))}
-    return max(indices) + 1 if indices else 0
-
-
-def _stack_blocks(flat: dict) -> dict:
-    """The inverse for saving: per-block names -> one stacked name, as big_vision writes."""
-    out = dict(flat)
-    for stacked, per_block in _BLOCK_STACKS:
-        depth = _depth(flat, per_block)
-        if not depth:
-            continue
-        first = per_block.format(0) + "/"
-        for rest in [k[len(first):] for k in flat if k.startswith(first)]:
-            names = [f"{per_block.format(i)}/{rest}" for i in range(depth)]
-            absent = [n for n in names if n not in flat]
-            if absent:
-                raise CheckpointMismatchError(f"Cannot stack {stacked}/{rest}: no {absent[0]}.")
-            out[f"{stacked}/{rest}"] = np.stack([out.pop(n) for n in names])
-    return out
+# big_vision's stacks of blocks, which its files hold stacked along a leading depth axis.
+_BIG_VISION_STACKS = (f"img/{scan_layout.VIT_STACK}", "llm/layers")
 
 
 def _paligemma_image_side(flat: dict, model_flat: dict) -> dict:
@@ -459,7 +408,7 @@ def load_paligemma(checkpoint, params, *, skip: Iterable[str] = ()):
     model_flat = _flatten(params)
     flat = {**{k: v for k, v in flat.items() if not k.startswith("img/")},
             **_paligemma_image_side(flat, model_flat)}
-    flat = _unstack_blocks(flat, model_flat, source)
+    flat = scan_layout.match_layout(flat, model_flat, source=source)
     return _merge(params, flat, under=(), skip=skip, source=source, strict=True)
 
 
@@ -502,7 +451,7 @@ def load_gemma(checkpoint, params, *, skip: Iterable[str] = ()):
     flat = read_npz(checkpoint) if isinstance(checkpoint, str) else _flatten(checkpoint)
     model_flat = _flatten(params)
     flat = _extend_vocabulary(_gemma_part(flat, source), model_flat)
-    flat = _unstack_blocks(flat, model_flat, source)
+    flat = scan_layout.match_layout(flat, model_flat, source=source)
     return _merge(params, flat, under=(), exclude=IMAGE_SIDE, skip=skip, source=source, strict=True)
 
 
@@ -512,7 +461,7 @@ def save_paligemma(params, path: str, *, dtype=None) -> str:
     dtype: e.g. "bfloat16" for a half-size file like big_vision's `.bf16.npz` releases.
     The file appears whole (written beside, then renamed). Returns the path."""
     flat = {k: np.asarray(jax.device_get(v)) for k, v in _flatten(params).items()}
-    flat = _stack_blocks(flat)
+    flat = scan_layout.stack_flat(flat, dict.fromkeys(_BIG_VISION_STACKS))
     if dtype is not None:
         flat = {k: v.astype(jax.numpy.dtype(dtype)) for k, v in flat.items()}
     path = os.fspath(path)
