@@ -3,6 +3,10 @@ parameters are converted (`scan_layout`), in logits, decoding, training and chec
 
 import dataclasses
 import functools
+import json
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -181,3 +185,30 @@ def test_checkpoints_load_into_a_scanned_network(tmp_path):
     # A per-block big_vision ViT into the scanned ViT.
     loaded = checkpoints.load_vit(params["img"], target)
     assert_trees_equal(loaded["img"], expected["img"])
+
+
+# --- the benchmarks that measure scanning at scale, smoke-run on the tiny config -------
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _last_json_line(*command):
+    done = subprocess.run([sys.executable, *map(str, command)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_compile_benchmark_runs_on_the_tiny_config():
+    summary = _last_json_line(BENCHMARKS / "compile.py", "--models", "tiny", "--layouts", "scanned", "--batch", "2")
+    times = summary["results"]["tiny"]["scanned"]
+    assert times["compile_s"] > 0 and times["lower_s"] > 0
+
+
+@pytest.mark.slow
+def test_memory_benchmark_runs_on_the_tiny_config():
+    summary = _last_json_line(BENCHMARKS / "memory.py", "--models", "tiny", "--devices", "2", "--model-parallel", "2",
+                              "--batch", "2")
+    measured = summary["results"]["tiny"]["2"]
+    assert measured["mesh"] == {"data": 1, "model": 2} and 0 < measured["bytes"] < 1e9
+    assert summary["smallest_mesh"]["tiny"] == {"80GB": 2, "141GB": 2}
