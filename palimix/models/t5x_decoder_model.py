@@ -113,7 +113,7 @@ class PaliGemmaModel(models.DecoderOnlyModel):
             tokens_to_logits=functools.partial(self._compute_logits_from_slice, params=params),
             num_decodes=num_decodes,
             initial_index=prompt_lengths,
-            cache_offset=0,  # the network's layers are not scanned: no leading layer axis
+            cache_offset=0,  # batch-first cache, scanned layers too (layers.SCAN_VARIABLE_AXES)
             **t5x_model.decode_fn_kwargs(decoder_params, rng, self.output_vocabulary),
         )
         decodes, aux = t5x_model.best_decodes(decodes, scores, return_all_decodes)

@@ -405,8 +405,8 @@ class PaliModel(models.EncoderDecoderModel):
             cache=cache,
             tokens_to_logits=self._tokens_to_logits(params, encoded_inputs, batch, num_decodes),
             num_decodes=num_decodes,
-            # The network's layers are not scanned, so its cache has no leading layer axis
-            # (t5x passes cache_offset=1 for scanned decoders).
+            # Every cache entry is batch-first, scanned layers too (their depth axis is
+            # second: layers.SCAN_VARIABLE_AXES), so t5x needs no cache_offset.
             cache_offset=0,
             **decoder_params,
         )
