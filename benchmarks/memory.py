@@ -38,9 +38,10 @@ def _measure_one(args) -> None:
     """Child process (XLA_FLAGS set by the parent): one mesh; prints its JSON line."""
     import jax
 
-    if jax.device_count() != args.devices:
-        raise RuntimeError(f"expected {args.devices} host devices, have {jax.device_count()}: XLA_FLAGS not applied?")
-    mesh = {"data": args.devices // args.model_parallel, "model": args.model_parallel}
+    (devices,) = args.devices
+    if jax.device_count() != devices:
+        raise RuntimeError(f"expected {devices} host devices, have {jax.device_count()}: XLA_FLAGS not applied?")
+    mesh = {"data": devices // args.model_parallel, "model": args.model_parallel}
     compiled, times = compile_benchmark.compile_train_step(
         args.one, scan=args.layout == "scanned", batch=args.batch, inputs=args.inputs, targets=args.targets,
         mesh=mesh)
