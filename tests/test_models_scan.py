@@ -95,6 +95,7 @@ def test_stacked_blocks_of_another_depth_are_refused():
         scan_layout.stack_flat(flat, scan_layout.stack_depths(config))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_cached_decoding_is_identical_scanned(name):
     config, params = unscanned(name)
@@ -202,6 +203,7 @@ def test_scanned_parameters_carry_the_layers_axis_unsharded():
     assert shardings["encoder"]["layers"]["mlp"]["wi_0"]["kernel"].spec == PartitionSpec(None, None, "model")
 
 
+@pytest.mark.slow
 def test_checkpoints_load_into_a_scanned_network(tmp_path):
     # big_vision PaliGemma (stacked blocks in the file) into a scanned network: as they are.
     config, params = unscanned("tiny_decoder")
