@@ -63,6 +63,7 @@ def assert_trees_equal(a, b):
     jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_scanned_network_gives_the_same_logits(name):
     config, params = unscanned(name)
