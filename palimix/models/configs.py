@@ -76,6 +76,7 @@ class VitConfig:
             raise UsageError(f"Unknown ViT posemb {self.posemb!r}: use 'learn' or 'sincos2d'.")
 
 
+
 @dataclasses.dataclass(frozen=True)
 class TextConfig:
     """The T5 1.1 / mT5 encoder-decoder (gated-GeLU, RMSNorm, relative positions)."""
@@ -95,7 +96,62 @@ class TextConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class PaliConfig:
+class QFormerConfig:
+    """A BLIP-2 Q-Former (Li et al. 2023): learned queries, BERT-style post-LayerNorm
+    layers with self-attention over the queries and cross-attention to the ViT tokens
+    every `cross_attention_every` layers (layers 0, every, 2*every, ...)."""
+
+    num_queries: int
+    depth: int
+    width: int
+    num_heads: int
+    mlp_dim: int
+    cross_attention_every: int
+    layer_norm_epsilon: float = 1e-12  # BERT's, as Hugging Face's Blip2QFormerConfig
+    dropout_rate: float = 0.0
+
+
+# The image-to-LM bridges: "linear" (PaLI's `img_proj`, PaliGemma's `img/head`: every
+# ViT token projected) and "qformer" (mBLIP / BLIP-2: N query tokens).
+BRIDGES = ("linear", "qformer")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BridgeOptions:
+    """The bridge fields every network config has (keyword-only, so they follow the
+    towers). Defaults of the Q-Former: BLIP-2's (32 queries, 12 layers of width 768, 12
+    heads, MLP 3072, cross-attention every 2nd layer)."""
+
+    bridge: str = "linear"
+    qformer_num_queries: int = 32
+    qformer_depth: int = 12
+    qformer_width: int = 768
+    qformer_num_heads: int = 12
+    qformer_mlp_dim: int = 3072
+    qformer_cross_attention_every: int = 2
+
+    @property
+    def qformer(self) -> QFormerConfig:
+        return QFormerConfig(self.qformer_num_queries, self.qformer_depth, self.qformer_width,
+                             self.qformer_num_heads, self.qformer_mlp_dim, self.qformer_cross_attention_every)
+
+    def _check_bridge(self) -> None:
+        if self.bridge not in BRIDGES:
+            raise UsageError(f"{type(self).__name__}.bridge={self.bridge!r}: use one of {BRIDGES}.")
+        if self.bridge == "qformer":
+            if self.qformer_width % self.qformer_num_heads:
+                raise UsageError(f"qformer_width {self.qformer_width} is not divisible by "
+                                 f"qformer_num_heads {self.qformer_num_heads}.")
+            if min(self.qformer_num_queries, self.qformer_depth, self.qformer_cross_attention_every) < 1:
+                raise UsageError("qformer_num_queries, qformer_depth and qformer_cross_attention_every must be >= 1.")
+
+    def bridged_image_tokens(self, vit_tokens: int) -> int:
+        """How many image tokens the LM sees: the queries with a Q-Former, else the ViT's."""
+        return self.qformer_num_queries if self.bridge == "qformer" else vit_tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class PaliConfig(BridgeOptions):
     """A ViT in front of an mT5-style encoder-decoder.
 
     dtype: activations ("float32" or "bfloat16"); param_dtype: parameters.
@@ -104,6 +160,8 @@ class PaliConfig:
     (Which parameters train is not part of the network: see `palimix.models.trainable`.)
     image_pooling: "none" (all patch tokens) or "mean" (one mean-pooled token).
     max_image_tokens: keep only the first K image tokens (after pooling).
+    bridge, qformer_*: see `BridgeOptions` (pooling and max_image_tokens are for the
+      linear bridge only).
     """
 
     vit: VitConfig
@@ -118,12 +176,17 @@ class PaliConfig:
         _check_choices(self, dict(_NETWORK_CHOICES, image_pooling=("none", "mean")))
         if self.max_image_tokens is not None and self.max_image_tokens < 1:
             raise UsageError(f"max_image_tokens must be >= 1, got {self.max_image_tokens}.")
+        self._check_bridge()
+        if self.bridge == "qformer" and (self.image_pooling != "none" or self.max_image_tokens):
+            raise UsageError("image_pooling and max_image_tokens select linear-bridge tokens; "
+                             "the Q-Former's token count is qformer_num_queries.")
 
     @property
     def num_image_tokens(self) -> int:
         """How many image tokens the encoder sees in front of the prompt."""
         n = 1 if self.image_pooling == "mean" else self.vit.num_patches
-        return min(n, self.max_image_tokens) if self.max_image_tokens else n
+        n = min(n, self.max_image_tokens) if self.max_image_tokens else n
+        return self.bridged_image_tokens(n)
 
     @property
     def vocab_size(self) -> int:
@@ -162,7 +225,7 @@ class GemmaConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class PaliGemmaConfig:
+class PaliGemmaConfig(BridgeOptions):
     """A ViT whose tokens, projected to the LM width, are the fully attended prefix of a
     decoder-only Gemma (PaliGemma, Beyer et al. 2024).
 
@@ -177,11 +240,13 @@ class PaliGemmaConfig:
 
     def __post_init__(self):
         _check_choices(self, _NETWORK_CHOICES)
+        self._check_bridge()
 
     @property
     def num_image_tokens(self) -> int:
-        """How many image tokens stand in front of the text (every ViT patch)."""
-        return self.vit.num_patches
+        """How many image tokens stand in front of the text (every ViT patch, or the
+        Q-Former's queries)."""
+        return self.bridged_image_tokens(self.vit.num_patches)
 
     @property
     def vocab_size(self) -> int:

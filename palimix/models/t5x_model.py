@@ -37,14 +37,16 @@ from flax import traverse_util
 from t5x import adafactor, decoding, models, optimizers, partitioning, utils
 
 from palimix.models import partitioning as pali_partitioning
+from palimix.models import qformer
 from palimix.models import trainable
 from palimix.models.feature_converter import PaliFeatureConverter
 
 PyTree = Any
 
 # The network's image submodules (`palimix.models.pali.Pali`): the ViT and the
-# projection to the text width. Everything else has t5x's T5 1.1 / mT5 names.
-IMAGE_MODULES = ("img", "img_proj")
+# bridge to the text width (`img_proj`, or the Q-Former's qformer.BRIDGE_PARAMS).
+# Everything else has t5x's T5 1.1 / mT5 names.
+IMAGE_MODULES = ("img", "img_proj") + qformer.BRIDGE_PARAMS
 
 # The ViT's logical axes come from the network's own rules (palimix.models.partitioning:
 # VIT_RULES for the mesh, VIT_FACTOR_RULES for Adafactor); t5x's standard rules cover
