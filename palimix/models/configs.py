@@ -76,9 +76,36 @@ class VitConfig:
             raise UsageError(f"Unknown ViT posemb {self.posemb!r}: use 'learn' or 'sincos2d'.")
 
 
+# The language model's projections LoRA can adapt (t5x's T5 names; Gemma's weights map
+# onto them in palimix.models.lora): attention query/key/value/output, the gated MLP's
+# two input projections and its output.
+LORA_TARGETS = ("q", "k", "v", "o", "wi_0", "wi_1", "wo")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoraOptions:
+    """LoRA on the language model's projections (Hu et al. 2021; `palimix.models.lora`),
+    fields of either language model config (keyword-only, after the sizes). No targets:
+    no adapters. mBLIP: all seven targets, rank 8, alpha 16, dropout 0.05."""
+
+    lora_targets: tuple = ()
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+
+    def _check_lora(self) -> None:
+        # gin and JSON give lists; a frozen config must stay hashable.
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        unknown = [t for t in self.lora_targets if t not in LORA_TARGETS]
+        if unknown or len(set(self.lora_targets)) != len(self.lora_targets):
+            raise UsageError(f"lora_targets {list(self.lora_targets)}: use distinct names among {LORA_TARGETS}.")
+        if self.lora_rank < 1 or not 0.0 <= self.lora_dropout < 1.0:
+            raise UsageError(f"lora_rank must be >= 1 and lora_dropout in [0, 1), got {self.lora_rank}, "
+                             f"{self.lora_dropout}.")
+
 
 @dataclasses.dataclass(frozen=True)
-class TextConfig:
+class TextConfig(LoraOptions):
     """The T5 1.1 / mT5 encoder-decoder (gated-GeLU, RMSNorm, relative positions)."""
 
     vocab_size: int
@@ -93,6 +120,11 @@ class TextConfig:
     relpos_num_buckets: int = 32
     relpos_max_distance: int = 128
     float32_attention_logits: bool = False
+
+    def __post_init__(self):
+        self._check_lora()
+        if len(self.mlp_activations) == 1 and {"wi_0", "wi_1"} & set(self.lora_targets):
+            raise UsageError("lora_targets wi_0/wi_1 name a gated MLP's projections; this MLP has one `wi`.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +227,7 @@ class PaliConfig(BridgeOptions):
 
 
 @dataclasses.dataclass(frozen=True)
-class GemmaConfig:
+class GemmaConfig(LoraOptions):
     """A Gemma decoder-only language model (RMSNorm, rotary positions, GeGLU MLP,
     multi-query or grouped-query attention, embeddings tied to the logits).
 
@@ -215,6 +247,7 @@ class GemmaConfig:
     rope_max_wavelength: float = 10_000.0
 
     def __post_init__(self):
+        self._check_lora()
         if self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads:
             raise UsageError(
                 f"Gemma num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}: "

@@ -41,7 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from palimix.models import layers
+from palimix.models import layers, lora
 from palimix.models.configs import GemmaConfig
 
 # The decoding cache's layout (einsum letters: batch, kv heads, head dim, slots):
@@ -140,14 +140,16 @@ class GemmaAttention(nn.Module):
         w = EinsumWeight(tuple(shape), tuple(axes), init, self.param_dtype, name=name)()
         return jnp.asarray(w, self.dtype)
 
-    def _project(self, x):
-        """x `[B, T, width]` -> queries `[B, T, heads, hd]`, keys and values `[B, T, kv_heads, hd]`."""
+    def _project(self, x, deterministic: bool = True):
+        """x `[B, T, width]` -> queries `[B, T, heads, hd]`, keys and values `[B, T, kv_heads, hd]`
+        (each plus its LoRA adapter where the config targets it)."""
         cfg = self.config
         width = x.shape[-1]
         if cfg.num_kv_heads == cfg.num_heads:
             w = self._weight("qkv_einsum", (3, cfg.num_heads, width, cfg.head_dim),
                              ("stack", "heads", "embed", "kv"), _fan_in_init(2, (0, 1, 3)))
             q, k, v = jnp.einsum("btd,snde->sbtne", x, w)
+            kv_axes = ("heads", "kv")
         else:
             w_q = self._weight("q_einsum", (cfg.num_heads, width, cfg.head_dim), ("heads", "embed", "kv"),
                                _fan_in_init(1, (0, 2)))
@@ -155,6 +157,12 @@ class GemmaAttention(nn.Module):
                                 ("stack", "kv_heads", "embed", "kv"), _fan_in_init(2, (0, 1, 3)))
             q = jnp.einsum("btd,nde->btne", x, w_q)
             k, v = jnp.einsum("btd,skde->sbtke", x, w_kv)
+            kv_axes = ("kv_heads", "kv")
+        adapt = dict(config=lora.config_of(cfg), in_axes=("embed",), deterministic=deterministic, dtype=self.dtype,
+                     param_dtype=self.param_dtype)
+        q = lora.add_adapter(q, x, "q", out_axes=("heads", "kv"), **adapt)
+        k = lora.add_adapter(k, x, "k", out_axes=kv_axes, **adapt)
+        v = lora.add_adapter(v, x, "v", out_axes=kv_axes, **adapt)
         return q, k, v
 
     def _cached(self, k, v, cache_length, cache_index):
@@ -182,11 +190,12 @@ class GemmaAttention(nn.Module):
         return k_cache.value, v_cache.value, CACHE_LAYOUT
 
     @nn.compact
-    def __call__(self, x, positions, attention_mask, *, cache_length: Optional[int] = None, cache_index=None):
+    def __call__(self, x, positions, attention_mask, *, cache_length: Optional[int] = None, cache_index=None,
+                 deterministic: bool = True):
         """x `[B, T, width]`, positions `[B, T]`, attention_mask `[B, 1, T, S]` bool
         (True = attend; S = T without a cache, the cache length with one)."""
         cfg = self.config
-        q, k, v = self._project(jnp.asarray(x, self.dtype))
+        q, k, v = self._project(jnp.asarray(x, self.dtype), deterministic)
         q = rotary_embedding(q, positions, cfg.rope_max_wavelength) * jnp.asarray(cfg.head_dim**-0.5, self.dtype)
         k = rotary_embedding(k, positions, cfg.rope_max_wavelength)
         q = layers.constrain(q, ("batch", "length", "heads", "kv"))
@@ -200,7 +209,9 @@ class GemmaAttention(nn.Module):
         out = jnp.einsum(f"bkgts,{kv_layout}->btkgh", probs, v).reshape(q.shape[:2] + (cfg.num_heads, cfg.head_dim))
         w_out = self._weight("attn_vec_einsum", (cfg.num_heads, cfg.head_dim, x.shape[-1]),
                              ("heads", "kv", "embed"), _fan_in_init((0, 1), 2))
-        return jnp.einsum("btnh,nhd->btd", out, w_out)
+        y = jnp.einsum("btnh,nhd->btd", out, w_out)
+        return lora.add_adapter(y, out, "o", lora.config_of(cfg), in_axes=("heads", "kv"), out_axes=("embed",),
+                                deterministic=deterministic, dtype=self.dtype, param_dtype=self.param_dtype)
 
 
 class GemmaMlp(nn.Module):
@@ -209,17 +220,23 @@ class GemmaMlp(nn.Module):
     mlp_dim: int
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    adapters: Optional[lora.LoraConfig] = None  # LoRA (palimix.models.lora)
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, deterministic: bool = True):
         width = x.shape[-1]
         gating = layers.param_with_axes("gating_einsum", _fan_in_init(1, (0, 2)), (2, width, self.mlp_dim),
                                         self.param_dtype, axes=("stack", "embed", "mlp"))
         linear = layers.param_with_axes("linear", _fan_in_init(0, 1), (self.mlp_dim, width), self.param_dtype,
                                         axes=("mlp", "embed"))
-        gate, up = jnp.einsum("btd,sdf->sbtf", jnp.asarray(x, self.dtype), jnp.asarray(gating, self.dtype))
+        x = jnp.asarray(x, self.dtype)
+        gate, up = jnp.einsum("btd,sdf->sbtf", x, jnp.asarray(gating, self.dtype))
+        adapt = dict(config=self.adapters, deterministic=deterministic, dtype=self.dtype, param_dtype=self.param_dtype)
+        gate = lora.add_adapter(gate, x, "wi_0", in_axes=("embed",), out_axes=("mlp",), **adapt)
+        up = lora.add_adapter(up, x, "wi_1", in_axes=("embed",), out_axes=("mlp",), **adapt)
         hidden = layers.constrain(nn.gelu(gate) * up, ("batch", "length", "mlp"))
-        return jnp.einsum("btf,fd->btd", hidden, jnp.asarray(linear, self.dtype))
+        y = jnp.einsum("btf,fd->btd", hidden, jnp.asarray(linear, self.dtype))
+        return lora.add_adapter(y, hidden, "wo", in_axes=("mlp",), out_axes=("embed",), **adapt)
 
 
 class GemmaLayer(nn.Module):
@@ -237,9 +254,10 @@ class GemmaLayer(nn.Module):
         dropout = nn.Dropout(rate=cfg.dropout_rate)
         h = GemmaRMSNorm(cfg.norm_epsilon, name="pre_attention_norm", **kw)(x)
         h = GemmaAttention(cfg, name="attn", **kw)(h, positions, attention_mask, cache_length=cache_length,
-                                                    cache_index=cache_index)
+                                                    cache_index=cache_index, deterministic=deterministic)
         x = x + dropout(h, deterministic=deterministic)
-        h = GemmaMlp(cfg.mlp_dim, name="mlp", **kw)(GemmaRMSNorm(cfg.norm_epsilon, name="pre_ffw_norm", **kw)(x))
+        h = GemmaMlp(cfg.mlp_dim, name="mlp", adapters=lora.config_of(cfg), **kw)(
+            GemmaRMSNorm(cfg.norm_epsilon, name="pre_ffw_norm", **kw)(x), deterministic)
         x = x + dropout(h, deterministic=deterministic)
         return layers.constrain(x, ("batch", "length", "embed"))
 

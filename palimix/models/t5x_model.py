@@ -58,6 +58,9 @@ VIT_FACTOR_RULES = dict(pali_partitioning.VIT_FACTOR_RULES)
 # again (GEMMA_RULES, GEMMA_FACTOR_RULES).
 GEMMA_LOGICAL_AXIS_RULES = tuple(pali_partitioning.GEMMA_RULES)
 GEMMA_FACTOR_RULES = dict(pali_partitioning.GEMMA_FACTOR_RULES)
+# LoRA adapters' rank axis (palimix.models.lora).
+ADAPTER_LOGICAL_AXIS_RULES = tuple(pali_partitioning.ADAPTER_RULES)
+ADAPTER_FACTOR_RULES = dict(pali_partitioning.ADAPTER_FACTOR_RULES)
 
 # Flattened t5x state keys (e.g. 'target/img/embedding/kernel',
 # 'state/param_states/img/...') of the image side: everything a text-only checkpoint
@@ -131,7 +134,8 @@ def pali_logical_axis_rules(
     return partitioning.standard_logical_axis_rules(
         activation_partitioning_dims=activation_partitioning_dims,
         parameter_partitioning_dims=parameter_partitioning_dims,
-        additional_rules=[*VIT_LOGICAL_AXIS_RULES, *GEMMA_LOGICAL_AXIS_RULES, *(additional_rules or ())],
+        additional_rules=[*VIT_LOGICAL_AXIS_RULES, *GEMMA_LOGICAL_AXIS_RULES, *ADAPTER_LOGICAL_AXIS_RULES,
+                          *(additional_rules or ())],
     )
 
 
@@ -164,7 +168,7 @@ def pali_logical_factor_rules():
     """
     factor_dims = {
         name: adafactor.factor_name_to_factordim(kind)
-        for name, kind in {**VIT_FACTOR_RULES, **GEMMA_FACTOR_RULES}.items()
+        for name, kind in {**VIT_FACTOR_RULES, **GEMMA_FACTOR_RULES, **ADAPTER_FACTOR_RULES}.items()
     }
     return flax_core.freeze({**adafactor.standard_logical_factor_rules(), **factor_dims})
 
