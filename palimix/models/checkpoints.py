@@ -138,6 +138,10 @@ def _merge(params, loaded: dict, *, under: tuple, exclude: tuple = (), skip: Ite
             missing.append(rel)
             continue
         value = np.asarray(loaded[rel])
+        if current.dtype == np.int8 and value.dtype != np.int8:
+            raise CheckpointMismatchError(
+                f"{source}: {rel} is int8 in the model (int8_kernels) but {value.dtype} in the checkpoint: load "
+                "into the float network, then palimix.models.quantize.quantize_params(params, config).")
         if tuple(value.shape) != tuple(current.shape):
             mismatched.append((rel, tuple(value.shape), tuple(current.shape)))
             continue

@@ -104,8 +104,18 @@ class LoraOptions:
                              f"{self.lora_dropout}.")
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StorageOptions:
+    """How the language model's frozen weights are stored (`palimix.models.quantize`):
+    int8_kernels stores its projection kernels, the token embedding and the logits
+    kernel as int8 with per-output-channel float32 scales (dequantized inside the
+    product). Such weights cannot train: keep them out of the trainable selection."""
+
+    int8_kernels: bool = False
+
+
 @dataclasses.dataclass(frozen=True)
-class TextConfig(LoraOptions):
+class TextConfig(LoraOptions, StorageOptions):
     """The T5 1.1 / mT5 encoder-decoder (gated-GeLU, RMSNorm, relative positions)."""
 
     vocab_size: int
@@ -227,7 +237,7 @@ class PaliConfig(BridgeOptions):
 
 
 @dataclasses.dataclass(frozen=True)
-class GemmaConfig(LoraOptions):
+class GemmaConfig(LoraOptions, StorageOptions):
     """A Gemma decoder-only language model (RMSNorm, rotary positions, GeGLU MLP,
     multi-query or grouped-query attention, embeddings tied to the logits).
 

@@ -132,6 +132,9 @@ def merge(params, scale: float):
         owner, _, module = adapter.rpartition("/")
         target = module[len("lora_"):]
         weight, stack, equation = _merge_site(flat, owner, target)
+        if np.asarray(flat[weight]).dtype == np.int8:
+            raise UsageError(f"{weight} is stored in int8: merge the adapters into the float weights "
+                             "(a run without int8_kernels), then quantize (quantize.quantize_params).")
         a, b = (np.asarray(flat.pop(f"{adapter}/{p}"), np.float32) for p in ("a", "b"))
         delta = scale * np.einsum(equation, a, b)
         merged = np.array(flat[weight], np.float32)

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from palimix.models import layers, qformer, t5, vit
+from palimix.models import layers, qformer, quantize, t5, vit
 from palimix.models.configs import PaliConfig
 
 _PACKING_ERROR = (
@@ -56,7 +56,8 @@ class Pali(nn.Module):
                 cfg.text.emb_dim, kernel_axes=("vit_embed", "embed"), use_bias=True, bias_axes=("embed",),
                 dtype=dtype, param_dtype=param_dtype,
             )
-        self.token_embedder = layers.Embed(cfg.text.vocab_size, cfg.text.emb_dim, dtype, param_dtype)
+        self.token_embedder = quantize.embed_class(cfg.text.int8_kernels)(cfg.text.vocab_size, cfg.text.emb_dim,
+                                                                          dtype, param_dtype)
         self.encoder = t5.Encoder(cfg.text, cfg.remat, dtype, param_dtype)
         self.decoder = t5.Decoder(cfg.text, cfg.remat, dtype, param_dtype)
 

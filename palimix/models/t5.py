@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from palimix.models import layers, lora
+from palimix.models import layers, lora, quantize
 from palimix.models.configs import TextConfig
 
 
@@ -54,11 +54,12 @@ def _to_cache_layout(x, dtype):
 _LORA_TARGETS = {"query": "q", "key": "k", "value": "v", "out": "o", "wi_0": "wi_0", "wi_1": "wi_1", "wo": "wo"}
 
 
-def _projection(name, features, axes, *, init=None, adapters=None, deterministic=True, dtype=jnp.float32,
-                param_dtype=jnp.float32):
-    """x -> x W (`name/kernel`), plus its LoRA adapter when `adapters` targets it."""
-    dense = layers.DenseGeneral(features, kernel_axes=axes, kernel_init=init, dtype=dtype, param_dtype=param_dtype,
-                                name=name)
+def _projection(name, features, axes, *, init=None, adapters=None, int8=False, deterministic=True,
+                dtype=jnp.float32, param_dtype=jnp.float32):
+    """x -> x W (`name/kernel`, int8 with `int8`), plus its LoRA adapter when `adapters`
+    targets it."""
+    dense = quantize.dense_class(int8)(features, kernel_axes=axes, kernel_init=init, dtype=dtype,
+                                       param_dtype=param_dtype, name=name)
     return lambda x: lora.add_adapter(dense(x), x, _LORA_TARGETS.get(name), adapters, in_axes=axes[:1],
                                       out_axes=axes[1:], deterministic=deterministic, dtype=dtype,
                                       param_dtype=param_dtype)
@@ -74,10 +75,11 @@ class Attention(nn.Module):
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     adapters: Optional[lora.LoraConfig] = None  # LoRA (palimix.models.lora)
+    int8_kernels: bool = False  # palimix.models.quantize
 
     def _dense(self, name, features, axes, init, deterministic):
-        return _projection(name, features, axes, init=init, adapters=self.adapters, deterministic=deterministic,
-                           dtype=self.dtype, param_dtype=self.param_dtype)
+        return _projection(name, features, axes, init=init, adapters=self.adapters, int8=self.int8_kernels,
+                           deterministic=deterministic, dtype=self.dtype, param_dtype=self.param_dtype)
 
     @nn.compact
     def __call__(self, inputs_q, inputs_kv, bias=None, *, deterministic: bool = True,
@@ -155,10 +157,12 @@ class Mlp(nn.Module):
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     adapters: Optional[lora.LoraConfig] = None  # LoRA (palimix.models.lora)
+    int8_kernels: bool = False  # palimix.models.quantize
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
-        dense = dict(adapters=self.adapters, deterministic=deterministic, dtype=self.dtype, param_dtype=self.param_dtype)
+        dense = dict(adapters=self.adapters, int8=self.int8_kernels, deterministic=deterministic, dtype=self.dtype,
+                     param_dtype=self.param_dtype)
         hidden = None
         for i, act in enumerate(self.activations):
             name = "wi" if len(self.activations) == 1 else f"wi_{i}"
@@ -178,12 +182,12 @@ class _Sublayers:
     def attention(self, name):
         cfg = self.config
         return Attention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, cfg.float32_attention_logits,
-                         self.dtype, self.param_dtype, lora.config_of(cfg), name=name)
+                         self.dtype, self.param_dtype, lora.config_of(cfg), cfg.int8_kernels, name=name)
 
     def mlp(self, name):
         cfg = self.config
         return Mlp(cfg.mlp_dim, tuple(cfg.mlp_activations), cfg.dropout_rate, self.dtype, self.param_dtype,
-                   lora.config_of(cfg), name=name)
+                   lora.config_of(cfg), cfg.int8_kernels, name=name)
 
     def dropout(self, x, deterministic):
         return nn.Dropout(rate=self.config.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
@@ -299,8 +303,9 @@ class Decoder(nn.Module):
                 y, encoded, self_bias, cross_bias, deterministic, decode, position)
         y = layers.RMSNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="decoder_norm")(y)
         y = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
-        logits = layers.DenseGeneral(cfg.vocab_size, kernel_axes=("embed", "vocab"), dtype=jnp.float32,
-                                     param_dtype=self.param_dtype, name="logits_dense")(y)
+        logits = quantize.dense_class(cfg.int8_kernels)(cfg.vocab_size, kernel_axes=("embed", "vocab"),
+                                                         dtype=jnp.float32, param_dtype=self.param_dtype,
+                                                         name="logits_dense")(y)
         return layers.constrain(logits, ("batch", "length", "vocab"))
 
     def _cache_length(self) -> int:
