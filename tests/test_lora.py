@@ -99,9 +99,6 @@ def test_mblip_selection_trains_only_adapters_and_bridge():
                                                                             "language_projection") for n in trained)
     assert not any(n.startswith(("img/", "encoder/", "decoder/", "token_embedder/")) and not
                    lora._is_adapter_param(n) for n in trained)
-    # The gin preset binds the same patterns.
-    gin_file = os.path.join(os.path.dirname(configs.__file__), "..", "gin", "models", "mblip_lora.gin")
-    assert "'(.*/)?lora_[a-z0-9_]+/[ab]'" in open(gin_file).read() and lora.TRAINABLE_PATTERN == "(.*/)?lora_[a-z0-9_]+/[ab]"
 
 
 def test_config_checks():
@@ -156,3 +153,32 @@ def test_export_merge_lora_writes_a_plain_run_with_the_same_logits(tmp_path):
     # A second export into the same folder, or of a run without adapters, is refused.
     assert cli.main(["export", "--merge_lora", run_dir, out_dir]) == 2
     assert cli.main(["export", "--merge_lora", out_dir, str(tmp_path / "again")]) == 2
+
+
+@pytest.fixture
+def clean_gin():
+    import gin
+
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+def test_gin_preset_and_mt0_xl_size(clean_gin):
+    """models/mblip_lora.gin + sizes/mblip_mt0_xl.gin: the runner's model definition is
+    ViT-g/14 + Q-Former + mT0-XL with LoRA everywhere, training only adapters and bridge
+    (about 124M of 4.85B parameters, as mBLIP reports for mT0-XL)."""
+    from palimix.runner import model as model_lib
+    from palimix.runner.config import parse_gin
+
+    parse_gin(["models/network.gin", "models/mblip_lora.gin", "sizes/mblip_mt0_xl.gin"], [])
+    definition = model_lib.from_gin()
+    config = definition.config
+    assert (config.bridge, config.num_image_tokens, config.vit.width, config.vit.depth) == ("qformer", 32, 1408, 39)
+    assert config.text.emb_dim == 2048 and config.text.lora_targets == tuple(ALL) and config.text.lora_dropout == 0.05
+    assert definition.trainable.trainable == lora.MBLIP_TRAINABLE
+    shapes = jax.eval_shape(lambda: networks.init_params(config, jax.random.PRNGKey(0)))
+    mask = definition.trainable.mask(shapes)
+    sizes = [int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes)]
+    trained = sum(s for s, m in zip(sizes, jax.tree_util.tree_leaves(mask)) if m)
+    assert 120e6 < trained < 130e6 and 4.8e9 < sum(sizes) < 4.9e9
