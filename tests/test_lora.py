@@ -5,7 +5,6 @@ mBLIP preset that trains only the adapters and the bridge."""
 
 import functools
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -111,50 +110,6 @@ def test_config_checks():
         lora.merge({"encoder": {"x": {"kernel": np.zeros((2, 2))}}}, 1.0)
 
 
-def _write_run(model_dir, definition, params, step=7):
-    """A model dir as `palimix train` leaves it: run.json, train_config.json and an orbax
-    checkpoint of the parameters (what load_run reads)."""
-    from palimix.runner.checkpoints import Checkpoints
-
-    os.makedirs(model_dir)
-    description = {"model": definition.to_json(), "mixture_or_task_name": "palimix_demo",
-                   "task_feature_lengths": {"inputs": 6, "targets": 5, "image": 64}, "seed": 0, "batch_size": 2,
-                   "input_mode": "memory"}
-    with open(os.path.join(model_dir, "run.json"), "w") as f:
-        json.dump(json.loads(json.dumps(description)), f)
-    with open(os.path.join(model_dir, "train_config.json"), "w") as f:
-        json.dump({"batch_size": 2}, f)
-    checkpoints = Checkpoints(str(model_dir))
-    checkpoints.save(step, {"step": jnp.asarray(step, jnp.int32), "params": params}, None, {"loss": 1.0})
-    checkpoints.close()
-
-
-@pytest.mark.slow
-def test_export_merge_lora_writes_a_plain_run_with_the_same_logits(tmp_path):
-    from palimix import cli
-    from palimix.runner.loading import load_run
-    from palimix.runner.model import ModelDefinition
-
-    definition = ModelDefinition.create("tiny", {"lm_lora_targets": ALL, "lora_rank": 2},
-                                        trainable.ParamSelection(trainable=[lora.TRAINABLE_PATTERN]))
-    params = _randomize_adapters(networks.init_params(definition.config, jax.random.PRNGKey(0)))
-    run_dir, out_dir = str(tmp_path / "run"), str(tmp_path / "merged")
-    _write_run(run_dir, definition, params)
-    assert cli.main(["export", "--merge_lora", run_dir, out_dir]) == 0
-    merged = load_run(out_dir)
-    recorded = json.load(open(os.path.join(out_dir, "run.json")))["model"]
-    assert recorded["overrides"] == {}  # lm_lora_targets and lora_rank are gone with the adapters
-    assert merged.trainer.definition.config == lora.without_lora(definition.config)
-    assert merged.trainer.definition.trainable == trainable.ParamSelection()
-    assert merged.step == 7
-    batch = _batch(definition.config)
-    np.testing.assert_allclose(_logits(merged.trainer.definition.config, merged.params, batch),
-                               _logits(definition.config, params, batch), atol=1e-5, rtol=0)
-    # A second export into the same folder, or of a run without adapters, is refused.
-    assert cli.main(["export", "--merge_lora", run_dir, out_dir]) == 2
-    assert cli.main(["export", "--merge_lora", out_dir, str(tmp_path / "again")]) == 2
-
-
 @pytest.fixture
 def clean_gin():
     import gin
@@ -182,3 +137,63 @@ def test_gin_preset_and_mt0_xl_size(clean_gin):
     sizes = [int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes)]
     trained = sum(s for s, m in zip(sizes, jax.tree_util.tree_leaves(mask)) if m)
     assert 120e6 < trained < 130e6 and 4.8e9 < sum(sizes) < 4.9e9
+
+
+@pytest.mark.t5x
+def test_t5x_rules_cover_the_mblip_network():
+    """Q-Former, adapters and int8 weights only use logical axes T5X's partitioner and
+    Adafactor have rules for."""
+    pytest.importorskip("t5x", reason="T5X is not installed (pip install '.[t5x]')")
+    from flax.linen import partitioning as flax_partitioning
+    from t5x import adafactor
+
+    from palimix.models import t5x_model
+
+    config = configs.get("tiny", bridge="qformer", qformer_depth=2, qformer_width=32, qformer_num_heads=4,
+                         qformer_mlp_dim=48, lora_targets=ALL, int8_kernels=True)
+    axes = jax.eval_shape(lambda: networks.init_variables(config, jax.random.PRNGKey(0)))["params_axes"]
+    specs = jax.tree_util.tree_leaves(flax_partitioning.get_axis_names(axes),
+                                      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    names = {name for spec in specs for name in spec}
+    assert {"lora_rank", "vit_embed", "joined_kv"} <= names
+    assert names <= set(dict(t5x_model.pali_logical_axis_rules()))
+    factor_rules = t5x_model.pali_logical_factor_rules()
+    assert names <= set(factor_rules)
+    optimizer = adafactor.Adafactor(logical_factor_rules=factor_rules)
+    optimizer.set_param_axes(flax_partitioning.get_axis_names(axes))
+    assert optimizer.hyper_params.factor_map
+
+
+@pytest.mark.slow
+def test_palimix_train_then_export_merge_lora(tmp_path, clean_gin, monkeypatch):
+    """The real path: `palimix train` with models/mblip_lora.gin (a small Q-Former, LoRA on
+    the tiny LM; only adapters and bridge train), then `palimix export --merge_lora`:
+    the exported run's logits equal the trained run's."""
+    from palimix import cli
+    from palimix.runner.loading import load_run
+
+    monkeypatch.setenv("PALIMIX_RUNNER_FIXTURE_DIR", str(tmp_path / "images"))
+    import tests.runner_fixture_tasks  # noqa: F401  (registers runner_fixture_colors)
+
+    run_dir, out_dir = tmp_path / "run", tmp_path / "merged"
+    bindings = ["IMAGE_SIZE = 32"] + [f"configs.get.{k} = {v}" for k, v in dict(
+        qformer_num_queries=4, qformer_depth=2, qformer_width=32, qformer_num_heads=4, qformer_mlp_dim=48).items()]
+    args = ["train", "runner_fixture_colors", "--model_dir", str(run_dir), "--batch_size", "4", "--steps", "2",
+            "--lengths", "inputs=8,targets=8,image=32", "--warmup_steps", "1", "--no_progress",
+            "--gin_file", "models/network.gin", "--gin_file", "models/mblip_lora.gin", "--gin_file", "sizes/tiny.gin"]
+    for binding in bindings:
+        args += ["--gin", binding]
+    assert cli.main(args) == 0
+    assert cli.main(["export", "--merge_lora", str(run_dir), str(out_dir)]) == 0
+    trained, merged = load_run(str(run_dir)), load_run(str(out_dir))
+    assert trained.trainer.definition.trainable.trainable == lora.MBLIP_TRAINABLE
+    assert merged.trainer.definition.config == lora.without_lora(trained.trainer.definition.config)
+    batch = _batch(trained.trainer.definition.config)
+    np.testing.assert_allclose(_logits(merged.trainer.definition.config, merged.params, batch),
+                               _logits(trained.trainer.definition.config, trained.params, batch), atol=1e-5, rtol=0)
+    recorded = json.load(open(out_dir / "run.json"))["model"]
+    assert not any("lora" in k for k in recorded["overrides"]) and recorded["trainable"]["trainable"] == [
+        "query_tokens", "qformer/.*", "language_projection/.*"]  # the adapter pattern is gone with them
+    # A second export into the same folder, or of a run without adapters, is refused.
+    assert cli.main(["export", "--merge_lora", str(run_dir), str(out_dir)]) == 2
+    assert cli.main(["export", "--merge_lora", str(out_dir), str(tmp_path / "again")]) == 2

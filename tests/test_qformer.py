@@ -132,7 +132,8 @@ def test_load_errors_name_the_keys(config, params):
         checkpoints.load_qformer(missing, params)
     # Layer 1 has no cross-attention (every 2nd layer): a key for it is extra.
     extra = dict(weights, **{"qformer.encoder.layer.1.crossattention.attention.query.bias": np.zeros(32, np.float32)})
-    with pytest.raises(checkpoints.CheckpointMismatchError, match="layer/1/crossattention/attention/query/bias: in the checkpoint"):
+    with pytest.raises(checkpoints.CheckpointMismatchError,
+                       match="layer/1/crossattention/attention/query/bias: in the checkpoint"):
         checkpoints.load_qformer(extra, params)
     bad = dict(weights, **{"language_projection.weight": np.zeros((LM_WIDTH + 1, 32), np.float32)})
     with pytest.raises(checkpoints.CheckpointMismatchError, match=r"language_projection/kernel: checkpoint \(32, 65\)"):

@@ -39,7 +39,8 @@ def test_int8_network_logits_and_memory(name, overrides):
     # The int8 network's own initialisation has the same tree, names and dtypes.
     fresh = jax.eval_shape(lambda: networks.init_params(int8, jax.random.PRNGKey(0)))
     assert jax.tree_util.tree_structure(fresh) == jax.tree_util.tree_structure(quantized)
-    assert [x.dtype for x in jax.tree_util.tree_leaves(fresh)] == [x.dtype for x in jax.tree_util.tree_leaves(quantized)]
+    dtypes = [x.dtype for x in jax.tree_util.tree_leaves(fresh)]
+    assert dtypes == [x.dtype for x in jax.tree_util.tree_leaves(quantized)]
     names = trainable.flat_names(quantized)
     int8_names = [n for n, x in zip(names, jax.tree_util.tree_leaves(quantized)) if x.dtype == jnp.int8]
     assert len(int8_names) >= 9 and not any(n.startswith("img/") for n in int8_names)
@@ -79,11 +80,14 @@ def test_lora_trains_beside_int8_frozen_weights():
     assert any(np.abs(np.asarray(g)).max() > 0 for g in jax.tree_util.tree_leaves(grads))
     with pytest.raises(UsageError, match="int8"):
         lora.merge(params, 1.0)
+    with pytest.raises(UsageError, match="int8-stored weights"):
+        trainable.ParamSelection().mask(params)
 
 
 def test_float_checkpoint_into_int8_params_is_refused():
     int8 = configs.get("tiny", int8_kernels=True)
     shapes = jax.eval_shape(lambda: networks.init_params(int8, jax.random.PRNGKey(0)))
-    flat = {n: np.zeros(x.shape, np.float32) for n, x in zip(trainable.flat_names(shapes), jax.tree_util.tree_leaves(shapes))}
+    leaves = jax.tree_util.tree_leaves(shapes)
+    flat = {n: np.zeros(x.shape, np.float32) for n, x in zip(trainable.flat_names(shapes), leaves)}
     with pytest.raises(checkpoints.CheckpointMismatchError, match="quantize_params"):
         checkpoints.load_mt5(flat, shapes)

@@ -111,14 +111,14 @@ def embed_class(int8: bool):
 
 # --- converting a float checkpoint -------------------------------------------------------
 
-def quantize_params(float_params, config, *, rng=None):
+def quantize_params(float_params, config):
     """The parameters of `config`'s int8 network (its LM `int8_kernels` on) from a float
     tree of the same network without it (e.g. a loaded mT5/PaLI checkpoint): every
     weight the int8 network stores in int8 is quantized over its input axes (read from
     the logical axis names: the axes its scale lacks)."""
     from palimix.models import networks
 
-    variables = jax.eval_shape(lambda: networks.init_variables(config, rng if rng is not None else jax.random.PRNGKey(0)))
+    variables = jax.eval_shape(lambda: networks.init_variables(config, jax.random.PRNGKey(0)))  # shapes only
     shapes = _flat(variables["params"])
     axes = {name[: -len("_axes")] if name.endswith("_axes") else name: value
             for name, value in _flat(variables["params_axes"], leaf=_is_axis_metadata).items()}
