@@ -50,9 +50,9 @@ _EMBED, _MLP, _JOINED = "vit_embed", "vit_mlp", "joined_kv"
 _INIT = nn.initializers.normal(stddev=0.02)
 
 
-def _dense(features, axes, name, cfg_dtype, param_dtype):
+def _dense(features, axes, name, dtype, param_dtype):
     return layers.DenseGeneral(features, kernel_axes=axes, use_bias=True, bias_axes=(axes[-1],),
-                               kernel_init=_INIT, dtype=cfg_dtype, param_dtype=param_dtype, name=name)
+                               kernel_init=_INIT, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 class _Block(nn.Module):
