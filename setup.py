@@ -22,6 +22,8 @@ INSTALL_REQUIRES = [
     "orbax-checkpoint>=0.6",
     # Reading t5x's native checkpoints (TensorStore arrays) in palimix.models.checkpoints.
     "tensorstore>=0.1.60",
+    # Reading converted Hugging Face checkpoints (BLIP-2 / mBLIP Q-Former: checkpoints.load_qformer).
+    "safetensors>=0.4",
     # Resampling ViT position embeddings when a checkpoint's resolution differs.
     "scipy>=1.10",
     "tensorboard>=2.16",

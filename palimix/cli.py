@@ -38,6 +38,7 @@ COMMANDS = {
     "eval": "eval",
     "infer": "infer",
     "convert-checkpoint": "convert_checkpoint",
+    "export": "export",
     "gin-path": "gin_path",
 }
 # Commands that never load TensorFlow or JAX: nothing to quiet, and they stay fast.

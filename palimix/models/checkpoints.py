@@ -50,6 +50,14 @@ Every loader brings the file's blocks into the model's layout, scanned or not
 (`palimix.models.scan_layout.match_layout`): a t5x mT5 file's `encoder/layers_N` load
 into a scanned `encoder/layers` too.
 
+`load_qformer(checkpoint, params)`: the Q-Former bridge (`query_tokens`, `qformer/...`,
+  `language_projection/...`) from a converted Hugging Face BLIP-2 / mBLIP checkpoint
+  (`Blip2ForConditionalGeneration` names: "qformer.encoder.layer.0.attention.attention.query.weight",
+  ...): a `.safetensors` file, a folder of `.safetensors` shards, or an `.npz` with the
+  same names. Linear weights are [out, in] there (transposed here), LayerNorm weights
+  are `scale`. The other towers' keys (`vision_model.*`, `language_model.*`) are left
+  alone; within the bridge, a missing, extra or mis-shaped key is an error.
+
 All check every shape and raise `CheckpointMismatchError` listing every missing or
 mis-shaped parameter (a different vocabulary gets a hint: `skip=` or `vocab_size=`).
 
@@ -72,11 +80,13 @@ from flax import traverse_util
 
 from palimix.errors import CheckpointMismatchError, UsageError, close_matches_hint
 from palimix.models import scan_layout
+from palimix.models.qformer import BRIDGE_PARAMS
 from palimix.models.scan_layout import flatten as _flatten
 from palimix.models.scan_layout import plain_dict as _to_dict
 
 IMAGE_TOWER = ("img",)
-IMAGE_SIDE = ("img", "img_proj")  # everything a text-only checkpoint lacks
+# Everything a text-only checkpoint lacks: the ViT and the bridge (linear or Q-Former).
+IMAGE_SIDE = ("img", "img_proj") + BRIDGE_PARAMS
 _VIT_IGNORED = re.compile(r"^(head|MAPHead_0|pre_logits|cls)(/|$)")
 
 
@@ -122,6 +132,10 @@ def _merge(params, loaded: dict, *, under: tuple, exclude: tuple = (), skip: Ite
             missing.append(rel)
             continue
         value = np.asarray(loaded[rel])
+        if current.dtype == np.int8 and value.dtype != np.int8:
+            raise CheckpointMismatchError(
+                f"{source}: {rel} is int8 in the model (int8_kernels) but {value.dtype} in the checkpoint: load "
+                "into the float network, then palimix.models.quantize.quantize_params(params, config).")
         if tuple(value.shape) != tuple(current.shape):
             mismatched.append((rel, tuple(value.shape), tuple(current.shape)))
             continue
@@ -474,6 +488,77 @@ def save_paligemma(params, path: str, *, dtype=None) -> str:
 
 
 # ----------------------------------------------------------------------------------------
+# Hugging Face BLIP-2 / mBLIP Q-Former (.safetensors or .npz with HF names).
+
+_HF_LAYER_NORMS = ("layernorm", "LayerNorm")
+
+
+def read_safetensors(path: str) -> dict:
+    """Flat {HF name: array} of a `.safetensors` file or of every `*.safetensors` shard
+    in a folder (bfloat16 tensors read as such, through JAX)."""
+    from safetensors import safe_open
+
+    files = [path]
+    if os.path.isdir(path):
+        files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".safetensors"))
+        if not files:
+            raise FileNotFoundError(f"No .safetensors files in {path}")
+    elif not os.path.exists(path):
+        raise FileNotFoundError(f"No such checkpoint: {path}")
+    flat = {}
+    for file in files:
+        with safe_open(file, framework="flax") as f:
+            flat.update({k: np.asarray(f.get_tensor(k)) for k in f.keys()})
+    return flat
+
+
+def hf_bridge_name(name: str) -> tuple[str, bool]:
+    """A Hugging Face BLIP-2 name -> (palimix name, whether the array is transposed):
+    "." becomes "/", a Linear's `weight` [out, in] the `kernel` [in, out], a LayerNorm's
+    `weight` its `scale`."""
+    parts = name.split(".")
+    if parts[-1] != "weight":
+        return "/".join(parts), False
+    if len(parts) > 1 and parts[-2] in _HF_LAYER_NORMS:
+        return "/".join(parts[:-1] + ["scale"]), False
+    return "/".join(parts[:-1] + ["kernel"]), True
+
+
+def _hf_bridge_part(flat: dict, source: str) -> dict:
+    bridge = {}
+    for name, value in flat.items():
+        if name.split(".", 1)[0] not in BRIDGE_PARAMS:
+            continue
+        ours, transpose = hf_bridge_name(name)
+        value = np.asarray(value)
+        if transpose and value.ndim != 2:
+            raise CheckpointMismatchError(f"{source}: {name} has shape {value.shape}; a Linear weight is 2-D.")
+        bridge[ours] = value.T if transpose else value
+    if not bridge:
+        tops = sorted({k.split(".", 1)[0] for k in flat})
+        raise CheckpointMismatchError(
+            f"{source} holds no Q-Former (Hugging Face names {', '.join(BRIDGE_PARAMS)}); it has {tops}.")
+    logging.info("%s: %d Q-Former parameters, %d other keys left alone", source, len(bridge), len(flat) - len(bridge))
+    return bridge
+
+
+def load_qformer(checkpoint, params):
+    """`params` with the Q-Former bridge (`query_tokens`, `qformer/...`,
+    `language_projection/...`) from a converted BLIP-2 / mBLIP checkpoint with Hugging
+    Face names: a `.safetensors` file or folder of shards, an `.npz`, or a flat dict.
+    Everything else in `params` (ViT, language model) keeps its values."""
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        source, flat = "Q-Former parameters", dict(checkpoint)
+    else:
+        source = os.fspath(checkpoint)
+        flat = read_npz(source) if source.endswith(".npz") else read_safetensors(source)
+    if "query_tokens" not in _flatten(params):
+        raise CheckpointMismatchError(f"the model has no Q-Former to load {source} into: build it with bridge='qformer'.")
+    others = tuple(k for k in params if k not in BRIDGE_PARAMS)
+    return _merge(params, _hf_bridge_part(flat, source), under=(), exclude=others, source=source, strict=True)
+
+
+# ----------------------------------------------------------------------------------------
 # Warm start: one table of checkpoint formats, for `palimix train --init_checkpoint` and
 # `palimix convert-checkpoint` (which writes what a format loads as a t5x checkpoint).
 
@@ -514,6 +599,9 @@ WARM_START_FORMATS = {
     "mt5": WarmStartFormat(load_mt5, _language_model,
                            "t5x mT5 / T5 1.1 checkpoint: the text side of a PaLI model; the ViT and "
                            "its projection as initialised"),
+    "qformer": WarmStartFormat(load_qformer, _under(*BRIDGE_PARAMS),
+                               "Hugging Face BLIP-2 / mBLIP (.safetensors or .npz): the Q-Former bridge of a "
+                               "bridge='qformer' model; the rest as initialised"),
 }
 
 

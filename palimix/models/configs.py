@@ -76,8 +76,46 @@ class VitConfig:
             raise UsageError(f"Unknown ViT posemb {self.posemb!r}: use 'learn' or 'sincos2d'.")
 
 
+# The language model's projections LoRA can adapt (t5x's T5 names; Gemma's weights map
+# onto them in palimix.models.lora): attention query/key/value/output, the gated MLP's
+# two input projections and its output.
+LORA_TARGETS = ("q", "k", "v", "o", "wi_0", "wi_1", "wo")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoraOptions:
+    """LoRA on the language model's projections (Hu et al. 2021; `palimix.models.lora`),
+    fields of either language model config (keyword-only, after the sizes). No targets:
+    no adapters. mBLIP: all seven targets, rank 8, alpha 16, dropout 0.05."""
+
+    lora_targets: tuple = ()
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+
+    def _check_lora(self) -> None:
+        # gin and JSON give lists; a frozen config must stay hashable.
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        unknown = [t for t in self.lora_targets if t not in LORA_TARGETS]
+        if unknown or len(set(self.lora_targets)) != len(self.lora_targets):
+            raise UsageError(f"lora_targets {list(self.lora_targets)}: use distinct names among {LORA_TARGETS}.")
+        if self.lora_rank < 1 or not 0.0 <= self.lora_dropout < 1.0:
+            raise UsageError(f"lora_rank must be >= 1 and lora_dropout in [0, 1), got {self.lora_rank}, "
+                             f"{self.lora_dropout}.")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StorageOptions:
+    """How the language model's frozen weights are stored (`palimix.models.quantize`):
+    int8_kernels stores its projection kernels, the token embedding and the logits
+    kernel as int8 with per-output-channel float32 scales (dequantized inside the
+    product). Such weights cannot train: keep them out of the trainable selection."""
+
+    int8_kernels: bool = False
+
+
 @dataclasses.dataclass(frozen=True)
-class TextConfig:
+class TextConfig(LoraOptions, StorageOptions):
     """The T5 1.1 / mT5 encoder-decoder (gated-GeLU, RMSNorm, relative positions)."""
 
     vocab_size: int
@@ -93,9 +131,69 @@ class TextConfig:
     relpos_max_distance: int = 128
     float32_attention_logits: bool = False
 
+    def __post_init__(self):
+        self._check_lora()
+        if len(self.mlp_activations) == 1 and {"wi_0", "wi_1"} & set(self.lora_targets):
+            raise UsageError("lora_targets wi_0/wi_1 name a gated MLP's projections; this MLP has one `wi`.")
+
 
 @dataclasses.dataclass(frozen=True)
-class PaliConfig:
+class QFormerConfig:
+    """A BLIP-2 Q-Former (Li et al. 2023): learned queries, BERT-style post-LayerNorm
+    layers with self-attention over the queries and cross-attention to the ViT tokens
+    every `cross_attention_every` layers (layers 0, every, 2*every, ...)."""
+
+    num_queries: int
+    depth: int
+    width: int
+    num_heads: int
+    mlp_dim: int
+    cross_attention_every: int
+    layer_norm_epsilon: float = 1e-12  # BERT's, as Hugging Face's Blip2QFormerConfig
+    dropout_rate: float = 0.0
+
+
+# The image-to-LM bridges: "linear" (PaLI's `img_proj`, PaliGemma's `img/head`: every
+# ViT token projected) and "qformer" (mBLIP / BLIP-2: N query tokens).
+BRIDGES = ("linear", "qformer")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BridgeOptions:
+    """The bridge fields every network config has (keyword-only, so they follow the
+    towers). Defaults of the Q-Former: BLIP-2's (32 queries, 12 layers of width 768, 12
+    heads, MLP 3072, cross-attention every 2nd layer)."""
+
+    bridge: str = "linear"
+    qformer_num_queries: int = 32
+    qformer_depth: int = 12
+    qformer_width: int = 768
+    qformer_num_heads: int = 12
+    qformer_mlp_dim: int = 3072
+    qformer_cross_attention_every: int = 2
+
+    @property
+    def qformer(self) -> QFormerConfig:
+        return QFormerConfig(self.qformer_num_queries, self.qformer_depth, self.qformer_width,
+                             self.qformer_num_heads, self.qformer_mlp_dim, self.qformer_cross_attention_every)
+
+    def _check_bridge(self) -> None:
+        if self.bridge not in BRIDGES:
+            raise UsageError(f"{type(self).__name__}.bridge={self.bridge!r}: use one of {BRIDGES}.")
+        if self.bridge == "qformer":
+            if self.qformer_width % self.qformer_num_heads:
+                raise UsageError(f"qformer_width {self.qformer_width} is not divisible by "
+                                 f"qformer_num_heads {self.qformer_num_heads}.")
+            if min(self.qformer_num_queries, self.qformer_depth, self.qformer_cross_attention_every) < 1:
+                raise UsageError("qformer_num_queries, qformer_depth and qformer_cross_attention_every must be >= 1.")
+
+    def bridged_image_tokens(self, vit_tokens: int) -> int:
+        """How many image tokens the LM sees: the queries with a Q-Former, else the ViT's."""
+        return self.qformer_num_queries if self.bridge == "qformer" else vit_tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class PaliConfig(BridgeOptions):
     """A ViT in front of an mT5-style encoder-decoder.
 
     dtype: activations ("float32" or "bfloat16"); param_dtype: parameters.
@@ -109,6 +207,8 @@ class PaliConfig:
     (Which parameters train is not part of the network: see `palimix.models.trainable`.)
     image_pooling: "none" (all patch tokens) or "mean" (one mean-pooled token).
     max_image_tokens: keep only the first K image tokens (after pooling).
+    bridge, qformer_*: see `BridgeOptions` (pooling and max_image_tokens are for the
+      linear bridge only).
     """
 
     vit: VitConfig
@@ -124,12 +224,17 @@ class PaliConfig:
         _check_choices(self, dict(_NETWORK_CHOICES, image_pooling=("none", "mean")))
         if self.max_image_tokens is not None and self.max_image_tokens < 1:
             raise UsageError(f"max_image_tokens must be >= 1, got {self.max_image_tokens}.")
+        self._check_bridge()
+        if self.bridge == "qformer" and (self.image_pooling != "none" or self.max_image_tokens):
+            raise UsageError("image_pooling and max_image_tokens select linear-bridge tokens; "
+                             "the Q-Former's token count is qformer_num_queries.")
 
     @property
     def num_image_tokens(self) -> int:
         """How many image tokens the encoder sees in front of the prompt."""
         n = 1 if self.image_pooling == "mean" else self.vit.num_patches
-        return min(n, self.max_image_tokens) if self.max_image_tokens else n
+        n = min(n, self.max_image_tokens) if self.max_image_tokens else n
+        return self.bridged_image_tokens(n)
 
     @property
     def vocab_size(self) -> int:
@@ -138,7 +243,7 @@ class PaliConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class GemmaConfig:
+class GemmaConfig(LoraOptions, StorageOptions):
     """A Gemma decoder-only language model (RMSNorm, rotary positions, GeGLU MLP,
     multi-query or grouped-query attention, embeddings tied to the logits).
 
@@ -158,6 +263,7 @@ class GemmaConfig:
     rope_max_wavelength: float = 10_000.0
 
     def __post_init__(self):
+        self._check_lora()
         if self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads:
             raise UsageError(
                 f"Gemma num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}: "
@@ -168,7 +274,7 @@ class GemmaConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class PaliGemmaConfig:
+class PaliGemmaConfig(BridgeOptions):
     """A ViT whose tokens, projected to the LM width, are the fully attended prefix of a
     decoder-only Gemma (PaliGemma, Beyer et al. 2024).
 
@@ -184,11 +290,13 @@ class PaliGemmaConfig:
 
     def __post_init__(self):
         _check_choices(self, _NETWORK_CHOICES)
+        self._check_bridge()
 
     @property
     def num_image_tokens(self) -> int:
-        """How many image tokens stand in front of the text (every ViT patch)."""
-        return self.vit.num_patches
+        """How many image tokens stand in front of the text (every ViT patch, or the
+        Q-Former's queries)."""
+        return self.bridged_image_tokens(self.vit.num_patches)
 
     @property
     def vocab_size(self) -> int:

@@ -43,7 +43,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from palimix.models import layers
+from palimix.models import layers, lora, quantize
 from palimix.models.configs import GemmaConfig
 
 # The decoding cache's layout (einsum letters: batch, kv heads, head dim, slots):
@@ -99,22 +99,30 @@ class Embedder(nn.Module):
     width: int
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    int8: bool = False  # an int8 table with one scale per token (palimix.models.quantize)
 
     def setup(self):
-        self.input_embedding = layers.param_with_axes(
-            "input_embedding", nn.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=1, out_axis=0),
-            (self.vocab_size, self.width), self.param_dtype, axes=("vocab", "embed"),
-        )
+        init = nn.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=1, out_axis=0)
+        shape, axes = (self.vocab_size, self.width), ("vocab", "embed")
+        if self.int8:
+            self.input_embedding, self.scale = quantize.int8_params("input_embedding", init, shape, axes, (1,),
+                                                                    self.param_dtype)
+        else:
+            self.input_embedding = layers.param_with_axes("input_embedding", init, shape, self.param_dtype, axes=axes)
 
     def encode(self, tokens):
         """Token ids `[B, T]` -> embeddings times sqrt(width) (Gemma's input scaling)."""
         x = jnp.take(jnp.asarray(self.input_embedding, self.dtype), tokens.astype(jnp.int32), axis=0)
+        if self.int8:
+            x = x * jnp.take(jnp.asarray(self.scale, self.dtype), tokens.astype(jnp.int32), axis=0)[..., None]
         return layers.constrain(x * jnp.sqrt(self.width).astype(self.dtype), ("batch", "length", "embed"))
 
     def decode(self, x):
         """Hidden states `[B, T, width]` -> float32 logits `[B, T, vocab]`."""
         logits = jnp.einsum("btd,vd->btv", x, jnp.asarray(self.input_embedding, self.dtype),
                             preferred_element_type=jnp.float32)
+        if self.int8:  # the per-token scale is the logits' per-output-channel scale
+            logits = logits * jnp.asarray(self.scale, jnp.float32)
         return layers.constrain(logits, ("batch", "length", "vocab"))
 
 
@@ -125,10 +133,13 @@ class EinsumWeight(nn.Module):
     axes: tuple
     init: layers.Initializer
     param_dtype: jnp.dtype = jnp.float32
+    in_axes: tuple = ()  # the axes the einsum contracts with the input (int8: scaled per the others)
+    int8: bool = False  # stored in int8 (palimix.models.quantize)
 
     @nn.compact
     def __call__(self):
-        return layers.param_with_axes("w", self.init, self.shape, self.param_dtype, axes=self.axes)
+        return quantize.weight("w", self.init, self.shape, self.axes, in_axes=self.in_axes, int8=self.int8,
+                               dtype=self.param_dtype, param_dtype=self.param_dtype)
 
 
 class GemmaAttention(nn.Module):
@@ -138,25 +149,34 @@ class GemmaAttention(nn.Module):
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
-    def _weight(self, name, shape, axes, init):
-        w = EinsumWeight(tuple(shape), tuple(axes), init, self.param_dtype, name=name)()
+    def _weight(self, name, shape, axes, init, in_axes):
+        w = EinsumWeight(tuple(shape), tuple(axes), init, self.param_dtype, tuple(in_axes), self.config.int8_kernels,
+                         name=name)()
         return jnp.asarray(w, self.dtype)
 
-    def _project(self, x):
-        """x `[B, T, width]` -> queries `[B, T, heads, hd]`, keys and values `[B, T, kv_heads, hd]`."""
+    def _project(self, x, deterministic: bool = True):
+        """x `[B, T, width]` -> queries `[B, T, heads, hd]`, keys and values `[B, T, kv_heads, hd]`
+        (each plus its LoRA adapter where the config targets it)."""
         cfg = self.config
         width = x.shape[-1]
         if cfg.num_kv_heads == cfg.num_heads:
             w = self._weight("qkv_einsum", (3, cfg.num_heads, width, cfg.head_dim),
-                             ("stack", "heads", "embed", "kv"), _fan_in_init(2, (0, 1, 3)))
+                             ("stack", "heads", "embed", "kv"), _fan_in_init(2, (0, 1, 3)), (2,))
             q, k, v = jnp.einsum("btd,snde->sbtne", x, w)
+            kv_axes = ("heads", "kv")
         else:
             w_q = self._weight("q_einsum", (cfg.num_heads, width, cfg.head_dim), ("heads", "embed", "kv"),
-                               _fan_in_init(1, (0, 2)))
+                               _fan_in_init(1, (0, 2)), (1,))
             w_kv = self._weight("kv_einsum", (2, cfg.num_kv_heads, width, cfg.head_dim),
-                                ("stack", "kv_heads", "embed", "kv"), _fan_in_init(2, (0, 1, 3)))
+                                ("stack", "kv_heads", "embed", "kv"), _fan_in_init(2, (0, 1, 3)), (2,))
             q = jnp.einsum("btd,nde->btne", x, w_q)
             k, v = jnp.einsum("btd,skde->sbtke", x, w_kv)
+            kv_axes = ("kv_heads", "kv")
+        adapt = dict(config=lora.config_of(cfg), in_axes=("embed",), deterministic=deterministic, dtype=self.dtype,
+                     param_dtype=self.param_dtype)
+        q = lora.add_adapter(q, x, "q", out_axes=("heads", "kv"), **adapt)
+        k = lora.add_adapter(k, x, "k", out_axes=kv_axes, **adapt)
+        v = lora.add_adapter(v, x, "v", out_axes=kv_axes, **adapt)
         return q, k, v
 
     def _cached(self, k, v, cache_length, cache_index):
@@ -184,11 +204,12 @@ class GemmaAttention(nn.Module):
         return k_cache.value, v_cache.value, CACHE_LAYOUT
 
     @nn.compact
-    def __call__(self, x, positions, attention_mask, *, cache_length: Optional[int] = None, cache_index=None):
+    def __call__(self, x, positions, attention_mask, *, cache_length: Optional[int] = None, cache_index=None,
+                 deterministic: bool = True):
         """x `[B, T, width]`, positions `[B, T]`, attention_mask `[B, 1, T, S]` bool
         (True = attend; S = T without a cache, the cache length with one)."""
         cfg = self.config
-        q, k, v = self._project(jnp.asarray(x, self.dtype))
+        q, k, v = self._project(jnp.asarray(x, self.dtype), deterministic)
         q = rotary_embedding(q, positions, cfg.rope_max_wavelength) * jnp.asarray(cfg.head_dim**-0.5, self.dtype)
         k = rotary_embedding(k, positions, cfg.rope_max_wavelength)
         q = layers.constrain(q, ("batch", "length", "heads", "kv"))
@@ -201,8 +222,10 @@ class GemmaAttention(nn.Module):
         probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
         out = jnp.einsum(f"bkgts,{kv_layout}->btkgh", probs, v).reshape(q.shape[:2] + (cfg.num_heads, cfg.head_dim))
         w_out = self._weight("attn_vec_einsum", (cfg.num_heads, cfg.head_dim, x.shape[-1]),
-                             ("heads", "kv", "embed"), _fan_in_init((0, 1), 2))
-        return jnp.einsum("btnh,nhd->btd", out, w_out)
+                             ("heads", "kv", "embed"), _fan_in_init((0, 1), 2), (0, 1))
+        y = jnp.einsum("btnh,nhd->btd", out, w_out)
+        return lora.add_adapter(y, out, "o", lora.config_of(cfg), in_axes=("heads", "kv"), out_axes=("embed",),
+                                deterministic=deterministic, dtype=self.dtype, param_dtype=self.param_dtype)
 
 
 class GemmaMlp(nn.Module):
@@ -211,17 +234,25 @@ class GemmaMlp(nn.Module):
     mlp_dim: int
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    adapters: Optional[lora.LoraConfig] = None  # LoRA (palimix.models.lora)
+    int8_kernels: bool = False  # palimix.models.quantize
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, deterministic: bool = True):
         width = x.shape[-1]
-        gating = layers.param_with_axes("gating_einsum", _fan_in_init(1, (0, 2)), (2, width, self.mlp_dim),
-                                        self.param_dtype, axes=("stack", "embed", "mlp"))
-        linear = layers.param_with_axes("linear", _fan_in_init(0, 1), (self.mlp_dim, width), self.param_dtype,
-                                        axes=("mlp", "embed"))
-        gate, up = jnp.einsum("btd,sdf->sbtf", jnp.asarray(x, self.dtype), jnp.asarray(gating, self.dtype))
+        store = dict(int8=self.int8_kernels, dtype=self.dtype, param_dtype=self.param_dtype)
+        gating = quantize.weight("gating_einsum", _fan_in_init(1, (0, 2)), (2, width, self.mlp_dim),
+                                 ("stack", "embed", "mlp"), in_axes=(1,), **store)
+        linear = quantize.weight("linear", _fan_in_init(0, 1), (self.mlp_dim, width), ("mlp", "embed"), in_axes=(0,),
+                                 **store)
+        x = jnp.asarray(x, self.dtype)
+        gate, up = jnp.einsum("btd,sdf->sbtf", x, gating)
+        adapt = dict(config=self.adapters, deterministic=deterministic, dtype=self.dtype, param_dtype=self.param_dtype)
+        gate = lora.add_adapter(gate, x, "wi_0", in_axes=("embed",), out_axes=("mlp",), **adapt)
+        up = lora.add_adapter(up, x, "wi_1", in_axes=("embed",), out_axes=("mlp",), **adapt)
         hidden = layers.constrain(nn.gelu(gate) * up, ("batch", "length", "mlp"))
-        return jnp.einsum("btf,fd->btd", hidden, jnp.asarray(linear, self.dtype))
+        y = jnp.einsum("btf,fd->btd", hidden, linear)
+        return lora.add_adapter(y, hidden, "wo", in_axes=("mlp",), out_axes=("embed",), **adapt)
 
 
 class GemmaLayer(nn.Module):
@@ -239,9 +270,10 @@ class GemmaLayer(nn.Module):
         dropout = nn.Dropout(rate=cfg.dropout_rate)
         h = GemmaRMSNorm(cfg.norm_epsilon, name="pre_attention_norm", **kw)(x)
         h = GemmaAttention(cfg, name="attn", **kw)(h, positions, attention_mask, cache_length=cache_length,
-                                                    cache_index=cache_index)
+                                                    cache_index=cache_index, deterministic=deterministic)
         x = x + dropout(h, deterministic=deterministic)
-        h = GemmaMlp(cfg.mlp_dim, name="mlp", **kw)(GemmaRMSNorm(cfg.norm_epsilon, name="pre_ffw_norm", **kw)(x))
+        h = GemmaMlp(cfg.mlp_dim, name="mlp", adapters=lora.config_of(cfg), int8_kernels=cfg.int8_kernels, **kw)(
+            GemmaRMSNorm(cfg.norm_epsilon, name="pre_ffw_norm", **kw)(x), deterministic)
         x = x + dropout(h, deterministic=deterministic)
         return layers.constrain(x, ("batch", "length", "embed"))
 
@@ -270,7 +302,7 @@ class Gemma(nn.Module):
         cache_index `[B]`: one decoding step writing each example's slot.
         """
         cfg = self.config
-        embedder = Embedder(cfg.vocab_size, cfg.width, self.dtype, self.param_dtype, name="embedder")
+        embedder = Embedder(cfg.vocab_size, cfg.width, self.dtype, self.param_dtype, cfg.int8_kernels, name="embedder")
         x = embedder.encode(tokens)
         if prefix is not None:
             x = jnp.concatenate([jnp.asarray(prefix, self.dtype), x], axis=1)

@@ -65,16 +65,22 @@ class DenseGeneral(nn.Module):
             1.0, "fan_in", "truncated_normal",
             in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, len(kernel_shape))),
         )
-        kernel = param_with_axes("kernel", init, kernel_shape, self.param_dtype, axes=tuple(self.kernel_axes))
+        kernel = self._kernel(init, kernel_shape, n_in)
         x = jnp.asarray(inputs, self.dtype)
         if _widens(axis, inputs.ndim, in_shape, features):
-            y = wide_output_matmul(x, jnp.asarray(kernel, self.dtype))
+            y = wide_output_matmul(x, kernel)
         else:
-            y = jax.lax.dot_general(x, jnp.asarray(kernel, self.dtype), ((axis, tuple(range(n_in))), ((), ())))
+            y = jax.lax.dot_general(x, kernel, ((axis, tuple(range(n_in))), ((), ())))
         if self.use_bias:
             bias = param_with_axes("bias", self.bias_init, features, self.param_dtype, axes=tuple(self.bias_axes))
             y = y + jnp.asarray(bias, self.dtype)
         return y
+
+    def _kernel(self, init, shape, n_in: int):
+        """The kernel `[in..., out...]` in the activation dtype (a subclass may store it
+        otherwise: palimix.models.quantize.Int8DenseGeneral)."""
+        kernel = param_with_axes("kernel", init, shape, self.param_dtype, axes=tuple(self.kernel_axes))
+        return jnp.asarray(kernel, self.dtype)
 
 
 def _widens(axis, ndim, in_shape, features) -> bool:

@@ -12,9 +12,9 @@ A network class names the model features it reads (`INPUTS`, in the order of its
 `__call__` arguments; `PREDICT_INPUTS` for decoding), so the runner and T5X wrappers
 never list them. Two compositions today: a `PaliConfig` (ViT -> projection -> mT5
 encoder-decoder, `pali.Pali`) and a `PaliGemmaConfig` (ViT -> projection -> decoder-only
-Gemma, `paligemma.PaliGemma`); a config type for another composition (a Q-Former
-bridge) gets its entry in `build`, `dummy_batch`, `count_params` and
-`feature_converter`.
+Gemma, `paligemma.PaliGemma`); either config's `bridge` swaps the projection for a
+Q-Former (`palimix.models.qformer`). A config type for another composition gets its
+entry in `build`, `dummy_batch`, `count_params` and `feature_converter`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import functools
 import jax
 import numpy as np
 
-from palimix.models import configs, pali, paligemma
+from palimix.models import configs, pali, paligemma, qformer
 
 # Per network config type: its flax module, and the module holding its `dummy_batch`
 # helper.
@@ -99,14 +99,16 @@ def count_params(name_or_config, **overrides) -> dict:
     """Parameter counts of the real module, from `jax.eval_shape` (nothing is allocated).
 
     Returns {"total", "vit", "img_proj", "text"} in parameters ("text": the language
-    model; "img_proj": the projection of image tokens to its width, which PaliGemma
-    keeps inside `img` as `img/head`).
+    model; "img_proj": the bridge of image tokens to its width -- the projection, which
+    PaliGemma keeps inside `img` as `img/head`, or the Q-Former's `query_tokens`,
+    `qformer` and `language_projection`).
     """
     config = configs.get(name_or_config, **overrides) if isinstance(name_or_config, str) else name_or_config
     shapes = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
     size = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))  # noqa: E731
     image = dict(shapes.get("img", {}))
-    proj = size(shapes.get("img_proj", {})) + size(image.pop("head", {}))
+    bridge = ("img_proj",) + qformer.BRIDGE_PARAMS
+    proj = size({k: v for k, v in shapes.items() if k in bridge}) + size(image.pop("head", {}))
     vit = size(image)
-    text = size({k: v for k, v in shapes.items() if k not in ("img", "img_proj")})
+    text = size({k: v for k, v in shapes.items() if k not in ("img",) + bridge})
     return {"total": vit + proj + text, "vit": vit, "img_proj": proj, "text": text}

@@ -12,7 +12,9 @@ decoder_input_tokens / decoder_target_tokens `[B, T]`. Token 0 is padding.
 
 Top-level parameters: `img/...` (big_vision ViT names), `img_proj/{kernel,bias}`
 (axes `('vit_embed', 'embed')`), `token_embedder/embedding`, `encoder/...`,
-`decoder/...` (t5x T5 1.1 / mT5 names).
+`decoder/...` (t5x T5 1.1 / mT5 names). With `bridge="qformer"` the image tokens come
+from a Q-Former instead of `img_proj`: `query_tokens`, `qformer/...`,
+`language_projection/...` (Hugging Face's BLIP-2 names, see `palimix.models.qformer`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from palimix.models import layers, t5, vit
+from palimix.models import layers, qformer, quantize, t5, vit
 from palimix.models.configs import PaliConfig
 
 _PACKING_ERROR = (
@@ -46,11 +48,16 @@ class Pali(nn.Module):
         cfg = self.config
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         self.img = vit.VisionTransformer(cfg.vit, cfg.remat, dtype, param_dtype, cfg.scan_layers)
-        self.img_proj = layers.DenseGeneral(
-            cfg.text.emb_dim, kernel_axes=("vit_embed", "embed"), use_bias=True, bias_axes=("embed",),
-            dtype=dtype, param_dtype=param_dtype,
-        )
-        self.token_embedder = layers.Embed(cfg.text.vocab_size, cfg.text.emb_dim, dtype, param_dtype)
+        if cfg.bridge == "qformer":
+            self.bridge = qformer.QFormerBridge(cfg.qformer, cfg.text.emb_dim, dtype, param_dtype)
+            nn.share_scope(self, self.bridge)  # HF's top-level names: query_tokens, qformer, ...
+        else:
+            self.img_proj = layers.DenseGeneral(
+                cfg.text.emb_dim, kernel_axes=("vit_embed", "embed"), use_bias=True, bias_axes=("embed",),
+                dtype=dtype, param_dtype=param_dtype,
+            )
+        self.token_embedder = quantize.embed_class(cfg.text.int8_kernels)(cfg.text.vocab_size, cfg.text.emb_dim,
+                                                                          dtype, param_dtype)
         self.encoder = t5.Encoder(cfg.text, cfg.remat, dtype, param_dtype, cfg.scan_layers)
         self.decoder = t5.Decoder(cfg.text, cfg.remat, dtype, param_dtype, cfg.scan_layers)
 
@@ -60,6 +67,8 @@ class Pali(nn.Module):
         """Images -> image tokens at the text width `[B, num_image_tokens, emb_dim]`."""
         cfg = self.config
         x = self.img(encoder_images, train=enable_dropout)
+        if cfg.bridge == "qformer":
+            return self.bridge(x, deterministic=not enable_dropout)
         if cfg.image_pooling == "mean":
             x = jnp.mean(x, axis=1, keepdims=True)
         if cfg.max_image_tokens:

@@ -16,7 +16,9 @@ distances, and blank image tokens are never attended).
 
 Parameters: `img/...` (palimix's ViT, big_vision names) + `img/head/{kernel,bias}` (the
 projection to the Gemma width, `('vit_embed', 'embed')`, as big_vision's PaliGemma ViT
-head); `llm/...` (see `palimix.models.gemma`: unstacked `llm/layers_N`).
+head), or with `bridge="qformer"` a headless `img/...` and the Q-Former's
+`query_tokens`, `qformer/...`, `language_projection/...` (`palimix.models.qformer`);
+`llm/...` (see `palimix.models.gemma`: unstacked `llm/layers_N`).
 
 Decoding (`palimix.models.decoding` drives it): `prefill` runs image + prompt once and
 creates the cache (collection "cache": per layer keys/values, plus `key_mask [B, slots]`
@@ -33,7 +35,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from palimix.models import gemma, layers, vit
+from palimix.models import gemma, layers, qformer, vit
 from palimix.models.configs import PaliGemmaConfig
 
 _PACKING_ERROR = (
@@ -79,8 +81,13 @@ class PaliGemma(nn.Module):
     def setup(self):
         cfg = self.config
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        self.img = ProjectedVisionTransformer(cfg.vit, cfg.remat, dtype, param_dtype, cfg.scan_layers,
-                                              projection_width=cfg.llm.width)
+        if cfg.bridge == "qformer":
+            self.img = vit.VisionTransformer(cfg.vit, cfg.remat, dtype, param_dtype, cfg.scan_layers)
+            self.bridge = qformer.QFormerBridge(cfg.qformer, cfg.llm.width, dtype, param_dtype)
+            nn.share_scope(self, self.bridge)  # HF's top-level names: query_tokens, qformer, ...
+        else:
+            self.img = ProjectedVisionTransformer(cfg.vit, cfg.remat, dtype, param_dtype, cfg.scan_layers,
+                                                  projection_width=cfg.llm.width)
         self.llm = gemma.Gemma(cfg.llm, cfg.remat, dtype, param_dtype, cfg.scan_layers)
 
     def embed_images(self, encoder_images, enable_dropout: bool = False):
@@ -88,7 +95,10 @@ class PaliGemma(nn.Module):
         (not scaled by sqrt(width): only token embeddings are)."""
         if encoder_images.ndim != 4:
             raise ValueError(f"encoder_images must be [batch, S, S, 3], got {encoder_images.shape}")
-        return layers.constrain(self.img(encoder_images, train=enable_dropout), ("batch", "length", "embed"))
+        tokens = self.img(encoder_images, train=enable_dropout)
+        if self.config.bridge == "qformer":
+            tokens = self.bridge(tokens, deterministic=not enable_dropout)
+        return layers.constrain(tokens, ("batch", "length", "embed"))
 
     def _sequence(self, encoder_image_mask, text_valid, decoder_causal_attention):
         """Per position of [image tokens, text]: valid `[B, N]`, in the prefix `[B, N]`,

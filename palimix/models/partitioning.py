@@ -70,7 +70,12 @@ SCAN_RULES: LogicalRules = (
     ("layers", None),
 )
 
-DEFAULT_RULES: LogicalRules = TEXT_RULES + VIT_RULES + GEMMA_RULES + SCAN_RULES
+# LoRA adapters (palimix.models.lora): the rank axis is tiny, replicated.
+ADAPTER_RULES: LogicalRules = (
+    ("lora_rank", None),
+)
+
+DEFAULT_RULES: LogicalRules = TEXT_RULES + VIT_RULES + GEMMA_RULES + SCAN_RULES + ADAPTER_RULES
 
 # Adafactor factoring for the ViT's axes (strings t5x's `factor_name_to_factordim`
 # reads): the width is the row, the other matrix dims are columns.
@@ -90,6 +95,11 @@ VIT_FACTOR_RULES = {
 # batch, so q/k/v and gate/up are factored apart).
 GEMMA_FACTOR_RULES = {
     "kv_heads": "column",
+}
+
+# ... and for LoRA's rank axis: not factored (the adapters are small).
+ADAPTER_FACTOR_RULES = {
+    "lora_rank": "none",
 }
 
 

@@ -35,7 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from palimix.models import layers
+from palimix.models import layers, lora, quantize
 from palimix.models.configs import TextConfig
 
 
@@ -55,6 +55,21 @@ def _to_cache_layout(x, dtype):
     return layers.constrain(jnp.transpose(x, (0, 2, 3, 1)).astype(dtype), ("batch", "heads", "kv", "length"))
 
 
+# The LoRA target (palimix.models.lora) of each projection.
+_LORA_TARGETS = {"query": "q", "key": "k", "value": "v", "out": "o", "wi_0": "wi_0", "wi_1": "wi_1", "wo": "wo"}
+
+
+def _projection(name, features, axes, *, init=None, adapters=None, int8=False, deterministic=True,
+                dtype=jnp.float32, param_dtype=jnp.float32):
+    """x -> x W (`name/kernel`, int8 with `int8`), plus its LoRA adapter when `adapters`
+    targets it."""
+    dense = quantize.dense_class(int8)(features, kernel_axes=axes, kernel_init=init, dtype=dtype,
+                                       param_dtype=param_dtype, name=name)
+    return lambda x: lora.add_adapter(dense(x), x, _LORA_TARGETS.get(name), adapters, in_axes=axes[:1],
+                                      out_axes=axes[1:], deterministic=deterministic, dtype=dtype,
+                                      param_dtype=param_dtype)
+
+
 class Attention(nn.Module):
     """T5 multi-head attention (no 1/sqrt(d) scaling: folded into the query init)."""
 
@@ -64,10 +79,12 @@ class Attention(nn.Module):
     float32_logits: bool = False
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    adapters: Optional[lora.LoraConfig] = None  # LoRA (palimix.models.lora)
+    int8_kernels: bool = False  # palimix.models.quantize
 
-    def _dense(self, name, features, axes, init, axis=-1):
-        return layers.DenseGeneral(features, kernel_axes=axes, axis=axis, kernel_init=init, dtype=self.dtype,
-                                   param_dtype=self.param_dtype, name=name)
+    def _dense(self, name, features, axes, init, deterministic):
+        return _projection(name, features, axes, init=init, adapters=self.adapters, int8=self.int8_kernels,
+                           deterministic=deterministic, dtype=self.dtype, param_dtype=self.param_dtype)
 
     @nn.compact
     def __call__(self, inputs_q, inputs_kv, bias=None, *, deterministic: bool = True,
@@ -89,9 +106,9 @@ class Attention(nn.Module):
         def split_heads(x):
             return layers.constrain(x.reshape(x.shape[:-1] + (self.num_heads, self.head_dim)), heads_axes)
 
-        query = split_heads(self._dense("query", joined, ("embed", "joined_kv"), query_init)(inputs_q))
-        key_proj = self._dense("key", joined, ("embed", "joined_kv"), init)
-        value_proj = self._dense("value", joined, ("embed", "joined_kv"), init)
+        query = split_heads(self._dense("query", joined, ("embed", "joined_kv"), query_init, deterministic)(inputs_q))
+        key_proj = self._dense("key", joined, ("embed", "joined_kv"), init, deterministic)
+        value_proj = self._dense("value", joined, ("embed", "joined_kv"), init, deterministic)
 
         def project_kv(x):
             return split_heads(key_proj(x)), split_heads(value_proj(x))
@@ -133,7 +150,7 @@ class Attention(nn.Module):
             deterministic=deterministic, dtype=self.dtype, float32_logits=self.float32_logits, kv_layout=kv_layout,
         )
         x = x.reshape(x.shape[:-2] + (joined,))
-        return self._dense("out", inputs_q.shape[-1], ("joined_kv", "embed"), init)(x)
+        return self._dense("out", inputs_q.shape[-1], ("joined_kv", "embed"), init, deterministic)(x)
 
 
 class Mlp(nn.Module):
@@ -144,18 +161,21 @@ class Mlp(nn.Module):
     dropout_rate: float = 0.0
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    adapters: Optional[lora.LoraConfig] = None  # LoRA (palimix.models.lora)
+    int8_kernels: bool = False  # palimix.models.quantize
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
-        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        dense = dict(adapters=self.adapters, int8=self.int8_kernels, deterministic=deterministic, dtype=self.dtype,
+                     param_dtype=self.param_dtype)
         hidden = None
         for i, act in enumerate(self.activations):
             name = "wi" if len(self.activations) == 1 else f"wi_{i}"
-            h = _activation(act)(layers.DenseGeneral(self.mlp_dim, kernel_axes=("embed", "mlp"), name=name, **dense)(x))
+            h = _activation(act)(_projection(name, self.mlp_dim, ("embed", "mlp"), **dense)(x))
             hidden = h if hidden is None else hidden * h
         hidden = nn.Dropout(rate=self.dropout_rate, broadcast_dims=(-2,))(hidden, deterministic=deterministic)
         hidden = layers.constrain(hidden, ("batch", "length", "mlp"))
-        return layers.DenseGeneral(x.shape[-1], kernel_axes=("mlp", "embed"), name="wo", **dense)(hidden)
+        return _projection("wo", x.shape[-1], ("mlp", "embed"), **dense)(hidden)
 
 
 class _Sublayers:
@@ -167,11 +187,12 @@ class _Sublayers:
     def attention(self, name):
         cfg = self.config
         return Attention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, cfg.float32_attention_logits,
-                         self.dtype, self.param_dtype, name=name)
+                         self.dtype, self.param_dtype, lora.config_of(cfg), cfg.int8_kernels, name=name)
 
     def mlp(self, name):
         cfg = self.config
-        return Mlp(cfg.mlp_dim, tuple(cfg.mlp_activations), cfg.dropout_rate, self.dtype, self.param_dtype, name=name)
+        return Mlp(cfg.mlp_dim, tuple(cfg.mlp_activations), cfg.dropout_rate, self.dtype, self.param_dtype,
+                   lora.config_of(cfg), cfg.int8_kernels, name=name)
 
     def dropout(self, x, deterministic):
         return nn.Dropout(rate=self.config.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
@@ -288,8 +309,9 @@ class Decoder(nn.Module):
         )
         y = layers.RMSNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="decoder_norm")(y)
         y = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
-        logits = layers.DenseGeneral(cfg.vocab_size, kernel_axes=("embed", "vocab"), dtype=jnp.float32,
-                                     param_dtype=self.param_dtype, name="logits_dense")(y)
+        logits = quantize.dense_class(cfg.int8_kernels)(cfg.vocab_size, kernel_axes=("embed", "vocab"),
+                                                         dtype=jnp.float32, param_dtype=self.param_dtype,
+                                                         name="logits_dense")(y)
         return layers.constrain(logits, ("batch", "length", "vocab"))
 
     def _cache_length(self) -> int:

@@ -37,14 +37,16 @@ from flax import traverse_util
 from t5x import adafactor, decoding, models, optimizers, partitioning, utils
 
 from palimix.models import partitioning as pali_partitioning
+from palimix.models import qformer
 from palimix.models import trainable
 from palimix.models.feature_converter import PaliFeatureConverter
 
 PyTree = Any
 
 # The network's image submodules (`palimix.models.pali.Pali`): the ViT and the
-# projection to the text width. Everything else has t5x's T5 1.1 / mT5 names.
-IMAGE_MODULES = ("img", "img_proj")
+# bridge to the text width (`img_proj`, or the Q-Former's qformer.BRIDGE_PARAMS).
+# Everything else has t5x's T5 1.1 / mT5 names.
+IMAGE_MODULES = ("img", "img_proj") + qformer.BRIDGE_PARAMS
 
 # The ViT's logical axes come from the network's own rules (palimix.models.partitioning:
 # VIT_RULES for the mesh, VIT_FACTOR_RULES for Adafactor); t5x's standard rules cover
@@ -56,6 +58,9 @@ VIT_FACTOR_RULES = dict(pali_partitioning.VIT_FACTOR_RULES)
 # again (GEMMA_RULES, GEMMA_FACTOR_RULES).
 GEMMA_LOGICAL_AXIS_RULES = tuple(pali_partitioning.GEMMA_RULES)
 GEMMA_FACTOR_RULES = dict(pali_partitioning.GEMMA_FACTOR_RULES)
+# LoRA adapters' rank axis (palimix.models.lora).
+ADAPTER_LOGICAL_AXIS_RULES = tuple(pali_partitioning.ADAPTER_RULES)
+ADAPTER_FACTOR_RULES = dict(pali_partitioning.ADAPTER_FACTOR_RULES)
 
 # Flattened t5x state keys (e.g. 'target/img/embedding/kernel',
 # 'state/param_states/img/...') of the image side: everything a text-only checkpoint
@@ -129,7 +134,8 @@ def pali_logical_axis_rules(
     return partitioning.standard_logical_axis_rules(
         activation_partitioning_dims=activation_partitioning_dims,
         parameter_partitioning_dims=parameter_partitioning_dims,
-        additional_rules=[*VIT_LOGICAL_AXIS_RULES, *GEMMA_LOGICAL_AXIS_RULES, *(additional_rules or ())],
+        additional_rules=[*VIT_LOGICAL_AXIS_RULES, *GEMMA_LOGICAL_AXIS_RULES, *ADAPTER_LOGICAL_AXIS_RULES,
+                          *(additional_rules or ())],
     )
 
 
@@ -162,7 +168,7 @@ def pali_logical_factor_rules():
     """
     factor_dims = {
         name: adafactor.factor_name_to_factordim(kind)
-        for name, kind in {**VIT_FACTOR_RULES, **GEMMA_FACTOR_RULES}.items()
+        for name, kind in {**VIT_FACTOR_RULES, **GEMMA_FACTOR_RULES, **ADAPTER_FACTOR_RULES}.items()
     }
     return flax_core.freeze({**adafactor.standard_logical_factor_rules(), **factor_dims})
 

@@ -65,13 +65,27 @@ class ParamSelection:
                 if not any(re.fullmatch(pattern, n) for n in names):
                     raise UsageError(f"ParamSelection.{field} pattern {pattern!r} matches none of the "
                                      f"{len(names)} parameters; names look like {', '.join(names[:3])}.")
-        flat = {path: self.is_trainable("/".join(path)) for path in traverse_util.flatten_dict(_plain(params))}
+        leaves = traverse_util.flatten_dict(_plain(params))
+        flat = {path: self.is_trainable("/".join(path)) for path in leaves}
         if not any(flat.values()):
             raise UsageError(f"{self} leaves no parameter to train.")
+        # int8-stored weights (palimix.models.quantize) have no gradient.
+        integer = ["/".join(p) for p, trains in flat.items() if trains and _is_integer(leaves[p])]
+        if integer:
+            raise UsageError(f"{self} trains {len(integer)} int8-stored weights (e.g. {integer[0]}), which cannot "
+                             "train: freeze them (int8_kernels is for a frozen language model, e.g. with "
+                             "models/mblip_lora.gin's selection).")
         return traverse_util.unflatten_dict(flat)
 
     def to_dict(self) -> dict:
         return {"trainable": list(self.trainable), "frozen": list(self.frozen)}
+
+
+def _is_integer(leaf) -> bool:
+    import numpy as np
+
+    dtype = getattr(leaf, "dtype", None)
+    return dtype is not None and np.issubdtype(dtype, np.integer)
 
 
 def flat_names(params) -> Sequence[str]:
