@@ -38,6 +38,7 @@ COMMANDS = {
     "eval": "eval",
     "infer": "infer",
     "convert-checkpoint": "convert_checkpoint",
+    "train-tokenizer": "train_tokenizer",
     "gin-path": "gin_path",
 }
 # Commands that never load TensorFlow or JAX: nothing to quiet, and they stay fast.
