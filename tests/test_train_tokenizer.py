@@ -18,7 +18,7 @@ def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("tokenizer")
     code = cli.main(["train-tokenizer", "palimix_demo_caption", "--out", str(out), "--steps", "12",
                      "--batch_size", "8", "--eval_images", "16", "--learning_rate", "3e-3",
-                     "--codebook_size", "32", "--log_every", "4"])
+                     "--codebook_size", "32", "--log_every", "4", "--no_progress"])
     assert code == 0
     return out
 

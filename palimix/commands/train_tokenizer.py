@@ -17,6 +17,7 @@ the checkpoint:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -40,7 +41,8 @@ def configure(parser):
     parser.add_argument("--eval_split", default="validation", help="held-out split for PSNR (default validation)")
     parser.add_argument("--eval_images", type=int, default=64, help="held-out images to measure PSNR on")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--log_every", type=int, default=100)
+    parser.add_argument("--log_every", type=int, default=100, help="show the loss every N steps")
+    parser.add_argument("--no_progress", dest="progress", action="store_false", help="no progress bar or lines")
     add_registration_flags(parser)
 
 
@@ -59,6 +61,7 @@ class TokenizerRun:
     eval_images: int = 64
     seed: int = 0
     log_every: int = 100
+    progress: bool = True
 
 
 def run(args) -> int:
@@ -74,6 +77,22 @@ def run(args) -> int:
 
 # ----------------------------------------------------------------------------------------
 # Images from the task pipeline.
+
+# seqio's task datasets hold an in-memory cache; an iterator deleted before reading one to
+# the end (the endless train stream; the held-out images, taken from the first tasks of a
+# mixture) makes tf.data warn (from C++, on fd 2) that the partial cache is dropped, which
+# is what we want.
+PARTIAL_CACHE_WARNING = re.compile(r"The calling iterator did not fully read the dataset being cached")
+
+
+@contextlib.contextmanager
+def _partial_cache_warning_hidden():
+    from palimix import quiet
+
+    # SentencePiece's load lines are dropped too: what the block captures bypasses the
+    # program-wide filter (palimix.cli) when it is written out again.
+    with quiet.native_stderr_without([PARTIAL_CACHE_WARNING, *quiet.SENTENCEPIECE_LOAD_LINES]):
+        yield
 
 
 def image_dataset(name: str, split: str, *, shuffle: bool, num_epochs: int | None, seed: int):
@@ -100,7 +119,10 @@ def held_out_images(run_config: TokenizerRun):
     from palimix.errors import UsageError
 
     ds = image_dataset(run_config.name, run_config.eval_split, shuffle=False, num_epochs=1, seed=run_config.seed)
-    images = list(ds.take(run_config.eval_images).as_numpy_iterator())
+    with _partial_cache_warning_hidden():
+        iterator = ds.take(run_config.eval_images).as_numpy_iterator()
+        images = list(iterator)
+        del iterator, ds  # tf.data warns when the iterator is deleted: inside the block
     if not images:
         raise UsageError(f"{run_config.name} has no images in its {run_config.eval_split!r} split to measure PSNR on.")
     return np.stack(images)
@@ -146,23 +168,23 @@ def make_train_step(model, optimizer):
     return jax.jit(step)
 
 
-# The endless train stream holds an in-memory cache (seqio) it never reads to the end;
-# deleting its iterator makes tf.data warn (from C++, on fd 2) that the partial cache is
-# dropped, which is what we want.
-PARTIAL_CACHE_WARNING = re.compile(r"The calling iterator did not fully read the dataset being cached")
-
-
 def train_steps(run_config: TokenizerRun, step_fn, params, opt_state):
-    from absl import logging
+    import time
 
-    from palimix import quiet
+    from palimix.runner.progress import Progress
 
     batches, parts = train_batches(run_config), {}
+    progress = Progress(run_config.steps, 0, run_config.batch_size, enabled=run_config.progress,
+                        description="tokenizer")
+    start, since = time.perf_counter(), 0  # for the steps/s shown, not for any result
     for step in range(1, run_config.steps + 1):
         params, opt_state, parts = step_fn(params, opt_state, next(batches))
         if step % run_config.log_every == 0 or step == run_config.steps:
-            logging.info("tokenizer step %d: loss %.4f", step, float(parts["loss"]))
-    with quiet.native_stderr_without([PARTIAL_CACHE_WARNING]):
+            loss = float(parts["loss"])
+            progress.update(step, loss, (step - since) / max(time.perf_counter() - start, 1e-9))
+            start, since = time.perf_counter(), step
+    progress.close()
+    with _partial_cache_warning_hidden():
         del batches
     return params, opt_state, parts
 
