@@ -86,7 +86,7 @@ PARTIAL_CACHE_WARNING = re.compile(r"The calling iterator did not fully read the
 
 
 @contextlib.contextmanager
-def _partial_cache_warning_hidden():
+def partial_cache_warning_hidden():
     from palimix import quiet
 
     # SentencePiece's load lines are dropped too: what the block captures bypasses the
@@ -119,7 +119,7 @@ def held_out_images(run_config: TokenizerRun):
     from palimix.errors import UsageError
 
     ds = image_dataset(run_config.name, run_config.eval_split, shuffle=False, num_epochs=1, seed=run_config.seed)
-    with _partial_cache_warning_hidden():
+    with partial_cache_warning_hidden():
         iterator = ds.take(run_config.eval_images).as_numpy_iterator()
         images = list(iterator)
         del iterator, ds  # tf.data warns when the iterator is deleted: inside the block
@@ -184,7 +184,7 @@ def train_steps(run_config: TokenizerRun, step_fn, params, opt_state):
             progress.update(step, loss, (step - since) / max(time.perf_counter() - start, 1e-9))
             start, since = time.perf_counter(), step
     progress.close()
-    with _partial_cache_warning_hidden():
+    with partial_cache_warning_hidden():
         del batches
     return params, opt_state, parts
 
