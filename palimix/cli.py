@@ -39,6 +39,7 @@ COMMANDS = {
     "infer": "infer",
     "convert-checkpoint": "convert_checkpoint",
     "export": "export",
+    "train-tokenizer": "train_tokenizer",
     "gin-path": "gin_path",
 }
 # Commands that never load TensorFlow or JAX: nothing to quiet, and they stay fast.

@@ -17,6 +17,8 @@ the language (`palimix.metrics.tokenize.tokenize(text, language, tokenizer)`).
 | `detection_f1` | detection_f1, _precision, _recall | boxes at IoU >= 0.5 per label, one to one |
 | `detection_map` | detection_map50 | pycocotools COCOeval AP at IoU 0.5 (boxes ranked by output position) |
 | `referring_accuracy` | referring_accuracy, mean_iou | RefCOCO accuracy at IoU >= 0.5 |
+| `fid` (images, any feature network; not 0-100) | fid | pytorch-fid's formula (scipy sqrtm), closed forms |
+| `code_accuracy`, `code_perplexity` (image-code targets) | one key each | their definitions |
 
 Which functions a task of each kind reports, and the key to show first, are in the
 table of kinds (`palimix.kinds.get(kind).metric_fns(language)`, `.primary_metric`).
@@ -28,8 +30,10 @@ average of a mixture's evaluation.
 from palimix.metrics.aggregate import LanguageReport, summarize
 from palimix.metrics.anls import anls
 from palimix.metrics.bleu import bleu
+from palimix.metrics.codes import code_accuracy, code_perplexity
 from palimix.metrics.cider import cider
 from palimix.metrics.detection import detection_f1, detection_map, referring_accuracy
+from palimix.metrics.fid import fid
 from palimix.metrics.rouge import rouge_l
 from palimix.metrics.text import accuracy, chrf, exact_match, relaxed_accuracy, sacrebleu_bleu
 from palimix.metrics.vqa import normalize_answer, vqa_accuracy
@@ -41,9 +45,12 @@ __all__ = [
     "bleu",
     "chrf",
     "cider",
+    "code_accuracy",
+    "code_perplexity",
     "detection_f1",
     "detection_map",
     "exact_match",
+    "fid",
     "normalize_answer",
     "referring_accuracy",
     "relaxed_accuracy",

@@ -46,6 +46,9 @@ What loads:
   embedding rows (Gemma's 256,000 under PaliGemma's 257,152) fills the first rows.
 `save_paligemma(params, path)`: the inverse of load_paligemma, bit for bit.
 
+`load_vqgan(checkpoint, params)`: MaskGIT's VQGAN tokenizer (a flax msgpack file of
+  {"params": {"encoder", "decoder", "quantizer"}}) into `palimix.models.vqgan.Vqgan`.
+
 Every loader brings the file's blocks into the model's layout, scanned or not
 (`palimix.models.scan_layout.match_layout`): a t5x mT5 file's `encoder/layers_N` load
 into a scanned `encoder/layers` too.
@@ -655,3 +658,39 @@ def save_t5x(variables, out_dir: str, *, step: int = 0) -> str:
     checkpointer = t5x_checkpoints.Checkpointer(state, partitioner, out_dir)
     checkpointer.save(state)
     return os.path.join(out_dir, f"checkpoint_{step}")
+
+
+# ----------------------------------------------------------------------------------------
+# MaskGIT's VQGAN tokenizer (flax msgpack).
+
+
+def read_maskgit_checkpoint(checkpoint: str) -> dict:
+    """Flat {name: array} of a MaskGIT tokenizer checkpoint: the bytes of
+    `flax.serialization.to_bytes(variables)` (MaskGIT's `utils.restore_from_path` reads them
+    back with `from_bytes(None, ...)`), holding {"params": {...}} or the params themselves."""
+    from etils import epath
+    from flax import serialization
+
+    path = epath.Path(checkpoint)
+    if not path.exists():
+        raise CheckpointMismatchError(f"VQGAN checkpoint {checkpoint} does not exist.")
+    try:
+        tree = serialization.msgpack_restore(path.read_bytes())
+    except (ValueError, TypeError) as e:  # msgpack's errors for bytes that are not a msgpack map
+        raise CheckpointMismatchError(f"{checkpoint} is not a flax msgpack checkpoint ({e}).") from e
+    if not isinstance(tree, Mapping):
+        raise CheckpointMismatchError(f"{checkpoint} holds a {type(tree).__name__}, not MaskGIT's variables.")
+    return _flatten(tree.get("params", tree))
+
+
+def load_vqgan(checkpoint, params, *, under: tuple = ()):
+    """MaskGIT's VQGAN tokenizer weights (`maskgit/nets/vqgan_tokenizer.py` names:
+    `encoder/...`, `decoder/...`, `quantizer/codebook`) into `palimix.models.vqgan.Vqgan`
+    params (or into the tokenizer part of a larger tree, at `under`). `checkpoint`: a
+    MaskGIT checkpoint file (see `read_maskgit_checkpoint`) or a dict of its params.
+    Strict: every parameter must be there with the model's shape, and nothing else."""
+    if isinstance(checkpoint, Mapping):
+        flat, source = _flatten(checkpoint.get("params", checkpoint)), "the VQGAN parameters"
+    else:
+        flat, source = read_maskgit_checkpoint(os.fspath(checkpoint)), os.fspath(checkpoint)
+    return _merge(params, flat, under=under, source=source, strict=True)
