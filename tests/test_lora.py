@@ -17,7 +17,9 @@ from palimix.models import configs, lora, networks, trainable
 ALL = list(configs.LORA_TARGETS)
 # Encoder-decoder; decoder-only with grouped-query (q_einsum + kv_einsum) and with plain
 # multi-head attention (one qkv_einsum): every merge site.
-NETWORKS = [("tiny", {}), ("tiny_decoder", {"llm_num_kv_heads": 2}), ("tiny_decoder", {"llm_num_kv_heads": 4})]
+# Scanned layers stack adapters and weights on a leading depth axis (scan_layers).
+NETWORKS = [("tiny", {}), ("tiny_decoder", {"llm_num_kv_heads": 2}), ("tiny_decoder", {"llm_num_kv_heads": 4}),
+            ("tiny", {"scan_layers": True}), ("tiny_decoder", {"llm_num_kv_heads": 4, "scan_layers": True})]
 
 
 @functools.lru_cache(maxsize=None)
@@ -81,10 +83,13 @@ def test_adapters_sit_beside_the_chosen_targets(name, overrides):
     names = trainable.flat_names(shapes)
     adapters = sorted({n.split("/")[-2] for n in names if lora._is_adapter_param(n)})
     assert adapters == ["lora_q", "lora_v", "lora_wi_1", "lora_wo"]
-    layer = "encoder/layers_0/attention" if name == "tiny" else "llm/layers_0/attn"
+    scanned = overrides.get("scan_layers", False)
+    stack = "layers" if scanned else "layers_0"
+    layer = f"encoder/{stack}/attention" if name == "tiny" else f"llm/{stack}/attn"
     assert f"{layer}/lora_q/a" in names and f"{layer}/lora_k/a" not in names
     flat = dict(zip(names, jax.tree_util.tree_leaves(shapes)))
-    assert flat[f"{layer}/lora_q/a"].shape == (64, 3)
+    # Scanned: one adapter per layer, stacked like the weights (2 layers).
+    assert flat[f"{layer}/lora_q/a"].shape == ((2,) if scanned else ()) + (64, 3)
 
 
 def test_mblip_selection_trains_only_adapters_and_bridge():

@@ -136,14 +136,26 @@ def merge(params, scale: float):
             raise UsageError(f"{weight} is stored in int8: merge the adapters into the float weights "
                              "(a run without int8_kernels), then quantize (quantize.quantize_params).")
         a, b = (np.asarray(flat.pop(f"{adapter}/{p}"), np.float32) for p in ("a", "b"))
-        delta = scale * np.einsum(equation, a, b)
         merged = np.array(flat[weight], np.float32)
-        if stack is None:
-            merged += delta
-        else:
-            merged[stack] += delta
+        merged[_site_index(equation, a, stack)] += scale * np.einsum(_stacked(equation), a, b)
         flat[weight] = merged.astype(np.asarray(flat[weight]).dtype)
     return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+
+
+def _stacked(equation: str) -> str:
+    """The merge einsum over any leading layer axes (scanned layers stack adapters and
+    weights alike on a leading depth axis)."""
+    (a, b), out = equation.split("->")[0].split(","), equation.split("->")[1]
+    return f"...{a},...{b}->...{out}"
+
+
+def _site_index(equation: str, a, stack):
+    """Where the delta lands in the weight: all of it, or one slice of a fused weight
+    (`stack`), after any leading layer axes of a scanned network."""
+    if stack is None:
+        return Ellipsis
+    layer_axes = a.ndim - len(equation.split(",")[0])
+    return (slice(None),) * layer_axes + (stack,)
 
 
 def _is_adapter_param(name: str) -> bool:
