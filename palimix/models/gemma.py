@@ -46,14 +46,11 @@ import jax.numpy as jnp
 from palimix.models import layers, lora, quantize
 from palimix.models.configs import GemmaConfig
 
-# The decoding cache's layout (einsum letters: batch, kv heads, head dim, slots):
-# slots last, so that a decoding step's products run along contiguous memory and its
-# cost barely grows with the number of cached image tokens (t5.CACHE_LAYOUT likewise).
-CACHE_LAYOUT = "bkhs"
-
-# Logit of a key a query may not attend to (a `where`, not an added bias: finite, so a
-# query with no key at all, e.g. a padding position, gets a uniform row and no NaN).
-MASKED_LOGIT = -1e30
+# The decoding cache's layout in `layers.dot_product_attention`'s letters (batch, kv
+# heads, head dim, slots): slots last, so that a decoding step's products run along
+# contiguous memory and its cost barely grows with the number of cached image tokens
+# (t5.CACHE_LAYOUT likewise).
+CACHE_LAYOUT = "bhdk"
 
 
 def _fan_in_init(in_axis, out_axis, batch_axis=()):
@@ -180,12 +177,13 @@ class GemmaAttention(nn.Module):
         return q, k, v
 
     def _cached(self, k, v, cache_length, cache_index):
-        """The keys and values to attend to, and their layout: this call's own (no
-        cache, `[B, T, kv_heads, hd]`), or the cache (`[B, kv_heads, hd, slots]`) after
-        writing them at slots 0.. (prefill, creating a `cache_length` cache) or at each
-        example's slot `cache_index [B]` (one decoding step)."""
+        """The keys and values to attend to, and their `layers.dot_product_attention`
+        layout: this call's own (`[B, T, kv_heads, hd]`: no cache, or the prefill, which
+        also writes them to a new `cache_length` cache at slots 0..), or the whole cache
+        (`[B, kv_heads, hd, slots]`) after a decoding step wrote them at each example's
+        slot `cache_index [B]`."""
         if cache_length is None and cache_index is None:
-            return k, v, "bskh"
+            return k, v, "bkhd"
         b, t, kv_heads, head_dim = k.shape
         to_cache = lambda x: jnp.transpose(x, (0, 2, 3, 1)).astype(self.dtype)  # noqa: E731
         if cache_length is not None:
@@ -194,13 +192,13 @@ class GemmaAttention(nn.Module):
             v_cache = self.variable("cache", "v_cache", jnp.zeros, shape, self.dtype)
             k_cache.value = jax.lax.dynamic_update_slice_in_dim(jnp.zeros(shape, self.dtype), to_cache(k), 0, axis=3)
             v_cache.value = jax.lax.dynamic_update_slice_in_dim(jnp.zeros(shape, self.dtype), to_cache(v), 0, axis=3)
-        else:
-            if t != 1:
-                raise ValueError(f"A decoding step feeds one position per example, got {t}.")
-            k_cache, v_cache = self.variable("cache", "k_cache"), self.variable("cache", "v_cache")
-            rows = jnp.arange(b)
-            k_cache.value = k_cache.value.at[rows, :, :, cache_index].set(k[:, 0].astype(self.dtype))
-            v_cache.value = v_cache.value.at[rows, :, :, cache_index].set(v[:, 0].astype(self.dtype))
+            return k, v, "bkhd"  # the empty slots after them are masked anyway
+        if t != 1:
+            raise ValueError(f"A decoding step feeds one position per example, got {t}.")
+        k_cache, v_cache = self.variable("cache", "k_cache"), self.variable("cache", "v_cache")
+        rows = jnp.arange(b)
+        k_cache.value = k_cache.value.at[rows, :, :, cache_index].set(k[:, 0].astype(self.dtype))
+        v_cache.value = v_cache.value.at[rows, :, :, cache_index].set(v[:, 0].astype(self.dtype))
         return k_cache.value, v_cache.value, CACHE_LAYOUT
 
     @nn.compact
@@ -214,13 +212,10 @@ class GemmaAttention(nn.Module):
         k = rotary_embedding(k, positions, cfg.rope_max_wavelength)
         q = layers.constrain(q, ("batch", "length", "heads", "kv"))
         k, v, kv_layout = self._cached(k, v, cache_length, cache_index)
-        # Each key/value head serves `group` consecutive query heads.
-        group = cfg.num_heads // cfg.num_kv_heads
-        q = q.reshape(q.shape[:2] + (cfg.num_kv_heads, group, cfg.head_dim))
-        logits = jnp.einsum(f"btkgh,{kv_layout}->bkgts", q, k, preferred_element_type=jnp.float32)
-        logits = jnp.where(attention_mask[:, :, None], logits, MASKED_LOGIT)
-        probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        out = jnp.einsum(f"bkgts,{kv_layout}->btkgh", probs, v).reshape(q.shape[:2] + (cfg.num_heads, cfg.head_dim))
+        if kv_layout == "bkhd":
+            attention_mask = attention_mask[..., :k.shape[1]]
+        # Each key/value head serves num_heads // num_kv_heads consecutive query heads.
+        out = layers.dot_product_attention(q, k, v, mask=attention_mask, dtype=self.dtype, kv_layout=kv_layout)
         w_out = self._weight("attn_vec_einsum", (cfg.num_heads, cfg.head_dim, x.shape[-1]),
                              ("heads", "kv", "embed"), _fan_in_init((0, 1), 2), (0, 1))
         y = jnp.einsum("btnh,nhd->btd", out, w_out)

@@ -10,6 +10,7 @@ T5 (t5x's layout).
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Optional, Sequence, Union
 
 import flax.linen as nn
@@ -240,27 +241,130 @@ def mask_to_bias(mask, dtype):
     return jnp.where(mask, jnp.zeros((), dtype), jnp.asarray(NEG_INF, dtype))
 
 
-def dot_product_attention(query, key, value, bias, *, dropout_rng=None, dropout_rate=0.0,
-                          deterministic=True, dtype=jnp.float32, float32_logits=False, kv_layout="bkhd"):
-    """softmax(q k^T + bias) v; query `[batch, q_length, heads, head_dim]`.
+# The kernel `dot_product_attention` asks `jax.nn.dot_product_attention` for: "auto"
+# (cuDNN flash attention on an NVIDIA GPU where cuDNN's shape rules hold, XLA's fused
+# attention everywhere else), "xla", or "cudnn" (an error where cuDNN cannot run the
+# shapes). The environment variable overrides "auto", read when a function is traced: a
+# run falls back to XLA without code changes if a cuDNN build refuses a shape.
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+ATTENTION_ENV = "PALIMIX_ATTENTION"
 
-    kv_layout: the dimension order of `key` and `value`, "bkhd" (`[batch, kv_length,
-    heads, head_dim]`) or "bhdk" (`[batch, heads, head_dim, kv_length]`, the decoding cache's).
-    """
-    if sorted(kv_layout) != sorted("bkhd"):
-        raise ValueError(f"kv_layout must order the letters b, k, h, d; got {kv_layout!r}")
+# Logit of a key a query may not attend to in the explicit path (a `where`, not an added
+# bias: a query with no key at all, e.g. a padding position, gets a uniform row, as in
+# jax.nn.dot_product_attention).
+MASKED_LOGIT = -1e30
+
+
+def attention_implementation() -> str:
+    """The kernel choice in force: $PALIMIX_ATTENTION, or "auto"."""
+    choice = os.environ.get(ATTENTION_ENV, "auto")
+    if choice not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"{ATTENTION_ENV}={choice!r}: use one of {ATTENTION_IMPLEMENTATIONS}.")
+    return choice
+
+
+def _cudnn_fits(query, key, value, has_bias: bool) -> bool:
+    """cuDNN flash attention's rules (jax's `check_layout` and `check_is_flash_attention`):
+    an NVIDIA GPU, q/k/v all bf16 or all fp16, head_dim a multiple of 8 up to 128 (256
+    from Hopper on), and with a bias or mask even query and key lengths (its backward pass)."""
+    if jax.default_backend() != "gpu" or "cuda" not in jax.devices()[0].client.platform_version:
+        return False
+    dtypes = {query.dtype, key.dtype, value.dtype}
+    if len(dtypes) != 1 or dtypes.pop() not in (jnp.bfloat16, jnp.float16):
+        return False
+    capability = tuple(int(x) for x in jax.devices()[0].compute_capability.split("."))
+    head_dim = query.shape[-1]
+    if head_dim % 8 or head_dim > (256 if capability >= (9, 0) else 128):
+        return False
+    return not has_bias or (query.shape[1] % 2 == 0 and key.shape[1] % 2 == 0)
+
+
+def _fused_attention(query, key, value, bias, mask):
+    """jax.nn.dot_product_attention on `[B, T, heads, d]` queries and `[B, S, kv_heads, d]`
+    keys/values, unscaled (palimix's towers scale the queries themselves)."""
+    choice = attention_implementation()
+    if choice == "auto":
+        choice = "cudnn" if _cudnn_fits(query, key, value, bias is not None or mask is not None) else "xla"
+    if choice == "cudnn":
+        # cuDNN adds one bias of the full [.., T, S] extent in the query's dtype (a mask is
+        # turned into one); XLA broadcasts whatever it gets.
+        full = lambda x: None if x is None else jnp.broadcast_to(  # noqa: E731
+            x, x.shape[:2] + (query.shape[1], key.shape[1]))
+        bias = None if bias is None else full(bias).astype(query.dtype)
+        mask = full(mask)
+    return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, scale=1.0,
+                                        implementation=choice)
+
+
+def _explicit_attention(query, key, value, bias, mask, *, dropout_rng, dropout_rate, dtype, float32_logits,
+                        kv_layout):
+    """softmax(q k^T + bias) v spelled out: any key/value layout, attention dropout.
+
+    Query heads are grouped over the key/value heads (`g` per head `h`), as in
+    jax.nn.dot_product_attention's multi-query / grouped-query attention."""
+    batch, q_len, heads, head_dim = query.shape
+    kv_heads = key.shape[kv_layout.index("h")]
+    group = heads // kv_heads
+    query = query.reshape(batch, q_len, kv_heads, group, head_dim)
     if float32_logits:
         query, key = query.astype(jnp.float32), key.astype(jnp.float32)
-    logits = jnp.einsum(f"bqhd,{kv_layout}->bhqk", query, key)
+    logits = jnp.einsum(f"bqhgd,{kv_layout}->bhgqk", query, key, preferred_element_type=jnp.float32)
+
+    def grouped(x):  # [B|1, heads|1, q, k] -> [B|1, kv_heads|1, group|1, q, k]
+        if x.shape[1] == 1:
+            return x[:, :, None]
+        return x.reshape(x.shape[0], kv_heads, group, *x.shape[2:])
+
     if bias is not None:
-        logits = logits + bias.astype(logits.dtype)
-    weights = jax.nn.softmax(logits.astype(jnp.float32)).astype(dtype)
-    if not deterministic and dropout_rate > 0.0:
+        logits = logits + grouped(bias).astype(logits.dtype)
+    if mask is not None:
+        logits = jnp.where(grouped(mask), logits, MASKED_LOGIT)
+    weights = jax.nn.softmax(logits).astype(dtype)
+    if dropout_rng is not None:
         # Like T5: one dropout mask per key, shared across query positions.
         keep_shape = weights.shape[:-2] + (1, weights.shape[-1])
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, keep_shape)
         weights = weights * (keep.astype(dtype) / jnp.asarray(1.0 - dropout_rate, dtype))
-    return jnp.einsum(f"bhqk,{kv_layout}->bqhd", weights, value.astype(dtype))
+    out = jnp.einsum(f"bhgqk,{kv_layout}->bqhgd", weights, value.astype(dtype))
+    return out.reshape(batch, q_len, heads, head_dim)
+
+
+def dot_product_attention(query, key, value, bias=None, mask=None, *, dropout_rng=None, dropout_rate=0.0,
+                          deterministic=True, dtype=jnp.float32, float32_logits=False, kv_layout="bkhd"):
+    """softmax(q k^T + bias, masked) v, without 1/sqrt(head_dim) scaling (the callers fold
+    it into the query or its initialisation). Returns `[batch, q_length, heads, head_dim]`.
+
+    query `[batch, q_length, heads, head_dim]`; key and value with `kv_heads` heads, a
+    divisor of `heads` (multi-query / grouped-query attention), in `kv_layout`: "bkhd"
+    (`[batch, kv_length, kv_heads, head_dim]`) or "bhdk" (`[batch, kv_heads, head_dim,
+    kv_length]`, the decoding caches'). bias (additive) and mask (bool, True = attend)
+    broadcast to `[batch, heads, q_length, kv_length]` (batch and heads may be 1).
+
+    "bkhd" runs jax.nn.dot_product_attention (cuDNN flash attention or XLA: see
+    ATTENTION_IMPLEMENTATIONS), whose logits are always float32, so float32_logits changes
+    nothing there. Two cases keep the explicit path:
+    - attention dropout while training: jax.nn.dot_product_attention has no dropout;
+    - a decoding cache ("bhdk", one query position): jax.nn wants keys as [B, S, heads, d],
+      and transposing the whole cache at every step is what made a step's cost grow with
+      the number of cached image tokens on CPU; a single query row gains nothing from a
+      flash kernel.
+    """
+    if sorted(kv_layout) != sorted("bkhd"):
+        raise ValueError(f"kv_layout must order the letters b, k, h, d; got {kv_layout!r}")
+    for name, x in (("bias", bias), ("mask", mask)):
+        if x is not None and x.ndim != 4:
+            raise ValueError(f"{name} must be 4-D [batch, heads, q_length, kv_length] (1 to broadcast), "
+                             f"got shape {x.shape}")
+    if mask is not None and mask.dtype != jnp.bool_:
+        raise ValueError(f"mask must be boolean (True = attend), got {mask.dtype}")
+    dropout = not deterministic and dropout_rate > 0.0
+    if kv_layout == "bkhd" and not dropout:
+        value = value.astype(query.dtype)
+        key = key.astype(query.dtype)
+        return _fused_attention(query, key, value, bias, mask).astype(dtype)
+    return _explicit_attention(query, key, value, bias, mask, dropout_rng=dropout_rng if dropout else None,
+                               dropout_rate=dropout_rate, dtype=dtype, float32_logits=float32_logits,
+                               kv_layout=kv_layout)
 
 
 def remat_policy(name: str):
