@@ -308,7 +308,9 @@ def _explicit_attention(query, key, value, bias, mask, *, dropout_rng, dropout_r
     query = query.reshape(batch, q_len, kv_heads, group, head_dim)
     if float32_logits:
         query, key = query.astype(jnp.float32), key.astype(jnp.float32)
-    logits = jnp.einsum(f"bqhgd,{kv_layout}->bhgqk", query, key, preferred_element_type=jnp.float32)
+    # Logits in the inputs' dtype, softmax in float32 (t5x's and big_vision's explicit
+    # attention); XLA on CPU has no bf16 x bf16 -> f32 product for these dimension orders.
+    logits = jnp.einsum(f"bqhgd,{kv_layout}->bhgqk", query, key).astype(jnp.float32)
 
     def grouped(x):  # [B|1, heads|1, q, k] -> [B|1, kv_heads|1, group|1, q, k]
         if x.shape[1] == 1:
@@ -342,7 +344,8 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *, dropout_rn
 
     "bkhd" runs jax.nn.dot_product_attention (cuDNN flash attention or XLA: see
     ATTENTION_IMPLEMENTATIONS), whose logits are always float32, so float32_logits changes
-    nothing there. Two cases keep the explicit path:
+    nothing there; the explicit path forms them in the inputs' dtype unless float32_logits.
+    Two cases keep the explicit path:
     - attention dropout while training: jax.nn.dot_product_attention has no dropout;
     - a decoding cache ("bhdk", one query position): jax.nn wants keys as [B, S, heads, d],
       and transposing the whole cache at every step is what made a step's cost grow with
