@@ -1,6 +1,6 @@
 """PaLI model benchmark: fusion overhead, decoding cost vs image tokens, train step time.
 
-    python benchmarks/model.py [--batch 32] [--quick]
+    python benchmarks/model.py [--batch 32] [--quick] [--decode-sizes tiny,small,base]
 
 Ratios are measured in one run, alternating the compared functions so that machine
 load affects both alike. Prints a table and, last, one JSON line:
@@ -8,11 +8,18 @@ load affects both alike. Prints a table and, last, one JSON line:
   fusion_overhead   fused train step / (text-only step + ViT-only step) - 1, same shapes
                     (the text-only encoder gets N_img + L tokens). Goal <= 0.10.
   decode_256_vs_16  per-token greedy decode time with 256 image tokens / with 16
-                    (cached decoding, batch 8, prompt 16; encoding not timed). Goal <= 1.3.
-  cache_speedup     per-token time without the cache / with it, at 256 image tokens.
+                    (cached decoding, batch 8, prompt 16; encoding not timed): the median
+                    over --rounds rounds of the tiny model (each round: the fastest of 3
+                    interleaved calls of each decode). Goal <= 1.3.
+  decode            per --decode-sizes size: ms per token at 16 and 256 image tokens and
+                    the 256-vs-16 ratio's median, min and max over the rounds (the
+                    per-token time is the slope between two decode lengths, so every
+                    round's ratio is a difference of four timed calls: its spread is the
+                    timing noise, large where a token takes well under a millisecond).
+  cache_speedup     per-token time without the cache / with it, at 256 image tokens (tiny).
   decoder_decode_256_vs_16  the same ratio for the decoder-only tiny_decoder (image +
-                    prompt prefilled outside the timed calls, then one token per step).
-                    Goal <= 1.3.
+                    prompt prefilled outside the timed calls, then one token per step);
+                    `decoder_decode` has its spread. Goal <= 1.3.
   train_step_ms     the tiny config's train step (Adam) at --batch, 16 image tokens.
   params_vs_paper   count_params / the PaLI paper's count for pali_3b, pali_15b, pali_17b,
                     and paligemma_3b / 2.92B (PaliGemma's report).
@@ -123,38 +130,91 @@ def train_results(batch_size, reps) -> dict:
     return results
 
 
-def decode_results(reps) -> dict:
-    """Per-token decode time from the slope between two decode lengths."""
-    # The image and prompt are encoded (decoding.prepare) outside the timed calls: at 256 image tokens the
-    # ViT + encoder pass is several times the whole decode loop, and its noise would swamp
-    # the per-token slope on a busy machine. Same batch and prompt for every configuration.
-    short, long_ = 8, 72
+# Per size: the two decode lengths whose time difference gives the per-token cost (what
+# is done once per call cancels out). Larger models take fewer steps: CPU time.
+DECODE_LENGTHS = {"tiny": (8, 72), "small": (4, 24), "base": (2, 10), "tiny_decoder": (8, 72)}
+DECODE_BATCH, DECODE_PROMPT = 8, 16
+# Image sizes giving 16 and 256 image tokens with 16-pixel patches.
+IMAGE_SIZES = {16: 64, 256: 256}
+
+
+def decode_fns(name: str, use_cache_options=(True,)) -> dict:
+    """`{(image_tokens, cached, length): fn}`: one greedy decode of a batch prepared (encoded,
+    or prefilled, with its cache) outside the timed call; same batch and prompt throughout."""
     fns = {}
-    for image_size, use_cache in ((64, True), (256, True), (256, False)):
-        config = configs.get("tiny", image_size=image_size)
-        model = pali.Pali(config)
+    for tokens, image_size in IMAGE_SIZES.items():
+        config = configs.get(name, image_size=image_size)
+        model = networks.build(config)
         params = networks.init_params(config, jax.random.PRNGKey(0))
-        prompt = {k: v for k, v in make_batch(config, 8, 16, 1).items() if k.startswith("encoder_")}
+        if isinstance(config, configs.PaliGemmaConfig):
+            prompt = decoder_prompt(config, DECODE_BATCH, DECODE_PROMPT)
+        else:
+            prompt = {k: v for k, v in make_batch(config, DECODE_BATCH, DECODE_PROMPT, 1).items()
+                      if k.startswith("encoder_")}
         decode = jax.jit(functools.partial(decoding.generate_from, model, eos_id=None))
-        key = f"{config.num_image_tokens}_{'cached' if use_cache else 'uncached'}"
-        for length in (short, long_):
-            prepared = jax.jit(functools.partial(decoding.prepare, model, max_decode_length=length,
-                                                 use_cache=use_cache))(params, prompt)
-            fns[key, length] = functools.partial(lambda decode, params, prepared: decode(params, prepared)[0],
-                                                 decode, params, prepared)
-    per_token = per_token_seconds(fns, reps, short, long_)
-    results = {"decode_ms_per_token": {k: round(v * 1e3, 3) for k, v in per_token.items()}}
-    results["decode_256_vs_16"] = round(per_token["256_cached"] / per_token["16_cached"], 3)
-    results["cache_speedup"] = round(per_token["256_uncached"] / per_token["256_cached"], 2)
-    print(f"decode ms/token: {results['decode_ms_per_token']}")
+        for use_cache in use_cache_options:
+            for length in DECODE_LENGTHS[name]:
+                prepared = jax.jit(functools.partial(decoding.prepare, model, max_decode_length=length,
+                                                     use_cache=use_cache))(params, prompt)
+                fns[tokens, use_cache, length] = functools.partial(
+                    lambda decode, params, prepared: decode(params, prepared)[0], decode, params, prepared)
+    return fns
+
+
+def rounds(fns: dict, count: int, calls: int = 3) -> dict:
+    """Seconds of each fn in each of `count` rounds: the fastest of `calls` calls, calls
+    interleaved across the fns (after one warm-up each), so that machine load affects
+    every fn of a round alike and a call slowed by another process is not the reading."""
+    for fn in fns.values():
+        jax.block_until_ready(fn())
+    times = {key: [] for key in fns}
+    for _ in range(count):
+        round_times = {key: [] for key in fns}
+        for _ in range(calls):
+            for key, fn in fns.items():
+                round_times[key].append(timed(fn))
+        for key, t in round_times.items():
+            times[key].append(min(t))
+    return {key: np.asarray(t) for key, t in times.items()}
+
+
+def spread(values) -> dict:
+    values = np.asarray(values)
+    return {"median": round(float(np.median(values)), 3), "min": round(float(values.min()), 3),
+            "max": round(float(values.max()), 3)}
+
+
+def decode_cost(name: str, count: int, with_uncached: bool = False) -> dict:
+    """Per-token decode time at 16 and 256 image tokens (ms, medians over rounds) and the
+    ratio 256/16 per round (median, min, max): each round's ratio compares calls made
+    next to each other."""
+    short, long_ = DECODE_LENGTHS[name]
+    times = rounds(decode_fns(name, (True, False) if with_uncached else (True,)), count)
+    per_token = {(tokens, cached): (times[tokens, cached, long_] - times[tokens, cached, short]) / (long_ - short)
+                 for tokens, cached, _ in times}
+    result = {
+        "ms_per_token": {f"{tokens}{'' if cached else '_uncached'}": round(float(np.median(t)) * 1e3, 3)
+                         for (tokens, cached), t in per_token.items()},
+        "256_vs_16": spread(per_token[256, True] / per_token[16, True]),
+    }
+    if with_uncached:
+        result["cache_speedup_256"] = spread(per_token[256, False] / per_token[256, True])
+    print(f"decode {name}: ms/token {result['ms_per_token']}, 256 vs 16 image tokens {result['256_vs_16']} "
+          f"({count} rounds, batch {DECODE_BATCH}, prompt {DECODE_PROMPT})")
+    return result
+
+
+def decode_results(sizes, count) -> dict:
+    """The encoder-decoder sizes' decode costs, and the decoder-only tiny model's; the
+    headline ratios are the tiny models' medians."""
+    by_size = {name: decode_cost(name, count, with_uncached=name == "tiny") for name in sizes}
+    decoder = decode_cost("tiny_decoder", count)
+    results = {"decode": by_size, "decoder_decode": decoder,
+               "decoder_decode_256_vs_16": decoder["256_vs_16"]["median"]}
+    if "tiny" in by_size:
+        results["decode_256_vs_16"] = by_size["tiny"]["256_vs_16"]["median"]
+        results["cache_speedup"] = by_size["tiny"]["cache_speedup_256"]["median"]
     return results
-
-
-def per_token_seconds(fns: dict, reps: int, short: int, long_: int) -> dict:
-    """Seconds per decoded token of each `(key, length)` pair of fns: the slope between
-    the two decode lengths (what is done once per batch cancels out)."""
-    t = alternate(fns, reps)
-    return {key: (t[key, long_] - t[key, short]) / (long_ - short) for key, _ in fns}
 
 
 def decoder_prompt(config, batch_size, prompt_length, seed=0):
@@ -169,28 +229,6 @@ def decoder_prompt(config, batch_size, prompt_length, seed=0):
         decoder_input_tokens=jnp.asarray(tokens, jnp.int32),
         decoder_causal_attention=jnp.ones((batch_size, prompt_length), jnp.int32),
     )
-
-
-def decoder_decode_results(reps) -> dict:
-    """The decoder-only model's per-token decode time at 256 vs 16 image tokens (cached,
-    batch 8, prompt 16; the prefill is not timed)."""
-    short, long_ = 8, 72
-    fns = {}
-    for image_size in (64, 256):
-        config = configs.get("tiny_decoder", image_size=image_size)
-        model = networks.build(config)
-        params = networks.init_params(config, jax.random.PRNGKey(0))
-        prompt = decoder_prompt(config, 8, 16)
-        decode = jax.jit(functools.partial(decoding.generate_from, model, eos_id=None))
-        for length in (short, long_):
-            prepared = jax.jit(functools.partial(decoding.prepare, model, max_decode_length=length))(params, prompt)
-            fns[config.num_image_tokens, length] = functools.partial(
-                lambda decode, params, prepared: decode(params, prepared)[0], decode, params, prepared)
-    per_token = per_token_seconds(fns, reps, short, long_)
-    results = {"decoder_decode_ms_per_token": {str(k): round(v * 1e3, 3) for k, v in per_token.items()},
-               "decoder_decode_256_vs_16": round(per_token[256] / per_token[16], 3)}
-    print(f"decoder-only decode ms/token: {results['decoder_decode_ms_per_token']}")
-    return results
 
 
 def params_vs_paper() -> dict:
@@ -222,8 +260,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
     parser.add_argument("--parts", default="train,decode,params", help="comma-separated: train, decode, params")
+    parser.add_argument("--decode-sizes", default="tiny",
+                        help=f"comma-separated encoder-decoder sizes for the decode ratio: {', '.join(DECODE_LENGTHS)}")
+    parser.add_argument("--rounds", type=int, default=None, help="decode rounds (default 7; --quick 2)")
     args = parser.parse_args(argv)
     reps = 3 if args.quick else 10
+    decode_rounds = args.rounds or (2 if args.quick else 7)
+    sizes = args.decode_sizes.split(",")
+    if not set(sizes) <= set(DECODE_LENGTHS) - {"tiny_decoder"}:
+        parser.error(f"--decode-sizes: use names of {sorted(set(DECODE_LENGTHS) - {'tiny_decoder'})}")
     parts = set(args.parts.split(","))
     if not parts <= {"train", "decode", "params"}:
         parser.error(f"--parts: unknown {sorted(parts - {'train', 'decode', 'params'})}")
@@ -231,8 +276,7 @@ def main(argv=None) -> dict:
     if "train" in parts:
         results.update(train_results(args.batch, reps))
     if "decode" in parts:
-        results.update(decode_results(reps))
-        results.update(decoder_decode_results(reps))
+        results.update(decode_results(sizes, decode_rounds))
     if "params" in parts:
         results["params_vs_paper"] = {**params_vs_paper(), **paligemma_params()}
     print(json.dumps(results))

@@ -151,15 +151,19 @@ def generate_from(model, params, prepared, *, method: str = "greedy",
     if method == "beam" and prepared.cache is None:
         raise UsageError("Beam search always decodes with the cache.")
     max_len = prepared.max_decode_length
-    step = _prefix_step_fn(model, params, prepared) if isinstance(prepared, PreparedPrefix) else _step_fn(
-        model, params, prepared)
+    prefix = isinstance(prepared, PreparedPrefix)
+    step = _prefix_step_fn(model, params, prepared) if prefix else _step_fn(model, params, prepared)
+    # A prefilled batch already has the logits of answer token 0: the loops choose it
+    # before they start, and every step in the loop feeds a token.
+    first_logits = prepared.first_logits if prefix else None
     if method == "beam":
         k = prepared.num_beams
-        return _beam_search(step, prepared.cache, prepared.batch_size // k, k, max_len, eos_id, length_penalty)
+        return _beam_search(step, prepared.cache, prepared.batch_size // k, k, max_len, eos_id, length_penalty,
+                            first_logits=first_logits)
     greedy = method == "greedy"
     return _sample(step, prepared.cache, prepared.batch_size, max_len, eos_id,
                    temperature=None if greedy else temperature, top_k=top_k,
-                   rng=jax.random.PRNGKey(0) if rng is None else rng)
+                   rng=jax.random.PRNGKey(0) if rng is None else rng, first_logits=first_logits)
 
 
 def _check_method(method, rng):
@@ -209,18 +213,16 @@ def _step_fn(model, params, prepared: Prepared):
 
 
 def _prefix_step_fn(model: paligemma.PaliGemma, params, prepared: PreparedPrefix):
-    """`_step_fn` for a decoder-only network. Step 0's logits are the prefill's; step
-    i > 0 feeds the token chosen at step i - 1."""
+    """`_step_fn` for a decoder-only network. Cached: step i > 0 feeds the token chosen
+    at step i - 1 (step 0's logits are the prefill's, `first_logits` of the loops: a
+    `lax.cond` between the two inside the loop made XLA copy the whole cache at every
+    step, a cost growing with the image tokens)."""
 
     def cached(last, position, cache, tokens):
-        del tokens  # the cache knows each example's next slot
-
-        def feed_last():
-            logits, variables = model.apply({"params": params, "cache": cache}, last, mutable=["cache"],
-                                            method=model.decode_step)
-            return logits, variables["cache"]
-
-        return jax.lax.cond(position == 0, lambda: (prepared.first_logits, cache), feed_last)
+        del position, tokens  # the cache knows each example's next slot
+        logits, variables = model.apply({"params": params, "cache": cache}, last, mutable=["cache"],
+                                        method=model.decode_step)
+        return logits, variables["cache"]
 
     def uncached(last, position, cache, tokens):
         del last
@@ -259,16 +261,21 @@ def _top_k_mask(logits, k):
     return jnp.where(logits < kth, NEG_INF, logits)
 
 
-def _sample(step, cache, batch_size, max_len, eos_id, *, temperature, top_k, rng):
-    """Greedy (temperature None) or ancestral sampling, stopping when all sequences end."""
+def _sample(step, cache, batch_size, max_len, eos_id, *, temperature, top_k, rng, first_logits=None):
+    """Greedy (temperature None) or ancestral sampling, stopping when all sequences end.
+    first_logits: token 0's logits, known before the loop (a prefill's)."""
 
     def cond(state):
         i, _, _, done, _, _, _ = state
         return (i < max_len) & ~jnp.all(done)
 
     def body(state):
-        i, tokens, last, done, scores, cache, rng = state
-        logits, cache = step(last, i, cache, tokens)
+        i, tokens, last, _, _, cache, _ = state
+        return choose(state, *step(last, i, cache, tokens))
+
+    def choose(state, logits, cache):
+        """Token i from its logits."""
+        i, tokens, last, done, scores, _, rng = state
         log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
         if temperature is None:
             next_token = jnp.argmax(log_probs, axis=-1)
@@ -288,6 +295,8 @@ def _sample(step, cache, batch_size, max_len, eos_id, *, temperature, top_k, rng
     tokens = jnp.zeros((batch_size, max_len), jnp.int32)
     state = (jnp.array(0), tokens, jnp.zeros((batch_size,), jnp.int32), jnp.zeros((batch_size,), bool),
              jnp.zeros((batch_size,), jnp.float32), cache, rng)
+    if first_logits is not None:
+        state = choose(state, first_logits, cache)
     _, tokens, _, _, scores, _, _ = jax.lax.while_loop(cond, body, state)
     return tokens, scores
 
@@ -310,8 +319,9 @@ def _gather_beams(tree, beam_indices, batch_size, num_beams):
     return jax.tree_util.tree_map(gather, tree)
 
 
-def _beam_search(step, cache, batch_size, k, max_len, eos_id, alpha):
-    """Beam search over `k` beams; returns the best finished beam per example."""
+def _beam_search(step, cache, batch_size, k, max_len, eos_id, alpha, first_logits=None):
+    """Beam search over `k` beams; returns the best finished beam per example.
+    first_logits: step 0's logits, known before the loop (a prefill's)."""
     eos = -1 if eos_id is None else eos_id
 
     def cond(state):
@@ -322,10 +332,14 @@ def _beam_search(step, cache, batch_size, k, max_len, eos_id, alpha):
         return (i < max_len) & ~jnp.all(best_possible < worst_finished)
 
     def body(state):
-        i, alive_seq, alive_logp, finished_seq, finished_scores, finished, cache = state
+        i, alive_seq, _, _, _, _, cache = state
         last = jax.lax.dynamic_index_in_dim(alive_seq, jnp.maximum(i - 1, 0), axis=2, keepdims=False)
         last = jnp.where(i == 0, 0, last).reshape(-1)
-        logits, cache = step(last, i, cache, None)
+        return advance(state, *step(last, i, cache, None))
+
+    def advance(state, logits, cache):
+        """Every beam extended by step i's logits."""
+        i, alive_seq, alive_logp, finished_seq, finished_scores, finished, _ = state
         vocab = logits.shape[-1]
         log_probs = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch_size, k, vocab)
         candidates = (alive_logp[:, :, None] + log_probs).reshape(batch_size, k * vocab)
@@ -353,6 +367,8 @@ def _beam_search(step, cache, batch_size, k, max_len, eos_id, alpha):
     seqs = jnp.zeros((batch_size, k, max_len), jnp.int32)
     state = (jnp.array(0), seqs, alive_logp, seqs, jnp.full((batch_size, k), NEG_INF, jnp.float32),
              jnp.zeros((batch_size, k), bool), cache)
+    if first_logits is not None:
+        state = advance(state, first_logits, cache)
     _, alive_seq, alive_logp, finished_seq, finished_scores, finished, _ = jax.lax.while_loop(cond, body, state)
     # Every example finishes by max_len (forced); alive beams are a guard, not a path.
     any_finished = jnp.any(finished, axis=1)
