@@ -143,9 +143,9 @@ def test_pali_cached_decoding_steps_match_teacher_forcing_in_bfloat16():
                   encoder_input_tokens=jnp.asarray(rng.integers(2, VOCAB, (B, L)), jnp.int32))
     targets = jnp.asarray(rng.integers(2, VOCAB, (B, STEPS)), jnp.int32)
     inputs_ = pali.shift_right(targets)
-    expected = model.apply({"params": params}, **prompt, decoder_input_tokens=inputs_,
-                           decoder_target_tokens=targets, enable_dropout=False)
-    prepared = decoding.prepare(model, params, prompt, max_decode_length=STEPS)
+    expected = jax.jit(lambda prompt: model.apply({"params": params}, **prompt, decoder_input_tokens=inputs_,
+                                                  decoder_target_tokens=targets, enable_dropout=False))(prompt)
+    prepared = jax.jit(lambda prompt: decoding.prepare(model, params, prompt, max_decode_length=STEPS))(prompt)
     step = jax.jit(lambda cache, token: model.apply(
         {"params": params, "cache": cache}, prepared.encoded, prepared.image_mask, prepared.input_tokens,
         token, token, enable_dropout=False, decode=True, max_decode_length=STEPS, mutable=["cache"],
@@ -169,11 +169,12 @@ def test_paligemma_cached_decoding_steps_match_teacher_forcing_in_bfloat16(num_k
                  encoder_image_mask=jnp.asarray([1, 0], jnp.int32),
                  decoder_input_tokens=jnp.asarray(np.pad(tokens, ((0, 0), (1, 0)))[:, :-1]),
                  decoder_causal_attention=jnp.asarray(np.broadcast_to(prefix, (B, length)).astype(np.int32)))
-    expected = model.apply({"params": params}, **batch, decoder_target_tokens=jnp.asarray(tokens),
-                           enable_dropout=False)
+    expected = jax.jit(lambda batch: model.apply({"params": params}, **batch, decoder_target_tokens=jnp.asarray(tokens),
+                                                 enable_dropout=False))(batch)
     prompt = dict(batch, decoder_input_tokens=batch["decoder_input_tokens"] * batch["decoder_causal_attention"])
-    logits, state = model.apply({"params": params}, **prompt, cache_length=config.num_image_tokens + length,
-                                mutable=["cache"], method=model.prefill)
+    prefill = jax.jit(lambda prompt: model.apply({"params": params}, **prompt, mutable=["cache"], method=model.prefill,
+                                                 cache_length=config.num_image_tokens + length))
+    logits, state = prefill(prompt)
     np.testing.assert_allclose(np.asarray(logits), np.asarray(expected[:, L - 1]), atol=BF16_LOGITS_ATOL)
     step = jax.jit(lambda cache, token: model.apply({"params": params, "cache": cache}, token, mutable=["cache"],
                                                     method=model.decode_step))
