@@ -15,7 +15,9 @@ load affects both alike. Prints a table and, last, one JSON line:
                     the 256-vs-16 ratio's median, min and max over the rounds (the
                     per-token time is the slope between two decode lengths, so every
                     round's ratio is a difference of four timed calls: its spread is the
-                    timing noise, large where a token takes well under a millisecond).
+                    timing noise, large where a token takes well under a millisecond);
+                    streamed_256_vs_16: the ratio of the bytes a step must read (decoder
+                    parameters + the whole cache), which a batch-8 step is bound by.
   cache_speedup     per-token time without the cache / with it, at 256 image tokens (tiny).
   decoder_decode_256_vs_16  the same ratio for the decoder-only tiny_decoder (image +
                     prompt prefilled outside the timed calls, then one token per step);
@@ -138,10 +140,25 @@ DECODE_BATCH, DECODE_PROMPT = 8, 16
 IMAGE_SIZES = {16: 64, 256: 256}
 
 
-def decode_fns(name: str, use_cache_options=(True,)) -> dict:
+# The parameters a cached decoding step reads in full, per family: the encoder-decoder's
+# decoder (its logits layer included; the input embedding is only gathered from), and the
+# decoder-only network's language model (its embedding is also the logits layer).
+DECODER_PARAMS = {"pali": "decoder", "paligemma": "llm"}
+
+
+def streamed_bytes(config, params, cache) -> int:
+    """Bytes a cached decoding step reads at least: the decoder's parameters and the whole
+    cache (every cached key/value is attended to). A step with batch 8 is a matrix-vector
+    product, bound by these reads: their ratio is what the time ratio tends to, noise aside."""
+    size = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree))  # noqa: E731
+    return size(params[DECODER_PARAMS[configs.family_of(config)]]) + size(cache)
+
+
+def decode_fns(name: str, use_cache_options=(True,)) -> tuple[dict, dict]:
     """`{(image_tokens, cached, length): fn}`: one greedy decode of a batch prepared (encoded,
-    or prefilled, with its cache) outside the timed call; same batch and prompt throughout."""
-    fns = {}
+    or prefilled, with its cache) outside the timed call; same batch and prompt throughout.
+    And `{image_tokens: streamed_bytes}` of a step of the longer decode."""
+    fns, streamed = {}, {}
     for tokens, image_size in IMAGE_SIZES.items():
         config = configs.get(name, image_size=image_size)
         model = networks.build(config)
@@ -158,7 +175,9 @@ def decode_fns(name: str, use_cache_options=(True,)) -> dict:
                                                      use_cache=use_cache))(params, prompt)
                 fns[tokens, use_cache, length] = functools.partial(
                     lambda decode, params, prepared: decode(params, prepared)[0], decode, params, prepared)
-    return fns
+                if use_cache:
+                    streamed[tokens] = streamed_bytes(config, params, prepared.cache)
+    return fns, streamed
 
 
 def rounds(fns: dict, count: int, calls: int = 3) -> dict:
@@ -189,18 +208,22 @@ def decode_cost(name: str, count: int, with_uncached: bool = False) -> dict:
     ratio 256/16 per round (median, min, max): each round's ratio compares calls made
     next to each other."""
     short, long_ = DECODE_LENGTHS[name]
-    times = rounds(decode_fns(name, (True, False) if with_uncached else (True,)), count)
+    fns, streamed = decode_fns(name, (True, False) if with_uncached else (True,))
+    times = rounds(fns, count)
     per_token = {(tokens, cached): (times[tokens, cached, long_] - times[tokens, cached, short]) / (long_ - short)
                  for tokens, cached, _ in times}
     result = {
         "ms_per_token": {f"{tokens}{'' if cached else '_uncached'}": round(float(np.median(t)) * 1e3, 3)
                          for (tokens, cached), t in per_token.items()},
         "256_vs_16": spread(per_token[256, True] / per_token[16, True]),
+        "streamed_mb": {str(tokens): round(b / 2**20, 2) for tokens, b in streamed.items()},
+        "streamed_256_vs_16": round(streamed[256] / streamed[16], 3),
     }
     if with_uncached:
         result["cache_speedup_256"] = spread(per_token[256, False] / per_token[256, True])
     print(f"decode {name}: ms/token {result['ms_per_token']}, 256 vs 16 image tokens {result['256_vs_16']} "
-          f"({count} rounds, batch {DECODE_BATCH}, prompt {DECODE_PROMPT})")
+          f"({count} rounds, batch {DECODE_BATCH}, prompt {DECODE_PROMPT}); bytes read per step "
+          f"{result['streamed_mb']} MB, ratio {result['streamed_256_vs_16']}")
     return result
 
 
