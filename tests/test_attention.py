@@ -133,6 +133,7 @@ VOCAB, L, STEPS = 64, 6, 4
 BF16_LOGITS_ATOL = 0.1  # logits of order 1-5 through 2 bf16 layers each side
 
 
+@pytest.mark.slow
 def test_pali_cached_decoding_steps_match_teacher_forcing_in_bfloat16():
     config = configs.get("tiny", vocab_size=VOCAB, dtype="bfloat16")
     model, params = pali.Pali(config), networks.init_params(config, jax.random.PRNGKey(0))
@@ -157,6 +158,7 @@ def test_pali_cached_decoding_steps_match_teacher_forcing_in_bfloat16():
         np.testing.assert_allclose(np.asarray(logits[:, 0]), np.asarray(expected[:, i]), atol=BF16_LOGITS_ATOL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_kv_heads", [1, 2])
 def test_paligemma_cached_decoding_steps_match_teacher_forcing_in_bfloat16(num_kv_heads):
     config = configs.get("tiny_decoder", vocab_size=VOCAB, dtype="bfloat16", llm_num_kv_heads=num_kv_heads)
