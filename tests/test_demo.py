@@ -237,3 +237,17 @@ def test_demo_scenes_and_boxes_are_what_the_build_script_draws():
         assert drawn == box
         with open(os.path.join(demo.data_dir(), path), "rb") as f:
             assert script.encode(image, "PNG") == f.read()
+
+
+def test_demo_settings_take_the_model_recipe_and_explicit_values():
+    from palimix.errors import UsageError
+    from palimix.runner.demo import RECIPES, DemoSettings
+
+    assert set(RECIPES) == {"tiny", "tiny_decoder"}
+    for name in RECIPES:
+        assert configs.get(name).vocab_size >= demo.vocabulary().vocab_size  # the demo's <loc> vocabulary fits
+    assert DemoSettings(model="tiny_decoder").recipe() == RECIPES["tiny_decoder"]
+    mine = DemoSettings(model="tiny_decoder", steps=7, learning_rate=0.5).recipe()
+    assert (mine.steps, mine.learning_rate, mine.batch_size) == (7, 0.5, RECIPES["tiny_decoder"].batch_size)
+    with pytest.raises(UsageError, match="tiny_decoder"):
+        DemoSettings(model="tiny_decodr").recipe()

@@ -354,7 +354,7 @@ TEXT_SIZES = {
 # num_kv_heads, head_dim. `tiny` (grouped-query: 2 kv heads for 4 query heads) is for
 # tests and the CPU demo.
 GEMMA_SIZES = {
-    "tiny": (64, 2, 128, 4, 2, 16),
+    "tiny": (64, 4, 128, 4, 2, 16),
     "gemma_2b": (2048, 18, 16384, 8, 1, 256),
     "gemma_7b": (3072, 28, 24576, 16, 16, 256),
 }

@@ -1,11 +1,15 @@
 """`palimix demo`: train a tiny PaLI on `palimix_demo`, evaluate it against trivial
 baselines per kind, and leave TensorBoard logs and an HTML report.
 
+`--model` picks the backbone: `tiny` (the encoder-decoder, default) or `tiny_decoder`
+(the decoder-only prefix LM); `RECIPES` holds how each trains (steps, batch, learning
+rate, warmup), the only thing that differs: same tasks, lengths, evaluation.
+
 Baselines (each kind's `baseline` in palimix.kinds; scored with the same tasks'
 metrics as the model):
-  caption, vqa, ocr, classification: the most frequent target of that language in
-    the evaluated examples, for every example (a constant caption, the most frequent
-    answer or label);
+  caption, vqa, ocr, classification, detection: the most frequent target of that
+    language in the evaluated examples, for every example (a constant caption, the
+    most frequent answer or label, one box);
   span_corruption, prefix_lm: the most frequent target of the whole task (their
     targets are nearly all distinct: with ~2 examples per language, a per-language
     "most frequent" would be one of the answers themselves);
@@ -165,10 +169,10 @@ def run_demo(settings: DemoSettings) -> dict:
         kinds[kind] = {"metric": metric, "baseline": round(baseline.macro.get(kind, {}).get(metric, 0.0), 2),
                        "model": round(metrics.get(metric, 0.0), 2)}
     report_path = os.path.join(settings.model_dir, "report.html")
-    write_report(report_path, evaluation, model, baseline, kinds, steps=run.step)
+    write_report(report_path, evaluation, model, baseline, kinds, steps=run.step, model_name=settings.model)
     summary = {"kinds": kinds, "languages": model.languages,
                "seconds": round(time.perf_counter() - start, 1)}
-    details = {"train_seconds": round(train_seconds, 1), "train_steps_per_s": round(train_result.steps_per_s, 2),
+    details = {"model": settings.model, "train_seconds": round(train_seconds, 1), "train_steps_per_s": round(train_result.steps_per_s, 2),
                "input_wait_share": round(train_result.input_wait_share, 3), "step": run.step,
                "eval_seconds": round(model.seconds, 1), "baseline_seconds": round(baseline.seconds, 1),
                "report": report_path, "metrics": model.output_path, "tensorboard": settings.model_dir}
@@ -198,7 +202,7 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(path: str, evaluation, model, baseline, kinds: dict, *, steps: int) -> None:
+def write_report(path: str, evaluation, model, baseline, kinds: dict, *, steps: int, model_name: str) -> None:
     """A self-contained HTML page: the score table, then example images with their
     prompt, reference, baseline and model prediction, in several languages and scripts."""
     from palimix import features
@@ -210,7 +214,7 @@ def write_report(path: str, evaluation, model, baseline, kinds: dict, *, steps: 
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}img{image-rendering:pixelated}"
         ".ok{color:#070}.bad{color:#a00}</style></head><body>",
-        f"<h1>palimix demo: tiny PaLI after {steps} steps</h1>",
+        f"<h1>palimix demo: {e(model_name)} after {steps} steps</h1>",
         f"<p>{model.languages} languages evaluated, {len(model.tasks)} tasks.</p>",
         "<table><tr><th>kind</th><th>metric</th><th>baseline</th><th>model</th></tr>",
     ]
