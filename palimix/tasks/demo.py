@@ -14,8 +14,8 @@ the tiny model learns in the demo's budget (one UDHR text per language it does n
 |---|---|---|---|
 | palimix_demo_caption | caption | 25 | 1200 / 200 |
 | palimix_demo_vqa | vqa (colour, shape, position) | 25 | 1800 / 300 |
-| palimix_demo_classification | classification (3 shapes, listed) | 25 | 600 / 150 |
-| palimix_demo_detection | detection ("detect <shape>" -> its `<loc>` box, labelled in the language) | 25 | 1200 / 200 |
+| palimix_demo_classification | classification (3 shapes, listed) | 25 | 600 / 600 |
+| palimix_demo_detection | detection ("detect <shape>" -> its `<loc>` box, labelled in the language) | 25 | 1200 / 600 |
 | palimix_demo_ocr | ocr (Latin, Cyrillic, Greek, Arabic, Devanagari, Thai) | 13 | 546 / 91 |
 | palimix_demo_translation | translation from English | 24 | 480 / 72 |
 | palimix_demo_span_corruption | span_corruption (one multilingual task, `_mul`) | 138 | 2265 / 476 |
@@ -65,7 +65,7 @@ KIND_RATES = {
     "vqa": 0.25,
     "ocr": 0.2,
     "classification": 0.1,
-    "detection": 0.1,
+    "detection": 0.2,
     "translation": 0.15,
     "span_corruption": 0.05,
     "prefix_lm": 0.05,
