@@ -371,7 +371,7 @@ MODELS = {
     "pali_3b": dict(family="pali", vit="G/14", text="mt5_large", vocab_size=MT5_VOCAB_SIZE, image_size=224),
     "pali_15b": dict(family="pali", vit="G/14", text="mt5_xxl", vocab_size=MT5_VOCAB_SIZE, image_size=224),
     "pali_17b": dict(family="pali", vit="e/14", text="mt5_xxl", vocab_size=MT5_VOCAB_SIZE, image_size=224),
-    # The tiny ViT in front of a 2-layer, width-64 Gemma: the decoder-only demo model.
+    # The tiny ViT in front of a 4-layer, width-64 Gemma: the decoder-only demo model.
     "tiny_decoder": dict(family="paligemma", vit="tiny/16", llm="tiny", vocab_size=PALIMIX_LOC_VOCAB_SIZE,
                          image_size=64),
     # PaliGemma (big_vision configs/proj/paligemma): SigLIP So400m/14 at 224 px, Gemma-2B.
