@@ -17,7 +17,9 @@ Inputs:
 Outputs (all under palimix/data/demo/, ~2 MB):
   images/scenes/{train,validation}/*.png   one coloured shape at the left/right/top/bottom
   images/ocr/{train,validation}/*.jpg      a word in one of 6 scripts
-  {caption,vqa,classification,ocr,translation,text}.{train,validation}.jsonl
+  {caption,vqa,classification,detection,ocr,translation,text}.{train,validation}.jsonl
+                                           (detection: each scene's shape box, [y_min, x_min,
+                                           y_max, x_max] in 0..1, labelled in the language)
   build_info.json                          counts and versions
 
 Validation scenes and OCR renders are separate images from the training ones; the
@@ -47,13 +49,22 @@ SIDE = 64  # Stored image side (the demo trains at this size: palimix.tasks.demo
 SUPERSAMPLE = 4  # Draw at 4x and downscale: antialiased edges.
 COLORS = {"red": (215, 40, 40), "green": (40, 165, 60), "blue": (40, 80, 215), "yellow": (235, 200, 30)}
 SHAPES = ("circle", "square", "triangle")
+# Each shape's extent from its centre (up, left, down, right) in units of its radius
+# r: a circle, a square of side 1.8 r, a triangle pointing up 2.2 r wide.
+SHAPE_EXTENTS = {"circle": (1.0, 1.0, 1.0, 1.0), "square": (0.9, 0.9, 0.9, 0.9), "triangle": (1.0, 1.1, 0.8, 1.1)}
+BOX_DECIMALS = 4  # Box coordinates in the files (far finer than the 1024 <loc> bins).
 POSITIONS = {"left": (0.25, 0.5), "right": (0.75, 0.5), "top": (0.5, 0.25), "bottom": (0.5, 0.75)}
 QUESTIONS = {"color": "q_color", "shape": "q_shape", "position": "q_position"}
 SCENES_PER_COMBO = {"train": 9, "validation": 2}  # x 48 combos of colour, shape, position.
 # Per language and split.
 CAPTIONS = {"train": 48, "validation": 8}
 VQA_IMAGES = {"train": 24, "validation": 4}  # x 3 questions each.
-CLASSIFICATION = {"train": 24, "validation": 6}
+# Validation: 24 per language, so that a baseline that answers every example of a
+# language with its most frequent target is not scored on a handful (the majority
+# label of 6 examples of 3 shapes is right ~60% of the time by chance; the first of 8
+# distinct boxes is one of them).
+CLASSIFICATION = {"train": 24, "validation": 24}
+DETECTION = {"train": 48, "validation": 24}  # one labelled box each
 OCR_RENDERS = {"train": 6, "validation": 1}  # per word (4 colours + 3 shapes).
 # gflanguages chunks per language. 5 training chunks (not more): every language keeps
 # training text in its script, but the chunks, which the tiny model does not learn in
@@ -138,7 +149,9 @@ def stable_rng(*key) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def draw_scene(color, shape, position, rng) -> Image.Image:
+def draw_scene(color, shape, position, rng) -> tuple[Image.Image, list[float]]:
+    """The scene and its shape's box [y_min, x_min, y_max, x_max] in 0..1 (the corners
+    of the drawn polygon, PaliGemma's order; the downscale keeps relative positions)."""
     big = SIDE * SUPERSAMPLE
     background = tuple(int(v) for v in rng.integers(205, 246, size=3))
     image = Image.new("RGB", (big, big), background)
@@ -148,13 +161,17 @@ def draw_scene(color, shape, position, rng) -> Image.Image:
     cy = (cy + rng.uniform(-0.06, 0.06)) * big
     r = rng.uniform(0.12, 0.17) * big
     fill = tuple(int(np.clip(c + rng.integers(-15, 16), 0, 255)) for c in COLORS[color])
+    # Half extents (up, left, down, right) of each shape, in units of r.
+    up, left, down, right = SHAPE_EXTENTS[shape]
+    corners = [cy - r * up, cx - r * left, cy + r * down, cx + r * right]
     if shape == "circle":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+        draw.ellipse([corners[1], corners[0], corners[3], corners[2]], fill=fill)
     elif shape == "square":
-        draw.rectangle([cx - r * 0.9, cy - r * 0.9, cx + r * 0.9, cy + r * 0.9], fill=fill)
+        draw.rectangle([corners[1], corners[0], corners[3], corners[2]], fill=fill)
     else:
-        draw.polygon([(cx, cy - r), (cx - r * 1.1, cy + r * 0.8), (cx + r * 1.1, cy + r * 0.8)], fill=fill)
-    return image.resize((SIDE, SIDE), Image.Resampling.LANCZOS)
+        draw.polygon([(cx, corners[0]), (corners[1], corners[2]), (corners[3], corners[2])], fill=fill)
+    box = [round(min(max(v / big, 0.0), 1.0), BOX_DECIMALS) for v in corners]
+    return image.resize((SIDE, SIDE), Image.Resampling.LANCZOS), box
 
 
 def font_path(script) -> str:
@@ -291,8 +308,10 @@ def build(out: Writer):
                     for k in range(per_combo):
                         index = len(scenes[split])
                         path = f"images/scenes/{split}/{index:04d}.png"
-                        out.add(path, encode(draw_scene(color, shape, position, stable_rng(split, index)), "PNG"))
-                        scenes[split].append({"image": path, "color": color, "shape": shape, "position": position})
+                        image, box = draw_scene(color, shape, position, stable_rng(split, index))
+                        out.add(path, encode(image, "PNG"))
+                        scenes[split].append({"image": path, "color": color, "shape": shape, "position": position,
+                                              "box": box})
         order = stable_rng("scene-order", split).permutation(len(scenes[split]))
         scenes[split] = [scenes[split][i] for i in order]
 
@@ -303,7 +322,7 @@ def build(out: Writer):
         return [pool[(start + i) % len(pool)] for i in range(n)]
 
     for split in SCENES_PER_COMBO:
-        captions, vqa, classification = [], [], []
+        captions, vqa, classification, detection = [], [], [], []
         for lang in word_languages:
             w = words[lang]
             for i, s in enumerate(pick(split, lang, "caption", CAPTIONS[split])):
@@ -316,11 +335,15 @@ def build(out: Writer):
             for i, s in enumerate(pick(split, lang, "classification", CLASSIFICATION[split])):
                 classification.append({"id": f"cls-{lang}-{split}-{i}", "image": s["image"], "language": lang,
                                        "label": w[s["shape"]]})
+            for i, s in enumerate(pick(split, lang, "detection", DETECTION[split])):
+                detection.append({"id": f"det-{lang}-{split}-{i}", "image": s["image"], "language": lang,
+                                  "boxes": [s["box"]], "labels": [w[s["shape"]]]})
         out.jsonl(f"caption.{split}.jsonl", captions)
         out.jsonl(f"vqa.{split}.jsonl", vqa)
         out.jsonl(f"classification.{split}.jsonl", classification)
+        out.jsonl(f"detection.{split}.jsonl", detection)
         counts.update({f"caption.{split}": len(captions), f"vqa.{split}": len(vqa),
-                       f"classification.{split}": len(classification)})
+                       f"classification.{split}": len(classification), f"detection.{split}": len(detection)})
 
     # OCR: the colour and shape words of languages in 6 scripts.
     for split, renders in OCR_RENDERS.items():

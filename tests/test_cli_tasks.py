@@ -18,7 +18,8 @@ def test_list_mixtures_and_tasks(capsys):
     assert code == 0
     rows = {r["name"]: r for r in json.loads(out)}
     demo = rows["palimix_demo"]
-    assert demo["kinds"] == sorted(["caption", "vqa", "ocr", "classification", "translation", "span_corruption", "prefix_lm"])
+    assert demo["kinds"] == sorted(["caption", "vqa", "ocr", "classification", "detection", "translation",
+                                    "span_corruption", "prefix_lm"])
     assert len(demo["languages"]) >= 100 and demo["image_size"] == [64]
     code, out, _ = _run(capsys, "list", "--tasks", "--kind", "ocr", "--language", "th")
     assert code == 0 and "palimix_demo_ocr_mul" in out and "1 tasks" in out

@@ -10,6 +10,7 @@ import seqio
 
 import palimix.tasks
 from palimix import languages
+from palimix.models import configs
 from palimix.tasks import demo
 
 
@@ -18,7 +19,7 @@ def test_demo_data_is_small_and_complete():
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(root) for f in files)
     assert total < 20e6
     info = demo.build_info()
-    for kind in ("caption", "vqa", "classification", "ocr", "translation", "text"):
+    for kind in ("caption", "vqa", "classification", "detection", "ocr", "translation", "text"):
         for split in demo.SPLITS:
             with open(os.path.join(root, f"{kind}.{split}.jsonl"), encoding="utf-8") as f:
                 assert sum(1 for _ in f) == info["counts"][f"{kind}.{split}"] > 0
@@ -43,14 +44,15 @@ def test_word_table_is_complete_for_every_language():
 def test_demo_mixture_has_every_kind_and_100_languages():
     mixture = seqio.get_mixture_or_task(demo.MIXTURE)
     infos = [palimix.tasks.task_info(t.name) for t in mixture.tasks]
-    assert {i.kind for i in infos} == {"caption", "vqa", "ocr", "classification", "translation", "span_corruption", "prefix_lm"}
+    assert {i.kind for i in infos} == {"caption", "vqa", "ocr", "classification", "detection", "translation",
+                                       "span_corruption", "prefix_lm"}
     assert len({code for i in infos for code in i.languages}) >= 100
     assert {i.image_size for i in infos} == {demo.IMAGE_SIZE}
     assert set(mixture.splits) == {"train", "validation"}
 
 
 @pytest.mark.parametrize("task", ["palimix_demo_caption_mul", "palimix_demo_ocr_mul", "palimix_demo_vqa_mul",
-                                  "palimix_demo_span_corruption_mul"])
+                                  "palimix_demo_detection_mul", "palimix_demo_span_corruption_mul"])
 def test_demo_examples_decode_and_fit_the_lengths(task):
     ds = seqio.get_mixture_or_task(task).get_dataset(None, split="validation", shuffle=False, trim_output_features=False)
     examples = list(ds.as_numpy_iterator())
@@ -154,3 +156,98 @@ def test_demo_scene_text_is_what_the_build_script_makes():
         for split in demo.SPLITS:
             stored = [r["text"] for r in texts[split] if r["language"] == lang and "-scene-" in r["id"]]
             assert stored == built[split], (lang, split)
+
+
+def _records(stem, split):
+    with open(os.path.join(demo.data_dir(), f"{stem}.{split}.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def _drawn_box(path):
+    """[y_min, x_min, y_max, x_max] in 0..1 of the pixels that differ from the scene's
+    background (its corner pixel): where the shape is."""
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(path).convert("RGB"), np.int32)
+    shape = np.abs(pixels - pixels[0, 0]).sum(-1) > 60
+    rows, cols = np.nonzero(shape)
+    side = pixels.shape[0]
+    return [rows.min() / side, cols.min() / side, (rows.max() + 1) / side, (cols.max() + 1) / side]
+
+
+@pytest.mark.parametrize("split", demo.SPLITS)
+def test_demo_detection_boxes_are_where_the_shapes_are(split):
+    """Each detection record's box covers its scene's shape (found from the pixels) and
+    its label is the shape's word in the record's language, as classification says."""
+    from palimix import boxes
+
+    table = demo.words()
+    shapes = {lang: {words[s]: s for s in ("circle", "square", "triangle")} for lang, words in table.items()}
+    records = _records("detection", split)
+    assert len({r["language"] for r in records}) == len(table)
+    shape_of = {r["image"]: shapes[r["language"]][r["label"]] for r in _records("classification", split)}
+    checked = 0
+    for r in records:
+        (box,), (label,) = r["boxes"], r["labels"]
+        shape = shapes[r["language"]][label]
+        assert shape_of.get(r["image"], shape) == shape, r
+        checked += r["image"] in shape_of
+        assert boxes.iou(box, _drawn_box(os.path.join(demo.data_dir(), r["image"]))) > 0.8, r
+    assert checked >= 50  # scenes that both files use agree on the shape
+
+
+def test_demo_detection_targets_are_loc_tokens_of_the_box():
+    """The detection task's target is the record's box as four single <loc> ids and the
+    label; the demo vocabulary (every demo task's) has the <loc> tokens."""
+    from palimix import boxes, vocab
+
+    task = seqio.get_mixture_or_task("palimix_demo_detection_mul")
+    vocabulary = task.output_features["targets"].vocabulary
+    assert vocabulary.vocab_size == configs.PALIMIX_LOC_VOCAB_SIZE
+    for other in seqio.get_mixture_or_task(demo.MIXTURE).tasks:
+        assert other.output_features["inputs"].vocabulary == vocabulary, other.name
+    records = {r["id"]: r for r in _records("detection", "validation")}
+    ds = task.get_dataset(None, split="validation", shuffle=False, trim_output_features=False)
+    examples = list(ds.as_numpy_iterator())
+    assert len(examples) == len(records)
+    first_loc = vocabulary.encode(vocab.TOKENSETS["loc"][0])[0]
+    for ex in examples[:50]:
+        record = records[ex["id"].decode()]
+        assert ex["inputs_pretokenized"].decode() == f"detect {record['labels'][0]}"
+        assert ex["targets_pretokenized"].decode() == boxes.to_loc_text(record["boxes"], record["labels"])
+        bins = [round(v * 1023) for v in record["boxes"][0]]
+        assert list(ex["targets"][:4]) == [first_loc + b for b in bins]
+
+
+def test_demo_scenes_and_boxes_are_what_the_build_script_draws():
+    """A few scenes redrawn by the build script: the same PNG bytes and the same box as
+    stored (generated data, never hand-edited)."""
+    import PIL
+
+    info = demo.build_info()
+    if PIL.__version__ != info["versions"]["pillow"]:
+        pytest.skip(f"Pillow {PIL.__version__} here, {info['versions']['pillow']} drew the scenes")
+    script = _build_script()
+    combos = [(c, s, p) for c in script.COLORS for s in script.SHAPES for p in script.POSITIONS]
+    per_combo = script.SCENES_PER_COMBO["validation"]
+    stored = {r["image"]: r["boxes"][0] for r in _records("detection", "validation")}
+    for path, box in sorted(stored.items())[:6]:
+        index = int(os.path.basename(path).split(".")[0])
+        image, drawn = script.draw_scene(*combos[index // per_combo], script.stable_rng("validation", index))
+        assert drawn == box
+        with open(os.path.join(demo.data_dir(), path), "rb") as f:
+            assert script.encode(image, "PNG") == f.read()
+
+
+def test_demo_settings_take_the_model_recipe_and_explicit_values():
+    from palimix.errors import UsageError
+    from palimix.runner.demo import RECIPES, DemoSettings
+
+    assert set(RECIPES) == {"tiny", "tiny_decoder"}
+    for name in RECIPES:
+        assert configs.get(name).vocab_size >= demo.vocabulary().vocab_size  # the demo's <loc> vocabulary fits
+    assert DemoSettings(model="tiny_decoder").recipe() == RECIPES["tiny_decoder"]
+    mine = DemoSettings(model="tiny_decoder", steps=7, learning_rate=0.5).recipe()
+    assert (mine.steps, mine.learning_rate, mine.batch_size) == (7, 0.5, RECIPES["tiny_decoder"].batch_size)
+    with pytest.raises(UsageError, match="tiny_decoder"):
+        DemoSettings(model="tiny_decodr").recipe()

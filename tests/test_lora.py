@@ -88,8 +88,9 @@ def test_adapters_sit_beside_the_chosen_targets(name, overrides):
     layer = f"encoder/{stack}/attention" if name == "tiny" else f"llm/{stack}/attn"
     assert f"{layer}/lora_q/a" in names and f"{layer}/lora_k/a" not in names
     flat = dict(zip(names, jax.tree_util.tree_leaves(shapes)))
-    # Scanned: one adapter per layer, stacked like the weights (2 layers).
-    assert flat[f"{layer}/lora_q/a"].shape == ((2,) if scanned else ()) + (64, 3)
+    # Scanned: one adapter per layer, stacked like the weights.
+    depth = config.text.num_encoder_layers if name == "tiny" else config.llm.depth
+    assert flat[f"{layer}/lora_q/a"].shape == ((depth,) if scanned else ()) + (64, 3)
 
 
 def test_mblip_selection_trains_only_adapters_and_bridge():

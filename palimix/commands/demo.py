@@ -5,14 +5,19 @@ HELP = ("Train a tiny PaLI on palimix_demo (every kind, 100+ languages), evaluat
 
 
 def configure(parser):
-    from palimix.runner.demo import DemoSettings
+    from palimix.runner.demo import RECIPES, DemoSettings
 
     d = DemoSettings()
     parser.add_argument("--model_dir", default=d.model_dir, help=f"run folder (default {d.model_dir}); "
                         "an existing run there is resumed")
-    parser.add_argument("--steps", type=int, default=d.steps, help=f"training steps (default {d.steps})")
-    parser.add_argument("--batch_size", type=int, default=d.batch_size)
-    parser.add_argument("--learning_rate", type=float, default=d.learning_rate)
+    parser.add_argument("--model", default=d.model, choices=sorted(RECIPES),
+                        help=f"the model to train (default {d.model}: the encoder-decoder; tiny_decoder: the "
+                        "decoder-only network)")
+    parser.add_argument("--steps", type=int, help="training steps (default: the model's recipe, "
+                        + ", ".join(f"{name} {r.steps}" for name, r in RECIPES.items()) + ")")
+    parser.add_argument("--batch_size", type=int, help="default: the model's recipe")
+    parser.add_argument("--learning_rate", type=float, help="default: the model's recipe")
+    parser.add_argument("--warmup_steps", type=int, help="default: the model's recipe")
     parser.add_argument("--eval_examples", type=int, default=d.eval_examples_per_task,
                         help="at most this many validation examples per task (default: all)")
     parser.add_argument("--seed", type=int, default=d.seed)
@@ -28,13 +33,13 @@ def run(args) -> int:
     from palimix.runner.config import enable_compilation_cache
     from palimix.runner.demo import DemoSettings, format_table, run_demo
 
-    for name in ("steps", "batch_size", "eval_examples"):
+    for name in ("steps", "batch_size", "learning_rate", "eval_examples"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise UsageError(f"--{name} must be positive, got {getattr(args, name)}.")
     enable_compilation_cache()
     summary = run_demo(DemoSettings(
-        model_dir=args.model_dir, steps=args.steps, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, eval_examples_per_task=args.eval_examples, seed=args.seed,
+        model_dir=args.model_dir, model=args.model, steps=args.steps, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, warmup_steps=args.warmup_steps, eval_examples_per_task=args.eval_examples, seed=args.seed,
         progress=not args.no_progress,
         kinds=tuple(k.strip() for k in args.kinds.split(",") if k.strip()) if args.kinds else ()))
     details = summary.pop("_details")

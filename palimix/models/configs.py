@@ -32,6 +32,10 @@ MT5_VOCAB_SIZE = 250112
 # already a multiple of 128. The runner and T5X both build the size a config names, and
 # both refuse a vocabulary larger than it (bind `configs.get.vocab_size` for another one).
 PALIMIX_VOCAB_SIZE = 8192
+# ... plus PaliGemma's 1,024 <loc> tokens (`vocab.default_vocabulary(tokensets=("loc",))`,
+# 9,216 ids): the demo's vocabulary (its detection kind), which the tiny models embed
+# (the plain 8,192-id vocabulary fits them too).
+PALIMIX_LOC_VOCAB_SIZE = 9216
 
 
 # Gemma's SentencePiece (256000 pieces) + PaliGemma's 1024 <locNNNN> and 128 <segNNN> tokens.
@@ -350,7 +354,7 @@ TEXT_SIZES = {
 # num_kv_heads, head_dim. `tiny` (grouped-query: 2 kv heads for 4 query heads) is for
 # tests and the CPU demo.
 GEMMA_SIZES = {
-    "tiny": (64, 2, 128, 4, 2, 16),
+    "tiny": (64, 4, 128, 4, 2, 16),
     "gemma_2b": (2048, 18, 16384, 8, 1, 256),
     "gemma_7b": (3072, 28, 24576, 16, 16, 256),
 }
@@ -360,15 +364,15 @@ GEMMA_SIZES = {
 # pali, `llm` for paligemma), vocabulary, image size.
 MODELS = {
     # 64x64 images, 16 image tokens, width 64, 2 layers a side: trains in minutes on CPU.
-    "tiny": dict(family="pali", vit="tiny/16", text="tiny", vocab_size=PALIMIX_VOCAB_SIZE, image_size=64),
+    "tiny": dict(family="pali", vit="tiny/16", text="tiny", vocab_size=PALIMIX_LOC_VOCAB_SIZE, image_size=64),
     "small": dict(family="pali", vit="S/16", text="mt5_small", vocab_size=PALIMIX_VOCAB_SIZE, image_size=224),
     "base": dict(family="pali", vit="B/16", text="mt5_base", vocab_size=MT5_VOCAB_SIZE, image_size=224),
     # The PaLI paper's models (Chen et al. 2022, Table 1), at the 224px pretraining size.
     "pali_3b": dict(family="pali", vit="G/14", text="mt5_large", vocab_size=MT5_VOCAB_SIZE, image_size=224),
     "pali_15b": dict(family="pali", vit="G/14", text="mt5_xxl", vocab_size=MT5_VOCAB_SIZE, image_size=224),
     "pali_17b": dict(family="pali", vit="e/14", text="mt5_xxl", vocab_size=MT5_VOCAB_SIZE, image_size=224),
-    # The tiny ViT in front of a 2-layer, width-64 Gemma: the decoder-only demo model.
-    "tiny_decoder": dict(family="paligemma", vit="tiny/16", llm="tiny", vocab_size=PALIMIX_VOCAB_SIZE,
+    # The tiny ViT in front of a 4-layer, width-64 Gemma: the decoder-only demo model.
+    "tiny_decoder": dict(family="paligemma", vit="tiny/16", llm="tiny", vocab_size=PALIMIX_LOC_VOCAB_SIZE,
                          image_size=64),
     # PaliGemma (big_vision configs/proj/paligemma): SigLIP So400m/14 at 224 px, Gemma-2B.
     "paligemma_3b": dict(family="paligemma", vit="So400m/14", llm="gemma_2b", vocab_size=GEMMA_VOCAB_SIZE,

@@ -14,11 +14,17 @@ the tiny model learns in the demo's budget (one UDHR text per language it does n
 |---|---|---|---|
 | palimix_demo_caption | caption | 25 | 1200 / 200 |
 | palimix_demo_vqa | vqa (colour, shape, position) | 25 | 1800 / 300 |
-| palimix_demo_classification | classification (3 shapes, listed) | 25 | 600 / 150 |
+| palimix_demo_classification | classification (3 shapes, listed) | 25 | 600 / 600 |
+| palimix_demo_detection | detection ("detect <shape>" -> its `<loc>` box, labelled in the language) | 25 | 1200 / 600 |
 | palimix_demo_ocr | ocr (Latin, Cyrillic, Greek, Arabic, Devanagari, Thai) | 13 | 546 / 91 |
 | palimix_demo_translation | translation from English | 24 | 480 / 72 |
 | palimix_demo_span_corruption | span_corruption (one multilingual task, `_mul`) | 138 | 2265 / 476 |
 | palimix_demo_prefix_lm | prefix_lm (text only; one multilingual task) | 138 | 2265 / 476 |
+
+Every demo task tokenizes with `vocabulary()`: the shipped SentencePiece model plus
+PaliGemma's 1,024 `<loc>` tokens (the detection targets; `palimix.vocab`), 9,216 ids
+(`VOCAB_SIZE`, the vocab_size of the tiny configs). Other text tokenizes as with
+the plain model; only the span-corruption sentinels' ids move up by 1,024.
 
 Each kind is ONE multilingual task, `palimix_demo_<kind>_mul` (`per_language=False`):
 every example is prompted in its record's language, `palimix eval` scores each
@@ -50,7 +56,8 @@ PREFIX = "palimix_demo_"
 # Sub-mixture per kind (evaluate these, or their per-language tasks).
 KIND_MIXTURES = {
     kind: PREFIX + kind
-    for kind in ("caption", "vqa", "ocr", "classification", "translation", "span_corruption", "prefix_lm")
+    for kind in ("caption", "vqa", "ocr", "classification", "detection", "translation", "span_corruption",
+                 "prefix_lm")
 }
 # Share of each kind in palimix_demo: the image kinds the demo must learn get most of it.
 KIND_RATES = {
@@ -58,6 +65,7 @@ KIND_RATES = {
     "vqa": 0.25,
     "ocr": 0.2,
     "classification": 0.1,
+    "detection": 0.2,
     "translation": 0.15,
     "span_corruption": 0.05,
     "prefix_lm": 0.05,
@@ -71,6 +79,8 @@ INPUTS_LENGTH = 64
 TARGETS_LENGTH = 32
 TASK_FEATURE_LENGTHS = task_feature_lengths(INPUTS_LENGTH, TARGETS_LENGTH, IMAGE_SIZE)
 SPLITS = ("train", "validation")
+# The demo's vocabulary: palimix's shipped model plus these tokensets (palimix.vocab).
+TOKENSETS = ("loc",)
 # Prefix LM: at most this many words (characters in unsegmented scripts) to predict.
 PREFIX_LM_TARGET_UNITS = 3
 
@@ -95,6 +105,48 @@ def build_info() -> dict:
         return json.load(f)
 
 
+def vocabulary():
+    """The demo tasks' vocabulary (not gin's: the demo data is tokenized one way)."""
+    from palimix import vocab
+
+    return vocab.load_vocabulary(tokensets=TOKENSETS)
+
+
+def _detection_source():
+    """detection.{split}.jsonl as a seqio source of palimix records (id, language,
+    image/path, image/encoded) with `boxes` (float32 [n, 4]) and `labels` [n]: the
+    detection kind's fields, which `sources.JsonLines` (text fields only) does not read."""
+    import seqio
+
+    root = data_dir()
+    records = {split: _read_jsonl(os.path.join(root, f"detection.{split}.jsonl")) for split in SPLITS}
+
+    def dataset(split, shuffle_files=False, seed=None):
+        import tensorflow as tf
+
+        lines = records[split]
+        columns = {
+            "id": [r["id"] for r in lines],
+            "language": [r["language"] for r in lines],
+            "image/path": [os.path.join(root, r["image"]) for r in lines],
+            "labels": tf.ragged.constant([r["labels"] for r in lines], dtype=tf.string),
+            "boxes": tf.ragged.constant([r["boxes"] for r in lines], dtype=tf.float32, ragged_rank=1),
+        }
+        ds = tf.data.Dataset.from_tensor_slices(columns)
+        if shuffle_files:
+            ds = ds.shuffle(len(lines), seed=seed)
+        return ds.map(lambda r: {**r, "image/encoded": tf.io.read_file(r["image/path"])},
+                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    return seqio.FunctionDataSource(dataset, splits=SPLITS,
+                                    num_input_examples={split: len(lines) for split, lines in records.items()})
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def _source(stem: str, fields: dict[str, str]):
     from palimix import sources
 
@@ -114,7 +166,7 @@ def register(overwrite: bool = False) -> None:
     table = words()
     word_languages = info["word_table_languages"]
     # One multilingual task per kind (see the module docstring for why).
-    common = dict(image_size=IMAGE_SIZE, overwrite=overwrite, per_language=False)
+    common = dict(image_size=IMAGE_SIZE, overwrite=overwrite, per_language=False, vocabulary=vocabulary())
     add_task(KIND_MIXTURES["caption"], kind="caption", source=_source("caption", {"captions": "captions"}),
              languages=word_languages, **common)
     add_task(KIND_MIXTURES["vqa"], kind="vqa", source=_source("vqa", {"question": "question", "answers": "answers"}),
@@ -122,6 +174,8 @@ def register(overwrite: bool = False) -> None:
     add_task(KIND_MIXTURES["classification"], kind="classification", source=_source("classification", {"label": "label"}),
              languages=word_languages, classes={lang: [table[lang][s] for s in ("circle", "square", "triangle")]
                                                 for lang in word_languages}, **common)
+    add_task(KIND_MIXTURES["detection"], kind="detection", source=_detection_source(), languages=word_languages,
+             **common)
     add_task(KIND_MIXTURES["ocr"], kind="ocr", source=_source("ocr", {"text": "text"}),
              languages=info["ocr_languages"], **common)
     add_task(KIND_MIXTURES["translation"], kind="translation",
