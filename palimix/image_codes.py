@@ -79,11 +79,18 @@ def parse_code_text(text) -> list[int]:
 
 def image_code_accuracy(targets, predictions) -> dict[str, float]:
     """{"code_accuracy"} of code texts (palimix.metrics.codes.code_accuracy): a prediction
-    that is not code text scores 0 at every position of its target."""
+    that is not code text scores 0 at every position of its target. A target given as a
+    list of references (as seqio may pass them) is scored by its first; targets without
+    any code (no image kind makes them) score 0, as detection scores targets without boxes."""
     import numpy as np
 
-    parse = lambda texts: [np.asarray(parse_code_text(t), np.int64) for t in texts]  # noqa: E731
-    return code_accuracy(parse(targets), parse(predictions))
+    from palimix.metrics import _inputs
+
+    targets, predictions = _inputs.check_pairs("code_accuracy", targets, predictions)
+    wanted = [np.asarray(parse_code_text((_inputs.as_references(t) or [""])[0]), np.int64) for t in targets]
+    if not any(len(w) for w in wanted):
+        return {"code_accuracy": 0.0}
+    return code_accuracy(wanted, [np.asarray(parse_code_text(p), np.int64) for p in predictions])
 
 
 # --- the kinds' stages (TensorFlow) ------------------------------------------------------
