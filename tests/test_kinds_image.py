@@ -213,3 +213,29 @@ def test_encode_images_names_a_missing_image(tmp_path, tokenizer_dir, capsys):
     code = cli.main(["encode-images", str(path), "--tokenizer", str(directory), "--out", str(tmp_path / "o.jsonl")])
     assert code != 0 and not (tmp_path / "o.jsonl").exists()
     assert "lines.jsonl: line with id gone: image file not found" in capsys.readouterr().err
+
+
+# --- training through the runner --------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["tiny", "tiny_decoder"])
+def test_a_mixture_of_both_kinds_trains_through_the_runner(codes_file, with_img, tmp_path, model):
+    from palimix.mixtures import add_mixture
+    from palimix.models import configs
+    from palimix.runner.train import TrainConfig, train
+
+    source = JsonLines(str(codes_file), str(codes_file.parent / "img"))
+    add_task("tk_t2i", kind="text_to_image", source=source, languages=["en"], image_size=16, vocabulary=with_img)
+    add_task("tk_prefix", kind="prefix_image", source=source, languages=["en"], image_size=16, vocabulary=with_img)
+    add_mixture("tk_image_mix", ["tk_t2i_en", "tk_prefix_en"])
+    try:
+        config = TrainConfig(mixture_or_task_name="tk_image_mix", model_dir=str(tmp_path / "run"), model=model,
+                             model_overrides={"vocab_size": configs.round_vocab_size(with_img.vocab_size),
+                                              "image_size": 16},
+                             task_feature_lengths=LENGTHS, batch_size=4, train_steps=2, warmup_steps=1,
+                             checkpoint_every=2, log_every=1, progress=False, input_mode="memory")
+        result = train(config)
+    finally:
+        seqio.MixtureRegistry.remove("tk_image_mix")
+    assert result.step == 2 and np.isfinite(result.last_loss)
