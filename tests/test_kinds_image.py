@@ -239,3 +239,61 @@ def test_a_mixture_of_both_kinds_trains_through_the_runner(codes_file, with_img,
     finally:
         seqio.MixtureRegistry.remove("tk_image_mix")
     assert result.step == 2 and np.isfinite(result.last_loss)
+
+
+# --- T5X ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.t5x
+@pytest.mark.slow
+def test_t5x_model_trains_on_and_decodes_image_targets(codes_file, with_img):
+    """The task's batches through palimix's feature converter into T5X's PaliModel: the loss of
+    image targets, and greedy decoding whose text parses back to codes and scores."""
+    pytest.importorskip("t5x", reason="T5X is not installed (pip install '.[t5x]')")
+    from t5x import adafactor, decoding
+
+    from palimix.models import configs, networks, pali, t5x_model
+
+    source = JsonLines(str(codes_file), str(codes_file.parent / "img"))
+    add_task("tk_prefix", kind="prefix_image", source=source, languages=["en"], image_size=16, vocabulary=with_img)
+    config = configs.get("tiny", vocab_size=configs.round_vocab_size(with_img.vocab_size), image_size=16)
+    task = seqio.get_mixture_or_task("tk_prefix_en")
+    converted = networks.feature_converter(config)(task.get_dataset(LENGTHS, split="train", shuffle=False), LENGTHS)
+    batch = next(converted.batch(4).as_numpy_iterator())
+    optimizer = adafactor.Adafactor(logical_factor_rules=t5x_model.pali_logical_factor_rules())
+    model = t5x_model.PaliModel(pali.Pali(config), with_img, with_img, optimizer, decode_fn=decoding.temperature_sample)
+    shapes = {k: v.shape for k, v in batch.items()}
+    types = {k: v.dtype for k, v in batch.items()}
+    params = jax.jit(lambda rng: model.get_initial_variables(rng, shapes, types))(jax.random.PRNGKey(0))["params"]
+    loss, _ = jax.jit(lambda p, b: model.loss_fn(p, b, None))(params, batch)
+    assert np.isfinite(loss) and loss > 0
+    greedy = {"temperature": 0.0, "eos_id": with_img.vocab_size + 1}  # no EOS: every position decoded
+    decodes, _ = jax.jit(lambda p, b: model.predict_batch_with_aux(p, b, decoder_params=greedy))(params, batch)
+    assert np.asarray(decodes).shape == (4, LENGTHS["targets"])
+    decodes = [_until_eos(row) for row in np.asarray(decodes)]  # (as seqio's decode reads them)
+    # Decoded text parses back to the ids' codes: code k is id SHIPPED_PIECES + 1 + k.
+    for row in decodes:
+        ids = [int(i) for i in row if SHIPPED_PIECES < i <= SHIPPED_PIECES + 1024]
+        assert image_codes.parse_code_text(with_img.decode(row)) == [i - SHIPPED_PIECES - 1 for i in ids]
+    targets = [with_img.decode([int(i) for i in row if i > 1]) for row in batch["decoder_target_tokens"]]
+    assert all(t.startswith("<img><img") for t in targets)
+    (metric,) = kinds.get("prefix_image").metric_fns("en")
+    predictions = [with_img.decode(row) for row in decodes]
+    expected = _id_accuracy(batch["decoder_target_tokens"], decodes)
+    assert metric(targets, predictions)["code_accuracy"] == pytest.approx(expected)
+
+
+def _until_eos(row):
+    ids = [int(i) for i in row]
+    return ids[:ids.index(1)] if 1 in ids else ids
+
+
+def _id_accuracy(target_ids, predicted_ids):
+    """Code accuracy computed on ids: the codes of each row (ids after <img>), compared position by position."""
+    hits = total = 0
+    for target, predicted in zip(target_ids, predicted_ids):
+        wanted = [i for i in target if SHIPPED_PIECES < i <= SHIPPED_PIECES + 1024]
+        found = [i for i in predicted if SHIPPED_PIECES < i <= SHIPPED_PIECES + 1024]
+        hits += sum(w == f for w, f in zip(wanted, found))
+        total += len(wanted)
+    return 100.0 * hits / total
