@@ -83,6 +83,14 @@ def test_img_tokens_are_single_ids_after_the_shipped_pieces(with_img):
     assert with_img.decode(with_img.encode(text)) == text
 
 
+def test_one_vocabulary_holds_box_and_image_tokens_for_one_mixture():
+    both = vocab.default_vocabulary(tokensets=("loc", "img"))
+    assert both.vocab_size == SHIPPED_PIECES + 1024 + 1025 + vocab.EXTRA_IDS
+    assert both.encode("<loc0000><img><img0005>") == [SHIPPED_PIECES, SHIPPED_PIECES + 1024, SHIPPED_PIECES + 1030]
+    for name in ("detection", "text_to_image", "prefix_image"):
+        kinds.check_vocabulary(kinds.get(name), both, "mixed")  # no error
+
+
 def test_code_text_round_trips_and_bad_codes_are_refused():
     assert image_codes.parse_code_text(image_codes.to_code_text(_codes(3))) == _codes(3)
     assert image_codes.parse_code_text(b"a picture <img0012> then <img99> and <img0001>") == [12, 1]
