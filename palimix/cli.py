@@ -40,6 +40,7 @@ COMMANDS = {
     "convert-checkpoint": "convert_checkpoint",
     "export": "export",
     "train-tokenizer": "train_tokenizer",
+    "encode-images": "encode_images",
     "gin-path": "gin_path",
 }
 # Commands that never load TensorFlow or JAX: nothing to quiet, and they stay fast.

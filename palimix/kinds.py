@@ -14,12 +14,15 @@ example and how its predictions are scored:
 | prefix_lm | text | prefix_lm {text} | the continuation | chrf, bleu | most frequent of the task |
 | detection | boxes [n][4], labels [n] | detection {objects} | `<loc>` boxes with labels | detection_f1, detection_map50 | most frequent, per language |
 | referring | box [4], expression | referring {expression} | `<loc>` box with the expression | referring_accuracy, mean_iou | most frequent, per language |
+| text_to_image | codes [h*w], captions [n] | text_to_image {description} (blank image) | `<img>` + every code | code_accuracy | most frequent of the task |
+| prefix_image | codes [h*w], captions [n] | prefix_image {description} (top k/h of the image) | `<img>` + the codes of rows k.. | code_accuracy | most frequent of the task |
 
 Readers: `palimix.prompts` (which template kinds exist and their placeholders),
 `palimix.preprocessors.prompts.build_example` (fields, references, target, prompt
 fields, text preprocessing), `palimix.tasks.registry.add_task` (per-kind options,
 whether records carry images, metrics), `palimix.runner.demo` (baselines) and
-reports (`primary_metric`). A new kind (text-to-image next; detection and referring were added so) is a new entry.
+reports (`primary_metric`). A new kind is a new entry (detection, referring and the
+image-generation kinds were added so: palimix.boxes, palimix.image_codes).
 
 This module imports no TensorFlow and no model code: the listing commands and the
 prompt module read it; the text preprocessing adapters import TensorFlow when a task
@@ -38,6 +41,7 @@ from palimix.errors import UsageError, close_matches_hint
 from palimix.metrics.anls import anls
 from palimix.metrics.bleu import bleu
 from palimix.metrics.cider import cider
+from palimix.image_codes import image_code_accuracy
 from palimix.metrics.detection import detection_f1, detection_map, referring_accuracy
 from palimix.metrics.rouge import rouge_l
 from palimix.metrics.text import accuracy, chrf, exact_match, sacrebleu_bleu
@@ -76,6 +80,7 @@ class Kind:
     score_all_references: bool = False  # Metrics score against every reference, not the target.
     images: bool = True  # Whether records carry images by default (else a blank image).
     text_stage: Callable | None = None  # fn(dataset, segmentation, options) run before the prompt.
+    image_stage: Callable | None = None  # fn(dataset, options) run after image decoding (real images only).
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # add_task options and defaults.
     prepare_options: Callable | None = None  # fn(group, options, source, code or codes) -> options.
     metrics: tuple[Metric, ...] = ()  # Primary metric's function first.
@@ -135,6 +140,24 @@ def _referring_stage(dataset, segmentation, options):
     from palimix import boxes
 
     return boxes.referring_targets(dataset)
+
+
+def _text_to_image_stage(dataset, segmentation, options):
+    from palimix import image_codes
+
+    return image_codes.text_to_image_targets(dataset)
+
+
+def _prefix_image_stage(dataset, segmentation, options):
+    from palimix import image_codes
+
+    return image_codes.prefix_image_targets(dataset)
+
+
+def _prefix_image_mask(dataset, options):
+    from palimix import image_codes
+
+    return image_codes.prefix_image_masked(dataset)
 
 
 def _translation_options(group, options, source, codes):
@@ -218,6 +241,19 @@ _KINDS = (
          templates={"referring": ("expression",)}, prompt_fields={"expression": "expression"},
          required_text=("expression",), text_stage=_referring_stage, tokensets=("loc",),
          metrics=(Metric(referring_accuracy),), primary_metric="referring_accuracy"),
+    # DaVinci's generative objectives (palimix.image_codes): targets are the image's VQGAN
+    # codes (the record's `codes`, from `palimix encode-images`) as <img> tokens, which the
+    # vocabulary must hold as single ids. text_to_image has no image (blank); prefix_image
+    # shows the top k of h code rows of the image and asks for the rest.
+    Kind("text_to_image", fields=("codes", "captions"), references="targets", many_references=False, target=FIRST,
+         templates={"text_to_image": ("description",)}, prompt_fields={"description": "caption"},
+         required_text=("caption",), images=False, text_stage=_text_to_image_stage, tokensets=("img",),
+         metrics=(Metric(image_code_accuracy),), primary_metric="code_accuracy", baseline=MOST_FREQUENT_OF_TASK),
+    Kind("prefix_image", fields=("codes", "captions"), references="targets", many_references=False, target=FIRST,
+         templates={"prefix_image": ("description",)}, prompt_fields={"description": "caption"},
+         required_text=("caption",), text_stage=_prefix_image_stage, image_stage=_prefix_image_mask,
+         tokensets=("img",),
+         metrics=(Metric(image_code_accuracy),), primary_metric="code_accuracy", baseline=MOST_FREQUENT_OF_TASK),
 )
 KINDS: dict[str, Kind] = {kind.name: kind for kind in _KINDS}
 NAMES: tuple[str, ...] = tuple(KINDS)
@@ -247,8 +283,8 @@ def kind_options(kind: Kind, group: str, given: Mapping[str, Any]) -> dict[str, 
 
 def check_vocabulary(kind: Kind, vocabulary, group: str) -> None:
     """UsageError unless `vocabulary` encodes every token of the kind's tokensets as one
-    id: a <loc> token spelled as several pieces would make box targets long and the
-    coordinates unlearnable as classes."""
+    id: a <loc> or <img> token spelled as several pieces would make targets long and the
+    coordinates or codes unlearnable as classes."""
     if not kind.tokensets:
         return
     from palimix import vocab

@@ -41,6 +41,10 @@ gs://big_vision/gemma_tokenizer.model -- the tokens are added to either, as big_
     palimix.vocab.default_vocabulary.extra_ids = 0
     palimix.vocab.default_vocabulary.tokensets = ("loc", "seg")
 
+`default_vocabulary(tokensets=("img",))` adds `<img>` and `<img0000>`..`<img1023>` for the
+image-generation kinds (text_to_image, prefix_image): 8,092 + 1,025 pieces + 100 extra ids
+= 9,217 ids.
+
 `tokensets` works on any model: `default_vocabulary(tokensets=("loc",))` is the shipped
 vocabulary with the `<loc>` tokens for the detection kind (8,092 + 1,024 pieces, then the
 100 extra ids: 9,216 ids, so a model for it needs vocab_size=9216). Each token is one
@@ -73,6 +77,9 @@ PALIGEMMA_VOCABULARY_PATH = "gs://big_vision/paligemma_tokenizer.model"
 TOKENSETS = {
     "loc": tuple(f"<loc{i:04d}>" for i in range(1024)),
     "seg": tuple(f"<seg{i:03d}>" for i in range(128)),
+    # Image targets (palimix.image_codes): the image-begin token, then one token per code
+    # of a VQGAN codebook of up to 1024 codes (DaVinci's; palimix.models.vqgan).
+    "img": ("<img>",) + tuple(f"<img{i:04d}>" for i in range(1024)),
 }
 
 

@@ -291,6 +291,8 @@ def build_example(
 
         decoder = image_preprocessors.ImageDecoder(image_size=image_size, strict=strict_images, task_name=task_name)
         dataset = decoder.decode(dataset)
+        if entry.image_stage is not None:  # (e.g. prefix_image's mask; a blank image has nothing to change)
+            dataset = entry.image_stage(dataset, options)
     finish = text_preprocessors.tokenize_and_append_eos_fn(output_features, sequence_length) if tokenize else None
     build = _example_builder(entry, codes, style, options, task_name=task_name, finish=finish,
                              blank_image_size=image_size if blank_image else None,

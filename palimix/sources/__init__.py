@@ -14,6 +14,7 @@ Every source yields raw records with these keys (the contract with `palimix.task
 | `text` | string | OCR text (JsonLines, WebDataset, Tfds mappings) |
 | `boxes`, `labels` | float32 [n, 4], string [n] | detection: boxes [y_min, x_min, y_max, x_max] in 0..1 and their class names (CocoDetection, JsonLines) |
 | `box`, `expression` | float32 [4], string | referring expressions: one box and the sentence naming it (RefCoco, JsonLines) |
+| `codes` | int32 [h*w] | the image's VQGAN code grid, row by row (JsonLines; written by `palimix encode-images`): text_to_image, prefix_image |
 | `english` | string [n] | optional: a translated record's English references (MblipTaskFile of palimix.translate output, JsonLines); `add_task(english_answer_share=...)` answers some examples with them |
 
 Each source knows its `splits` and `num_input_examples(split)` (mixture rates), reads

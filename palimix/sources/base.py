@@ -31,7 +31,10 @@ TEXT_FIELDS = LIST_FIELDS + STRING_FIELDS
 # boxes (float32 [n, 4] per record, with `labels`), `box` exactly one (float32 [4]).
 BOXES_FIELD, BOX_FIELD = "boxes", "box"
 BOX_FIELDS = (BOXES_FIELD, BOX_FIELD)
-KIND_FIELDS = TEXT_FIELDS + BOX_FIELDS
+# Image codes (palimix.image_codes): a VQGAN's code grid of the record's image, row by
+# row (int32 [h*w] per record), written next to the records by `palimix encode-images`.
+CODES_FIELD = "codes"
+KIND_FIELDS = TEXT_FIELDS + BOX_FIELDS + (CODES_FIELD,)
 # Keys every record has.
 COMMON_KEYS = ("id", "image/encoded", "image/path", "language")
 
@@ -86,6 +89,9 @@ def check_fields(fields: Iterable[str], known: Sequence[str] = KIND_FIELDS) -> t
     if boxes:
         raise UsageError(f"This source reads text fields only, not {boxes}; box fields come from JsonLines, "
                          f"CocoDetection and RefCoco.")
+    if CODES_FIELD in fields and CODES_FIELD not in known:
+        raise UsageError(f"This source reads text fields only, not {CODES_FIELD!r}; image codes come from "
+                         f"JsonLines (files written by `palimix encode-images`).")
     unknown = [f for f in fields if f not in known]
     if unknown:
         raise UsageError(f"Unknown record field(s) {unknown}; sources yield {', '.join(known)}.")
@@ -166,6 +172,10 @@ def records_dataset(records: Sequence[Mapping], fields: Sequence[str], exists: S
     for key in fields:
         if key in BOX_FIELDS:
             columns[key] = _box_column(records, key)
+        elif key == CODES_FIELD:
+            columns[key] = tf.RaggedTensor.from_row_lengths(
+                tf.constant([c for r in records for c in r[key]], tf.int32, shape=[sum(len(r[key]) for r in records)]),
+                tf.constant([len(r[key]) for r in records], tf.int64, shape=[len(records)]))
         elif key in LIST_FIELDS:
             values = [v for r in records for v in r[key]]
             lengths = [len(r[key]) for r in records]

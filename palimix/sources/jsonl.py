@@ -25,6 +25,10 @@ class JsonLines(base.RecordSource):
     outside 0..1 (pixels?) or has a minimum above its maximum, and a boxes/labels
     count mismatch, are UsageErrors naming the file and line when the file is read.
 
+    `"codes": [...]` is the image's VQGAN code grid, row by row (`palimix encode-images`
+    writes it; the text_to_image and prefix_image kinds read it): a square number of
+    integers in 0..1023, else a UsageError naming the file and line.
+
     `fields` maps palimix's names to the file's keys where they differ, e.g.
     `{"image": "file_name", "captions": "sentences", "id": "image_id"}`. Without
     a kind field in `fields`, every kind field that occurs in the file is used.
@@ -100,6 +104,8 @@ class JsonLines(base.RecordSource):
             return _boxes(value, f"{where}: {self.mapping[key]!r}")
         if key == base.BOX_FIELD:
             return _box(value, f"{where}: {self.mapping[key]!r}")
+        if key == base.CODES_FIELD:
+            return _codes(value, f"{where}: {self.mapping[key]!r}")
         return base.as_strings(value) if key in base.LIST_FIELDS else base.as_string(value)
 
 
@@ -120,6 +126,18 @@ def _boxes(value, where: str) -> list[list[float]]:
     if not isinstance(value, list):
         raise base.UsageError(f"{where}: {value!r} is not a list of boxes [[y_min, x_min, y_max, x_max], ...].")
     return [_box(box, f"{where} box {i}") for i, box in enumerate(value)]
+
+
+def _codes(value, where: str) -> list[int]:
+    """An image's code grid (missing: none, and the kinds leave the record out)."""
+    from palimix import image_codes
+
+    if value is None:
+        return []
+    try:
+        return image_codes.check_codes(value)
+    except image_codes.CodesError as e:
+        raise base.UsageError(f"{where}: {e}") from None
 
 
 def _check_counts(record: dict, where: str) -> None:
