@@ -5,27 +5,13 @@ the same tasks the encoder-decoder trains on (no change to tasks or mixtures).""
 import json
 import os
 
-import gin
 import pytest
 
 from palimix import cli
 
+from tests.runner_env import clean_gin, runner_environment  # noqa: F401  (autouse fixtures)
+
 LENGTHS = "inputs=8,targets=8,image=32"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _environment(tmp_path_factory):
-    # Once per process: the fixture module writes its images on first import, there.
-    os.environ.setdefault("PALIMIX_RUNNER_FIXTURE_DIR", str(tmp_path_factory.mktemp("fixture_images")))
-    os.environ["PALIMIX_COMPILATION_CACHE"] = str(tmp_path_factory.mktemp("jax_cache"))
-    import tests.runner_fixture_tasks  # noqa: F401  (registers runner_fixture_colors)
-
-
-@pytest.fixture(autouse=True)
-def _clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
 
 
 def _train(model_dir, *extra):

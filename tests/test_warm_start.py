@@ -6,9 +6,7 @@ differently seeded network. Runs train one step of one parameter (`TRAINED`; the
 frozen), so the other saved step-1 parameters are exactly the ones the run started from."""
 
 import json
-import os
 
-import gin
 import jax
 import numpy as np
 import pytest
@@ -19,24 +17,11 @@ from palimix.models import checkpoints, configs, networks
 
 pytestmark = pytest.mark.slow
 
+from tests.runner_env import clean_gin, runner_environment  # noqa: F401  (autouse fixtures)
+
 LENGTHS = "inputs=8,targets=8,image=32"
 IMAGE_SIZE = 32
 TRAINED = "llm/final_norm/scale"  # the one parameter the runs train (none is refused)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _environment(tmp_path_factory):
-    # Once per process: the fixture module writes its images on first import, there.
-    os.environ.setdefault("PALIMIX_RUNNER_FIXTURE_DIR", str(tmp_path_factory.mktemp("fixture_images")))
-    os.environ["PALIMIX_COMPILATION_CACHE"] = str(tmp_path_factory.mktemp("jax_cache"))
-    import tests.runner_fixture_tasks  # noqa: F401  (registers runner_fixture_colors)
-
-
-@pytest.fixture(autouse=True)
-def _clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
 
 
 def _train(model_dir, *extra):

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 
-import tensorflow as tf
-
 from palimix import boxes as box_text
-from palimix.sources import base
+from palimix.sources import base, lines
 
 # Output keys other than the kind fields that `fields` may rename.
 _SPECIAL = ("id", "image", "language")
@@ -61,13 +58,7 @@ class JsonLines(base.RecordSource):
         return f"JsonLines({self.path!r})"
 
     def _lines(self):
-        with tf.io.gfile.GFile(self.path, "r") as f:
-            for number, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        yield number, json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise base.UsageError(f"{self.path}:{number}: not valid JSON ({e}).") from None
+        return lines.json_lines(self.path)
 
     def _kind_fields_in_file(self) -> list[str]:
         found = set()
