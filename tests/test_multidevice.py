@@ -247,3 +247,17 @@ def test_optimizer_state_is_placed_like_its_parameters():
     adam = partitioning.like_params(jax.eval_shape(optax.adam(1e-3).init, params), params, shardings, replicated)
     assert adam[0].mu["dense"]["kernel"] == split and adam[0].nu["dense"]["kernel"] == split
     assert adam[0].count == replicated
+
+
+@pytest.mark.parametrize("recorded,batch,devices,expected", [
+    (None, 1, 8, {"data": 1, "model": 1}),            # one request on 8 devices: one of them
+    (None, 32, 8, {"data": 8, "model": 1}),
+    (None, 12, 8, {"data": 4, "model": 1}),           # the largest split of the batch
+    ({"data": 2, "model": 4}, 8, 8, {"data": 2, "model": 4}),
+    ({"data": 2, "model": 4}, 1, 8, {"data": 1, "model": 4}),
+    ({"data": 2, "model": 4}, 8, 6, {"data": 2, "model": 1}),  # fewer devices than its model axis needs
+])
+def test_eval_and_infer_mesh_fits_the_batch_and_the_run(recorded, batch, devices, expected):
+    from palimix.runner.loading import serving_mesh
+
+    assert serving_mesh(recorded, batch, devices) == expected

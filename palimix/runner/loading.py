@@ -53,8 +53,10 @@ def load_run(path: str, *, step: int | None = None, batch_size: int = 1) -> Load
         train_config = json.load(f)
     # Exactly the network the run trained (its recorded config), whatever gin says now.
     definition = ModelDefinition.from_json(description["model"])
+    mesh = serving_mesh(description.get("mesh"), batch_size, jax.device_count())
     trainer = Trainer(definition, description["task_feature_lengths"], batch_size=batch_size,
-                      seed=description.get("seed", 0))
+                      seed=description.get("seed", 0), mesh=mesh,
+                      devices=jax.devices()[: mesh["data"] * mesh["model"]])
     checkpoints = Checkpoints(model_dir, read_only=True)
     try:
         if checkpoints.latest_step() is None:
@@ -66,3 +68,16 @@ def load_run(path: str, *, step: int | None = None, batch_size: int = 1) -> Load
         checkpoints.close()
     return LoadedRun(model_dir=model_dir, step=int(state["step"]), description=description,
                      train_config=train_config, trainer=trainer, params=state["params"])
+
+
+def serving_mesh(recorded: dict | None, batch_size: int, device_count: int) -> dict[str, int]:
+    """The mesh eval and infer run on: the run's model-parallel width when the devices
+    allow it (its parameters are laid out for it), and as many data-parallel groups as
+    divide the batch (one request on an 8-device machine runs on one group, not on a
+    batch it cannot split)."""
+    model = (recorded or {}).get("model", 1)
+    if device_count % model:
+        model = 1
+    groups = device_count // model
+    data = max(d for d in range(1, groups + 1) if groups % d == 0 and batch_size % d == 0)
+    return {"data": data, "model": model}

@@ -23,7 +23,7 @@ METRICS = ("loss", "cross_entropy", "token_accuracy", "grad_norm", "learning_rat
 class Trainer:
     def __init__(self, definition: ModelDefinition, task_feature_lengths: Mapping[str, int], *,
                  batch_size: int, tx=None, schedule=None, z_loss: float = 1e-4, seed: int = 0,
-                 mesh: Mapping[str, int] | None = None):
+                 mesh: Mapping[str, int] | None = None, devices=None):
         import jax
         from jax.sharding import NamedSharding, PartitionSpec
 
@@ -33,9 +33,10 @@ class Trainer:
         self.tx, self.schedule, self.z_loss, self.seed = tx, schedule, z_loss, seed
         # mesh: {"data": n, "model": m} (partitioning.parse_mesh); None: every device
         # data parallel. Parameters are placed by the model's logical-axis rules
-        # (replicated when model is 1), batches split over "data".
+        # (replicated when model is 1), batches split over "data". devices: the devices
+        # the mesh spans (default: all of them).
         mesh = dict(mesh or {})
-        self.mesh = partitioning.make_mesh(data=mesh.get("data", -1), model=mesh.get("model", 1))
+        self.mesh = partitioning.make_mesh(data=mesh.get("data", -1), model=mesh.get("model", 1), devices=devices)
         data = self.mesh.shape["data"]
         if batch_size % data:
             raise UsageError(f"the batch size {batch_size} must be a multiple of the {data} data-parallel "
