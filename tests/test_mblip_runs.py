@@ -14,6 +14,7 @@ import pytest
 from flax import traverse_util
 
 from palimix.models import lora
+from tests.runner_env import clean_gin, runner_environment  # noqa: F401  (autouse fixtures)
 
 pytestmark = pytest.mark.slow
 
@@ -43,22 +44,10 @@ def _check_frozen_and_moved(before: dict, after: dict, patterns) -> None:
     assert not unmoved, unmoved[:5]
 
 
-@pytest.fixture
-def clean_gin():
-    import gin
-
-    gin.clear_config()
-    yield
-    gin.clear_config()
-
-
 @pytest.mark.parametrize("stage", sorted(STAGES))
-def test_palimix_train_runs_the_stage(stage, tmp_path, clean_gin, monkeypatch):
+def test_palimix_train_runs_the_stage(stage, tmp_path):
     from palimix import cli
     from palimix.runner.loading import load_run
-
-    monkeypatch.setenv("PALIMIX_RUNNER_FIXTURE_DIR", str(tmp_path / "images"))
-    import tests.runner_fixture_tasks  # noqa: F401  (registers runner_fixture_colors)
 
     run_file, patterns, int8 = STAGES[stage]
     run_dir = tmp_path / "run"
