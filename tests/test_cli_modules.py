@@ -84,8 +84,10 @@ def test_show_imports_it_by_file(folder):
 
 @pytest.mark.parametrize("command", _commands_with_module_flag())
 def test_a_missing_module_is_one_clear_error(folder, command):
-    positional = {"show": ["mytasks_echo"], "stats": ["mytasks_echo"]}.get(command, [])
-    required = {"eval": ["--model_dir", str(folder)], "infer": ["--model_dir", str(folder), "--prompt", "x"]}
+    positional = {"show": ["mytasks_echo"], "stats": ["mytasks_echo"], "train-tokenizer": ["mytasks_echo"],
+                  "convert-checkpoint": [str(folder / "pt.npz"), str(folder / "out")]}.get(command, [])
+    required = {"eval": ["--model_dir", str(folder)], "infer": ["--model_dir", str(folder), "--prompt", "x"],
+                "train-tokenizer": ["--out", str(folder / "tokenizer")], "convert-checkpoint": ["--format", "paligemma"]}
     out = _palimix(folder, command, *positional, *required.get(command, []), "--module", "nosuchmodule")
     assert out.returncode == 2, out.stderr[-3000:]
     assert f"palimix {command}: error: --module nosuchmodule: no module named 'nosuchmodule'" in out.stderr

@@ -5,6 +5,7 @@ mBLIP preset that trains only the adapters and the bridge."""
 
 import functools
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -171,14 +172,16 @@ def test_t5x_rules_cover_the_mblip_network():
 
 
 @pytest.mark.slow
-def test_palimix_train_then_export_merge_lora(tmp_path, clean_gin, monkeypatch):
+def test_palimix_train_then_export_merge_lora(tmp_path, clean_gin):
     """The real path: `palimix train` with models/mblip_lora.gin (a small Q-Former, LoRA on
     the tiny LM; only adapters and bridge train), then `palimix export --merge_lora`:
     the exported run's logits equal the trained run's."""
     from palimix import cli
     from palimix.runner.loading import load_run
 
-    monkeypatch.setenv("PALIMIX_RUNNER_FIXTURE_DIR", str(tmp_path / "images"))
+    # setdefault, never unset: the fixture module writes its images once per process, on
+    # first import, into this folder; later runner tests read them from there.
+    os.environ.setdefault("PALIMIX_RUNNER_FIXTURE_DIR", str(tmp_path / "images"))
     import tests.runner_fixture_tasks  # noqa: F401  (registers runner_fixture_colors)
 
     run_dir, out_dir = tmp_path / "run", tmp_path / "merged"
