@@ -75,16 +75,7 @@ class PaliGemmaModel(models.DecoderOnlyModel):
     ):
         """Teacher-forced logits [B, L, V] over the text positions (t5x's `loss_fn`
         and `score_batch` weight them with `decoder_loss_weights`: the answer only)."""
-        t5x_model.refuse_packed(batch)
-        rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
-        batch = t5x_model.with_image_mask(batch)
-        return self.module.apply(
-            {"params": params, **(other_variables or {})},
-            *(batch[name] for name in self.module.INPUTS),
-            enable_dropout=rngs is not None,
-            rngs=rngs,
-            mutable=mutable,
-        )
+        return t5x_model.teacher_forced_logits(self.module, params, batch, dropout_rng, mutable, other_variables)
 
     def predict_batch_with_aux(  # pytype: disable=signature-mismatch
         self,

@@ -276,19 +276,7 @@ class PaliModel(models.EncoderDecoderModel):
         other_variables: Optional[PyTree] = None,
     ):
         """Teacher-forced logits [B, T, V]; used by t5x's `loss_fn` and `score_batch`."""
-        refuse_packed(batch)
-        rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
-        return self.module.apply(
-            {"params": params, **(other_variables or {})},
-            batch.get("encoder_images"),
-            batch_image_mask(batch),
-            batch["encoder_input_tokens"],
-            batch["decoder_input_tokens"],
-            batch["decoder_target_tokens"],
-            enable_dropout=rngs is not None,
-            rngs=rngs,
-            mutable=mutable,
-        )
+        return teacher_forced_logits(self.module, params, batch, dropout_rng, mutable, other_variables)
 
     def _encode(self, params: PyTree, batch: Mapping[str, jnp.ndarray]) -> jnp.ndarray:
         """Image tokens ++ prompt tokens through the encoder: [B, N_image + L, D]."""
@@ -472,6 +460,25 @@ def best_decodes(decodes, scores, return_all_decodes: bool):
     if return_all_decodes:
         return decodes, {"scores": scores}
     return decodes[:, -1, :], {"scores": scores[:, -1]}
+
+
+# Inputs a text-only batch lacks (the network masks its blank image tokens out).
+_OPTIONAL_INPUTS = ("encoder_images", "encoder_image_mask")
+
+
+def teacher_forced_logits(module, params, batch, dropout_rng, mutable, other_variables):
+    """`module` (either network) applied to a feature-converted batch, in its `INPUTS`
+    order: the one `_compute_logits` of both T5X wrappers."""
+    refuse_packed(batch)
+    rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+    batch = with_image_mask(batch)
+    return module.apply(
+        {"params": params, **(other_variables or {})},
+        *(batch.get(name) if name in _OPTIONAL_INPUTS else batch[name] for name in module.INPUTS),
+        enable_dropout=rngs is not None,
+        rngs=rngs,
+        mutable=mutable,
+    )
 
 
 def with_image_mask(batch: Mapping[str, jnp.ndarray]) -> Mapping[str, jnp.ndarray]:
