@@ -305,3 +305,23 @@ def _id_accuracy(target_ids, predicted_ids):
         hits += sum(w == f for w, f in zip(wanted, found))
         total += len(wanted)
     return 100.0 * hits / total
+
+
+def test_image_tokenizer_decodes_code_texts_to_the_models_pixels(tokenizer_dir):
+    from palimix import image_codes, image_tokenizer
+
+    directory, cfg, params = tokenizer_dir
+    tokenizer = image_tokenizer.load(str(directory))
+    n = cfg.grid_size ** 2
+    whole = [i % cfg.codebook_size for i in range(n)]
+    texts = [image_codes.to_code_text(whole), image_codes.to_code_text(whole[:3]) + " tail", "no codes"]
+    decoded = tokenizer.decode_texts(texts)
+    assert decoded.pixels.shape == (3, 32, 32, 3) and decoded.pixels.dtype == np.uint8
+    assert decoded.complete.tolist() == [True, False, False]
+    model = vqgan.Vqgan(cfg)
+    grid = np.asarray(whole, np.int32).reshape(1, cfg.grid_size, cfg.grid_size)
+    expected = np.asarray(model.apply({"params": params}, grid, method=model.decode))[0]
+    np.testing.assert_array_equal(decoded.pixels[0], np.clip(np.round((expected + 1) * 127.5), 0, 255).astype(np.uint8))
+    short = np.zeros(n, np.int32)
+    short[:3] = whole[:3]  # A short text is filled with code 0.
+    np.testing.assert_array_equal(tokenizer.grids_of_texts([texts[1]])[0].reshape(-1), short)

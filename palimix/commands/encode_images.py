@@ -46,24 +46,6 @@ def run(args) -> int:
     return 0
 
 
-def load_tokenizer(directory: str):
-    """(Vqgan model, params) of a `palimix train-tokenizer` output folder."""
-    import jax
-
-    from palimix import image_codes
-    from palimix.errors import UsageError
-    from palimix.models import checkpoints, vqgan
-    from palimix.sources.base import read_json, require_path
-
-    cfg = vqgan.VqganConfig(**read_json(os.path.join(directory, "tokenizer.json"), "tokenizer description")["config"])
-    if cfg.codebook_size > image_codes.CODEBOOK_SIZE:
-        raise UsageError(f"{directory}: a codebook of {cfg.codebook_size} codes; the 'img' tokenset spells at most "
-                         f"{image_codes.CODEBOOK_SIZE}.")
-    weights = require_path(os.path.join(directory, "tokenizer.msgpack"), "tokenizer weights")
-    params = checkpoints.load_vqgan(weights, vqgan.init_params(cfg, jax.random.PRNGKey(0)))
-    return vqgan.Vqgan(cfg), params
-
-
 def _read_lines(path: str) -> list[dict]:
     from palimix.errors import UsageError
     from palimix.sources.base import require_path
@@ -97,14 +79,13 @@ def _pixels(path: str, where: str, size: int):
 def encode_jsonl(path: str, tokenizer: str, out: str, *, image_dir: str | None = None, image_key: str = "image",
                  batch_size: int = 16) -> EncodeSummary:
     """Writes `out`: the lines of `path`, each with an image given `codes` (see module doc)."""
-    import jax
     import numpy as np
 
+    from palimix import image_tokenizer
     from palimix.sources.base import join
 
-    model, params = load_tokenizer(tokenizer)
-    size = model.config.image_size
-    encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode))
+    tokenizer_ = image_tokenizer.load(tokenizer)
+    size = tokenizer_.config.image_size
     lines = _read_lines(path)
     folder = os.path.dirname(path) if image_dir is None else image_dir
     with_image = [i for i, line in enumerate(lines) if line.get(image_key)]
@@ -113,11 +94,11 @@ def encode_jsonl(path: str, tokenizer: str, out: str, *, image_dir: str | None =
         images = np.stack([_pixels(join(folder, str(lines[i][image_key])), f"{path}: line with id "
                                    f"{lines[i].get('id', i + 1)}", size) for i in chunk])
         padded = np.concatenate([images, np.zeros((batch_size - len(chunk),) + images.shape[1:], images.dtype)])
-        codes = np.asarray(encode(params, padded))[:len(chunk)]  # One compiled shape: the last batch padded.
+        codes = tokenizer_.encode(padded)[:len(chunk)]  # One compiled shape: the last batch padded.
         for i, grid in zip(chunk, codes):
             lines[i]["codes"] = grid.reshape(-1).tolist()
     _write_lines(out, lines)
-    grid = (size // model.config.stride,) * 2
+    grid = (tokenizer_.grid_size,) * 2
     return EncodeSummary(len(lines), len(with_image), len(lines) - len(with_image), grid)
 
 

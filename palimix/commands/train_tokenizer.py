@@ -217,6 +217,7 @@ def train_tokenizer(run_config: TokenizerRun) -> dict:
 def write_outputs(out: str, params, opt_state, result: dict) -> None:
     from flax import serialization
 
+    from palimix import image_tokenizer
     from palimix.runner.checkpoints import Checkpoints
 
     os.makedirs(out, exist_ok=True)
@@ -226,7 +227,7 @@ def write_outputs(out: str, params, opt_state, result: dict) -> None:
                    None, meta=result)
     finally:
         store.close()
-    with open(os.path.join(out, "tokenizer.msgpack"), "wb") as f:
+    with open(os.path.join(out, image_tokenizer.WEIGHTS_FILE), "wb") as f:
         f.write(serialization.to_bytes({"params": params}))
-    with open(os.path.join(out, "tokenizer.json"), "w") as f:
+    with open(os.path.join(out, image_tokenizer.CONFIG_FILE), "w") as f:
         json.dump(result, f, indent=1)
