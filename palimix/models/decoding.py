@@ -22,8 +22,17 @@ decoder_causal_attention is 1) is prepared by prefilling image + prompt once
 step feeds one token (`PaliGemma.decode_step`). The same loops (`_sample`,
 `_beam_search`) run both networks: only the step function differs.
 
+Classifier-free guidance (greedy / sample; `guidance_scale=S, unconditional=batch`):
+the batch and its unconditional twin (the same features with the condition removed,
+e.g. text_to_image's prompt without its description; same shapes) are prepared as one
+doubled batch, rows [conditional; unconditional], so both branches share the cache
+machinery; each step feeds the chosen token to both halves and samples from
+`uncond + S * (cond - uncond)` of the two halves' logits (Parti, Make-A-Scene). S = 1
+is plain conditional decoding, S = 0 unconditional, S > 1 strengthens the condition.
+
 Outputs: tokens `[B, max_decode_length]` int32 (EOS included, 0 after it) and scores
-`[B]` (sum of token log-probabilities; beam search: length-normalised).
+`[B]` (sum of token log-probabilities; beam search: length-normalised; with guidance:
+under the guided distribution).
 """
 
 from __future__ import annotations
@@ -82,7 +91,8 @@ class PreparedPrefix:
 
 def generate(model, params, batch: dict, *, max_decode_length: int, method: str = "greedy",
              eos_id: Optional[int] = 1, temperature: float = 1.0, top_k: int = 0, rng=None,
-             num_beams: int = 4, length_penalty: float = 0.6, use_cache: bool = True):
+             num_beams: int = 4, length_penalty: float = 0.6, use_cache: bool = True,
+             guidance_scale: Optional[float] = None, unconditional: Optional[dict] = None):
     """Decodes `batch`: the network's PREDICT_INPUTS (Pali: encoder_images,
     encoder_image_mask, encoder_input_tokens; PaliGemma: encoder_images,
     encoder_image_mask, decoder_input_tokens, decoder_causal_attention).
@@ -92,14 +102,19 @@ def generate(model, params, batch: dict, *, max_decode_length: int, method: str 
     eos_id: stop a sequence at this token (None: always decode max_decode_length).
     use_cache=False recomputes the whole decoder at every step (greedy/sample only):
       slow, a reference for tests and benchmarks.
+    guidance_scale, unconditional: classifier-free guidance (module docstring): both
+      or neither; `unconditional` has `batch`'s features and shapes.
     """
     _check_method(method, rng)
+    _check_guidance(method, guidance_scale, unconditional)
     if method == "beam" and not use_cache:
         raise UsageError("Beam search always decodes with the cache.")
+    if unconditional is not None:
+        batch = guidance_batch(model, batch, unconditional)
     prepared = prepare(model, params, batch, max_decode_length=max_decode_length,
                        num_beams=num_beams if method == "beam" else 1, use_cache=use_cache)
     return generate_from(model, params, prepared, method=method, eos_id=eos_id, temperature=temperature,
-                         top_k=top_k, rng=rng, length_penalty=length_penalty)
+                         top_k=top_k, rng=rng, length_penalty=length_penalty, guidance_scale=guidance_scale)
 
 
 def prepare(model, params, batch: dict, *, max_decode_length: int, num_beams: int = 1,
@@ -142,9 +157,12 @@ def _prefill(model: paligemma.PaliGemma, params, batch, max_decode_length, num_b
 
 def generate_from(model, params, prepared, *, method: str = "greedy",
                   eos_id: Optional[int] = 1, temperature: float = 1.0, top_k: int = 0, rng=None,
-                  length_penalty: float = 0.6):
-    """Decodes a `prepare`d batch; the arguments mean what they mean for `generate`."""
+                  length_penalty: float = 0.6, guidance_scale: Optional[float] = None):
+    """Decodes a `prepare`d batch; the arguments mean what they mean for `generate`.
+    guidance_scale: the batch was prepared from `guidance_batch` (rows [conditional;
+    unconditional]); returns one row per conditional example."""
     _check_method(method, rng)
+    _check_guidance(method, guidance_scale, None if guidance_scale is None else prepared)
     if (method == "beam") != (prepared.num_beams > 1):
         raise UsageError(f"method={method!r} on a batch prepared with num_beams={prepared.num_beams}: "
                          "prepare with num_beams > 1 for beam search, and only for it.")
@@ -156,12 +174,16 @@ def generate_from(model, params, prepared, *, method: str = "greedy",
     # A prefilled batch already has the logits of answer token 0: the loops choose it
     # before they start, and every step in the loop feeds a token.
     first_logits = prepared.first_logits if prefix else None
+    batch_size = prepared.batch_size
+    if guidance_scale is not None:
+        step, first_logits = _guided(step, first_logits, guidance_scale)
+        batch_size //= 2
     if method == "beam":
         k = prepared.num_beams
         return _beam_search(step, prepared.cache, prepared.batch_size // k, k, max_len, eos_id, length_penalty,
                             first_logits=first_logits)
     greedy = method == "greedy"
-    return _sample(step, prepared.cache, prepared.batch_size, max_len, eos_id,
+    return _sample(step, prepared.cache, batch_size, max_len, eos_id,
                    temperature=None if greedy else temperature, top_k=top_k,
                    rng=jax.random.PRNGKey(0) if rng is None else rng, first_logits=first_logits)
 
@@ -171,6 +193,55 @@ def _check_method(method, rng):
         raise UsageError(f"Unknown decoding method {method!r}; use one of {METHODS}.")
     if method == "sample" and rng is None:
         raise UsageError("method='sample' needs rng=jax.random.PRNGKey(...).")
+
+
+def _check_guidance(method, guidance_scale, unconditional):
+    if (guidance_scale is None) != (unconditional is None):
+        raise UsageError("Classifier-free guidance needs both guidance_scale and the unconditional batch.")
+    if guidance_scale is not None and method == "beam":
+        raise UsageError("Classifier-free guidance samples (method 'sample' or 'greedy'), not beam search.")
+    if isinstance(unconditional, (Prepared, PreparedPrefix)) and unconditional.batch_size % 2:
+        raise UsageError("A guided batch holds conditional and unconditional rows (guidance_batch): an even "
+                         f"number, not {unconditional.batch_size}.")
+
+
+def guidance_batch(model, batch: dict, unconditional: dict) -> dict:
+    """One batch for classifier-free guidance: rows [conditional; unconditional] of the
+    network's PREDICT_INPUTS (each feature of `unconditional` shaped as `batch`'s)."""
+    stacked = {}
+    for name in model.PREDICT_INPUTS:
+        cond, uncond = batch.get(name), unconditional.get(name)
+        if cond is None or uncond is None:
+            if cond is not None or uncond is not None:
+                raise UsageError(f"guidance: {name!r} is in one of the two batches only.")
+            continue
+        if jnp.shape(cond) != jnp.shape(uncond):
+            raise UsageError(f"guidance: {name!r} is {jnp.shape(cond)} conditionally but "
+                             f"{jnp.shape(uncond)} unconditionally; pad both to the same length.")
+        stacked[name] = jnp.concatenate([jnp.asarray(cond), jnp.asarray(uncond)])
+    return stacked
+
+
+def guided_logits(logits, guidance_scale):
+    """Rows [cond; uncond] `[2N, V]` -> `uncond + S * (cond - uncond)` `[N, V]`, written as
+    `cond + (S - 1) * (cond - uncond)` so that S = 1 gives the conditional logits exactly."""
+    cond, uncond = jnp.split(logits.astype(jnp.float32), 2)
+    return cond + (guidance_scale - 1.0) * (cond - uncond)
+
+
+def _guided(step, first_logits, guidance_scale):
+    """A step function over a doubled batch as one over its N conditional rows: the
+    token chosen for row i is fed to rows i and N + i."""
+
+    def twice(x):
+        return None if x is None else jnp.concatenate([x, x])
+
+    def step_both(last, position, cache, tokens):
+        logits, cache = step(twice(last), position, cache, twice(tokens))
+        return guided_logits(logits, guidance_scale), cache
+
+    first = None if first_logits is None else guided_logits(first_logits, guidance_scale)
+    return step_both, first
 
 
 def init_cache(model, params, encoded, encoder_image_mask, encoder_input_tokens, max_decode_length):
