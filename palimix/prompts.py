@@ -224,6 +224,19 @@ def prompt(kind: str, language: str, *, style: str = "pali", answer_language: st
     return template.text.format_map(_values(template, language, answer_language, fields, allow_tensors=False))
 
 
+def prompt_without_fields(kind: str, language: str, *, style: str = "pali", variant: int = 0) -> str:
+    """The prompt of `kind` with its fields (description, question, ...) left empty and the
+    spaces they leave collapsed: "generate en" for text_to_image's "generate en {description}".
+    Classifier-free guidance decodes against it as the unconditional prompt
+    (palimix.runner.infer.generate_images)."""
+    template = _template_warning_on_fallback(kind, language, style, variant)
+    code = languages.normalize(language)
+    values: dict[str, object] = {"lang": code, **{name: "" for name in _KIND_FIELDS[template.kind]}}
+    if "language_name" in template.placeholders:
+        values["language_name"] = language_name(code, template.written_in)
+    return " ".join(template.text.format_map(values).split())
+
+
 def prompt_tf(kind: str, language: str, *, style: str = "pali", answer_language: str | None = None,
               variant: int = 0, **fields):
     """Like `prompt`, but `question` and `text` may be tf.string tensors (scalars or

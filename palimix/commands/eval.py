@@ -36,6 +36,7 @@ def run(args) -> int:
     config_lib.import_modules(args.module)
     config_lib.enable_compilation_cache()
     config_lib.parse_gin(args.gin_file, args.gin_bindings)
+    config_lib.gin_macro("MIXTURE_OR_TASK_NAME")  # registers a mixture a gin file defines (runs/davinci.gin)
     if args.batch_size <= 0:
         from palimix.errors import UsageError
 

@@ -1,6 +1,8 @@
-"""`palimix infer`: predictions for images and prompts from a trained run."""
+"""`palimix infer`: predictions for images and prompts from a trained run, and images
+generated from descriptions (--generate, with an image tokenizer)."""
 
-HELP = "Predict with a `palimix train` run: --image PATH --prompt \"caption de\", or --jsonl FILE."
+HELP = ("Predict with a `palimix train` run: --image PATH --prompt \"caption de\", or --jsonl FILE; "
+        "--generate \"a red circle\" --tokenizer DIR --out image.png draws an image.")
 
 
 def configure(parser):
@@ -13,28 +15,67 @@ def configure(parser):
     parser.add_argument("--prompt", help="the model input as written, e.g. \"caption de\" or "
                         "\"answer fr what colour is the circle?\"")
     parser.add_argument("--kind", help="build the prompt for this kind (caption, vqa, ocr, ...) ...")
-    parser.add_argument("--language", help="... in this language (with --kind)")
+    parser.add_argument("--language", help="... in this language (with --kind; with --generate, default en)")
     parser.add_argument("--question", help="the question, for --kind vqa")
-    parser.add_argument("--jsonl", help="requests, one JSON object per line: {\"image\": PATH, \"prompt\": TEXT}")
+    parser.add_argument("--jsonl", help="requests, one JSON object per line: {\"image\": PATH, \"prompt\": TEXT}; "
+                        "with --tokenizer: {\"generate\": DESCRIPTION, \"out\": PNG, \"language\": CODE}")
     parser.add_argument("--output", help="write predictions as JSON lines here (default: print them)")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--decode", choices=["greedy", "beam"], default="greedy")
     parser.add_argument("--num_beams", type=int, default=4)
+    generation = parser.add_argument_group(
+        "image generation", "sample VQGAN codes for a text_to_image prompt and draw them (palimix.runner.generate)")
+    generation.add_argument("--generate", metavar="DESCRIPTION", help="the image's description, e.g. \"a red circle\"")
+    generation.add_argument("--tokenizer", metavar="DIR", help="the `palimix train-tokenizer` folder whose codes the "
+                            "run was trained on")
+    generation.add_argument("--out", metavar="PNG", help="where the image goes (with --generate)")
+    generation.add_argument("--prompt_style", default="pali", help="the prompt style the run's tasks used "
+                            "(pali: \"generate en a red circle\"; natural, instruct, verbatim)")
+    generation.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0: greedy)")
+    generation.add_argument("--top_k", type=int, default=0, help="sample among the k likeliest tokens (0: all)")
+    generation.add_argument("--seed", type=int, default=0)
+    generation.add_argument("--guidance_scale", type=float, help="classifier-free guidance scale S: logits = "
+                            "uncond + S * (cond - uncond), uncond from the prompt without its description "
+                            "(default: off; 1 = off)")
+    generation.add_argument("--num_samples", type=int, default=1, help="images per description (out-1.png, ...)")
     add_common_flags(parser)
 
 
 def run(args) -> int:
-    import json
-
-    from palimix.errors import UsageError
     from palimix.runner import config as config_lib
-    from palimix.runner import infer, loading
 
-    if bool(args.jsonl) == bool(args.prompt or args.kind or args.image):
-        raise UsageError("give either --jsonl FILE, or --prompt (or --kind/--language) with an optional --image.")
+    generating = bool(args.generate or args.tokenizer)
+    _check_flags(args, generating)
     config_lib.import_modules(args.module)
     config_lib.enable_compilation_cache()
     config_lib.parse_gin(args.gin_file, args.gin_bindings)
+    config_lib.gin_macro("MIXTURE_OR_TASK_NAME")  # registers a mixture a gin file defines (runs/davinci.gin)
+    return _generate(args) if generating else _predict(args)
+
+
+def _check_flags(args, generating: bool) -> None:
+    from palimix.errors import UsageError
+
+    if not generating:
+        if bool(args.jsonl) == bool(args.prompt or args.kind or args.image):
+            raise UsageError("give either --jsonl FILE, or --prompt (or --kind/--language) with an optional --image.")
+        return
+    if not args.tokenizer:
+        raise UsageError("--generate draws its codes with an image tokenizer: give --tokenizer DIR "
+                         "(a `palimix train-tokenizer` folder).")
+    if bool(args.jsonl) == bool(args.generate):
+        raise UsageError("with --tokenizer give either --generate DESCRIPTION --out PNG, or --jsonl FILE.")
+    if args.generate and not args.out:
+        raise UsageError("--generate needs --out PATH.png.")
+    if args.prompt or args.kind or args.image:
+        raise UsageError("--generate builds the text_to_image prompt itself; drop --prompt, --kind and --image.")
+
+
+def _predict(args) -> int:
+    import json
+
+    from palimix.runner import infer, loading
+
     if args.jsonl:
         requests = infer.read_jsonl(args.jsonl)
     else:
@@ -53,3 +94,30 @@ def run(args) -> int:
         for p in predictions:
             print(json.dumps(p.to_json(), ensure_ascii=False))
     return 1 if any(p.error for p in predictions) and not args.output else 0
+
+
+def _generate(args) -> int:
+    import json
+
+    from palimix import image_tokenizer
+    from palimix.runner import generate, loading
+
+    if args.jsonl:
+        requests = generate.read_requests(args.jsonl)
+    else:
+        requests = [generate.ImageRequest(args.generate, args.out, language=args.language or "en", id="1")]
+    tokenizer = image_tokenizer.load(args.tokenizer)
+    samples = len(requests) * args.num_samples
+    run_ = loading.load_run(args.model_dir, step=args.step, batch_size=min(args.batch_size, samples))
+    images = generate.generate_images(run_, tokenizer, requests, temperature=args.temperature, top_k=args.top_k,
+                                      seed=args.seed, guidance_scale=args.guidance_scale,
+                                      num_samples=args.num_samples, batch_size=args.batch_size,
+                                      prompt_style=args.prompt_style)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(image.to_json(), ensure_ascii=False) + "\n" for image in images)
+    grid = tokenizer.grid_size
+    for image in images:
+        state = "" if image.complete else f", incomplete: {image.codes} of {grid * grid} codes"
+        print(f"{image.out}: {image.prompt!r} ({grid}x{grid} codes{state})")
+    return 0

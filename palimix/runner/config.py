@@ -123,13 +123,18 @@ def parse_gin(gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = ()) -
 
 
 def gin_macro(name: str):
-    """The value of a gin macro, or None when it is not bound."""
+    """The value of a gin macro, or None when it is not bound. A macro bound to a call
+    (`MIXTURE_OR_TASK_NAME = @davinci.register()`, as T5X's binaries evaluate it) is
+    called: a mixture that a gin file defines is registered here."""
     import gin
 
     try:
-        return gin.query_parameter(f"%{name}")
+        value = gin.query_parameter(f"%{name}")
     except (ValueError, KeyError):
         return None
+    if isinstance(value, gin.config.ConfigurableReference) and value.evaluate:
+        value = value.scoped_configurable_fn()
+    return value
 
 
 def parse_lengths(text: str | None) -> dict[str, int] | None:

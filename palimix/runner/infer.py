@@ -133,18 +133,14 @@ def predict(run, requests: Sequence[Request], *, batch_size: int = 8, method: st
             log.warning("skipping request %s: %s", request.id, e)
             results.append(Prediction(request.id, request.image, request.prompt, None, error=str(e)))
             continue
-        ids = list(vocabulary.encode(request.prompt))
-        if len(ids) + 1 > lengths["inputs"]:
-            log.warning("prompt of request %s is %d tokens; the model reads the first %d.",
-                        request.id, len(ids) + 1, lengths["inputs"])
-        ids = ids[:lengths["inputs"] - 1] + [vocabulary.eos_id]
-        features.append(_task_features(ids, image, has_image=bool(request.image)))
+        ids = prompt_ids(vocabulary, request.prompt, lengths["inputs"], request.id)
+        features.append(task_features(ids, image, has_image=bool(request.image)))
         kept.append(request)
         results.append(None)
     if features:
         predictor = Predictor(run, batch_size=min(batch_size, len(features)),
                               max_decode_length=lengths["targets"], method=method, num_beams=num_beams)
-        tokens = iter(predictor.predict_all(_model_features(run, features)))
+        tokens = iter(predictor.predict_all(model_features(run, features)))
         texts = iter([vocabulary.decode([int(t) for t in row]) for row in tokens])
         requests_iter = iter(kept)
         results = [r if r is not None else _made(next(requests_iter), next(texts)) for r in results]
@@ -154,13 +150,22 @@ def predict(run, requests: Sequence[Request], *, batch_size: int = 8, method: st
     return results
 
 
-def _task_features(prompt_ids: Sequence[int], image: np.ndarray, *, has_image: bool) -> dict:
+def prompt_ids(vocabulary, prompt: str, length: int, request_id) -> list[int]:
+    """The prompt's ids and EOS, cut to `length` (with a warning) as the tasks cut them."""
+    ids = list(vocabulary.encode(prompt))
+    if len(ids) + 1 > length:
+        log.warning("prompt of request %s is %d tokens; the model reads the first %d.", request_id, len(ids) + 1,
+                    length)
+    return ids[:length - 1] + [vocabulary.eos_id]
+
+
+def task_features(prompt_ids: Sequence[int], image: np.ndarray, *, has_image: bool) -> dict:
     """A request as a task's example would be: the prompt, no target yet, the image."""
     return {"inputs": np.asarray(prompt_ids, np.int32), "targets": np.zeros((0,), np.int32),
             "image": image, "has_image": np.asarray([int(has_image)], np.int32)}
 
 
-def _model_features(run, examples: Sequence[dict]) -> list[dict]:
+def model_features(run, examples: Sequence[dict]) -> list[dict]:
     """Task features -> the run's model features, through the network's own feature
     converter (the one eval and training read), so every backbone gets its layout."""
     import tensorflow as tf

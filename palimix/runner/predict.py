@@ -13,11 +13,13 @@ class Predictor:
 
     Every call runs one compiled program: a short last batch is padded to
     `batch_size` (and the padding rows dropped), so eval and infer compile once.
+    guidance_scale: classifier-free guidance (palimix.models.decoding); `predict` and
+    `predict_all` then take the unconditional twin of each batch or example.
     """
 
     def __init__(self, run, *, batch_size: int, max_decode_length: int, method: str = "greedy",
                  num_beams: int = 4, temperature: float = 1.0, top_k: int = 0, seed: int = 0,
-                 eos_id: int = 1):
+                 eos_id: int | None = 1, guidance_scale: float | None = None):
         import jax
 
         from palimix.models import decoding
@@ -32,35 +34,51 @@ class Predictor:
         generate = functools.partial(
             decoding.generate, trainer.network, max_decode_length=self.max_decode_length, method=method,
             eos_id=eos_id, num_beams=num_beams, temperature=temperature, top_k=top_k)
-        if method == "sample":
-            self._generate = jax.jit(lambda params, batch, rng: generate(params, batch, rng=rng))
-        else:
-            self._generate = jax.jit(lambda params, batch, rng: generate(params, batch))
+        self.guided = guidance_scale is not None
+        if self.guided:
+            generate = functools.partial(generate, guidance_scale=guidance_scale)
+        samples = method == "sample"  # (the other methods take no rng)
+        self._generate = jax.jit(lambda params, batch, unconditional, rng: generate(
+            params, batch, unconditional=unconditional, rng=rng if samples else None))
 
-    def predict(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+    def predict(self, batch: Mapping[str, np.ndarray],
+                unconditional: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
         import jax
 
+        if self.guided != (unconditional is not None):
+            raise ValueError("a guided Predictor takes each batch's unconditional twin, and only it does.")
         n = len(batch[self._features[0]])
         if n > self.batch_size:
-            return np.concatenate([self.predict({k: v[i:i + self.batch_size] for k, v in batch.items()})
+            rows = lambda b, i: None if b is None else {k: v[i:i + self.batch_size] for k, v in b.items()}  # noqa: E731
+            return np.concatenate([self.predict(rows(batch, i), rows(unconditional, i))
                                    for i in range(0, n, self.batch_size)])
-        padded = {k: _pad_rows(np.asarray(batch[k]), self.batch_size) for k in self._features}
+        padded, padded_unconditional = (
+            None if b is None else self._trainer.shard_batch({k: _pad_rows(np.asarray(b[k]), self.batch_size)
+                                                              for k in self._features})
+            for b in (batch, unconditional))
         self._rng, rng = jax.random.split(self._rng)
         with self._trainer.context():
-            tokens, _ = self._generate(self.run.params, self._trainer.shard_batch(padded), rng)
+            tokens, _ = self._generate(self.run.params, padded, padded_unconditional, rng)
         return np.asarray(jax.device_get(tokens))[:n]
 
-    def predict_all(self, examples: Iterable[Mapping[str, np.ndarray]]) -> list[np.ndarray]:
-        """Token rows for unbatched feature-converted examples, in order."""
+    def predict_all(self, examples: Iterable[Mapping[str, np.ndarray]],
+                    unconditional: Iterable[Mapping[str, np.ndarray]] | None = None) -> list[np.ndarray]:
+        """Token rows for unbatched feature-converted examples, in order (guided: with
+        each example's unconditional twin, in the same order)."""
+        pairs = zip(examples, unconditional) if unconditional is not None else ((e, None) for e in examples)
         out, buffer = [], []
-        for example in examples:
-            buffer.append(example)
+        for pair in pairs:
+            buffer.append(pair)
             if len(buffer) == self.batch_size:
-                out.extend(self.predict(self._stack(buffer)))
+                out.extend(self._predict_buffer(buffer))
                 buffer = []
         if buffer:
-            out.extend(self.predict(self._stack(buffer)))
+            out.extend(self._predict_buffer(buffer))
         return out
+
+    def _predict_buffer(self, pairs):
+        conditional = self._stack([c for c, _ in pairs])
+        return self.predict(conditional, self._stack([u for _, u in pairs]) if self.guided else None)
 
     def _stack(self, examples):
         return {k: np.stack([np.asarray(e[k]) for e in examples]) for k in self._features}

@@ -1,0 +1,211 @@
+"""DaVinci end to end on tiny sizes: captioned PNG images, their codes from `palimix
+encode-images` (a tokenizer written in train-tokenizer's layout), `runs/davinci.gin` (caption
++ text_to_image + prefix_image at equal rates) through `palimix train` for both backbones and
+through `python -m t5x.train`, then `palimix infer --generate` writing PNG images (sampling,
+guidance, several samples, JSON Lines requests) and its errors."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import seqio
+from flax import serialization
+from PIL import Image
+
+from palimix import cli, image_codes, image_tokenizer
+from palimix.errors import UsageError
+from palimix.models import vqgan
+from tests.runner_env import clean_gin, runner_environment  # noqa: F401  (autouse fixtures)
+from tests.vocab_cache import vocab_cache_dir  # noqa: F401 (a fixture)
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("vocab_cache_dir")]
+
+TOKENIZER_SIZE = 16  # tiny VQGAN, stride 4: a 4x4 grid, 16 codes
+TARGETS = 4 * 4 + 2  # <img>, 16 codes, EOS
+LENGTHS = f"inputs=16,targets={TARGETS},image=32"
+COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220)}
+STEPS = 3
+
+
+def _write_tokenizer(out, image_size=TOKENIZER_SIZE):
+    cfg = vqgan.config("tiny", image_size=image_size, codebook_size=32)
+    params = vqgan.init_params(cfg, jax.random.PRNGKey(3))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tokenizer.msgpack").write_bytes(serialization.to_bytes({"params": params}))
+    (out / "tokenizer.json").write_text(json.dumps({"config": dataclasses.asdict(cfg)}))
+    return out
+
+
+def _write_split(root, split, count):
+    """Captioned PNG images of a coloured square, as JSON Lines, then their codes."""
+    lines = []
+    for i in range(count):
+        color = list(COLORS)[i % len(COLORS)]
+        pixels = np.full((24, 24, 3), 128, np.uint8)
+        pixels[4 + i % 8:14 + i % 8, 6:16] = COLORS[color]
+        Image.fromarray(pixels).save(root / "images" / f"{split}{i}.png")
+        lines.append({"id": f"{split}{i}", "language": "en", "image": f"{split}{i}.png",
+                      "captions": [f"a {color} square"]})
+    raw = root / f"{split}_raw.jsonl"
+    raw.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = root / f"{split}.jsonl"
+    assert cli.main(["encode-images", str(raw), "--tokenizer", str(root / "tokenizer"), "--out", str(out),
+                     "--image_dir", str(root / "images")]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("davinci")
+    (root / "images").mkdir()
+    _write_tokenizer(root / "tokenizer")
+    files = {split: str(_write_split(root, split, n)) for split, n in (("train", 12), ("validation", 3))}
+    return root, files
+
+
+def _gin_args(root, files, size):
+    return ["--gin_file", "runs/davinci.gin", "--gin_file", f"sizes/{size}.gin", "--gin", "IMAGE_SIZE = 32",
+            "--gin", f"DAVINCI_FILES = {files!r}", "--gin", f"DAVINCI_IMAGE_DIR = '{root / 'images'}'"]
+
+
+@pytest.fixture(scope="module", params=["tiny", "tiny_decoder"])
+def trained(request, data):
+    root, files = data
+    run_dir = root / f"run_{request.param}"
+    args = ["train", "--model_dir", str(run_dir), "--batch_size", "4", "--steps", str(STEPS), "--lengths", LENGTHS,
+            "--warmup_steps", "1", "--no_progress", *_gin_args(root, files, request.param)]
+    assert cli.main(args) == 0
+    return root, files, run_dir
+
+
+def _infer(root, files, run_dir, *args):
+    """`palimix infer` with the run's gin files, which register its mixture (the tasks' vocabulary)."""
+    size = json.loads((run_dir / "run.json").read_text())["model"]["name"]
+    return cli.main(["infer", "--model_dir", str(run_dir), *_gin_args(root, files, size), *args])
+
+
+def test_the_davinci_mixture_holds_the_three_kinds_at_equal_rates(trained):
+    from palimix.runner.loading import load_run
+
+    root, _, run_dir = trained
+    run = load_run(str(run_dir))
+    assert run.mixture_or_task_name == "davinci"
+    assert run.trainer.definition.config.vocab_size == 9344
+    mixture = seqio.get_mixture_or_task("davinci")
+    names = sorted(task.name for task in mixture.tasks)
+    assert names == ["davinci_caption_en", "davinci_prefix_image_en", "davinci_text_to_image_en"]
+    assert {mixture.get_rate(entry) for entry in mixture._sub_mixtures or mixture.tasks} == {1.0}
+    example = next(iter(seqio.get_mixture_or_task("davinci_text_to_image_en").get_dataset(
+        {"inputs": 16, "targets": TARGETS, "image": 32}, split="validation", shuffle=False).as_numpy_iterator()))
+    line = json.loads(open(root / "validation.jsonl").readline())
+    assert example["inputs_pretokenized"] == f"generate en {line['captions'][0]}".encode()
+    assert example["targets_pretokenized"].decode() == image_codes.to_code_text(line["codes"])
+
+
+def test_generate_writes_the_tokenizers_image_of_the_sampled_codes(trained, tmp_path, capsys):
+    root, files, run_dir = trained
+    out, record = tmp_path / "circle.png", tmp_path / "images.jsonl"
+    assert _infer(root, files, run_dir, "--generate", "a red square", "--tokenizer", str(root / "tokenizer"),
+                  "--out", str(out), "--output", str(record), "--top_k", "50", "--seed", "1") == 0
+    printed = capsys.readouterr().out
+    assert f"{out}: 'generate en a red square' (4x4 codes" in printed
+    (written,) = [json.loads(line) for line in record.read_text().splitlines()]
+    pixels = np.asarray(Image.open(out))
+    assert pixels.shape == (TOKENIZER_SIZE, TOKENIZER_SIZE, 3)
+    # The PNG is the tokenizer's drawing of the sampled text, and the counts are the text's.
+    tokenizer = image_tokenizer.load(str(root / "tokenizer"))
+    decoded = tokenizer.decode_texts([written["text"]])
+    np.testing.assert_array_equal(pixels, decoded.pixels[0])
+    assert written["complete"] == bool(decoded.complete[0])
+    assert written["codes"] == min(len(image_codes.parse_code_text(written["text"])), 16)
+    if not written["complete"]:
+        assert f"incomplete: {written['codes']} of 16 codes" in printed
+    again = tmp_path / "again.png"
+    assert _infer(root, files, run_dir, "--generate", "a red square", "--tokenizer", str(root / "tokenizer"),
+                  "--out", str(again), "--top_k", "50", "--seed", "1") == 0
+    assert again.read_bytes() == out.read_bytes()  # same seed, same image
+
+
+def test_guidance_scale_one_samples_what_plain_sampling_does(trained, tmp_path):
+    from palimix.runner import generate, loading
+
+    root, _, run_dir = trained
+    tokenizer = image_tokenizer.load(str(root / "tokenizer"))
+    run = loading.load_run(str(run_dir), batch_size=2)
+    requests = [generate.ImageRequest("a blue square", str(tmp_path / "a.png")),
+                generate.ImageRequest("a green square", str(tmp_path / "b.png"))]
+    plain = generate.generate_images(run, tokenizer, requests, seed=4)
+    guided = generate.generate_images(run, tokenizer, requests, seed=4, guidance_scale=1.0)
+    assert [g.text for g in guided] == [p.text for p in plain]
+    strong = generate.generate_images(run, tokenizer, requests, seed=4, guidance_scale=5.0, num_samples=2)
+    assert [s.out for s in strong] == [str(tmp_path / n) for n in ("a-1.png", "a-2.png", "b-1.png", "b-2.png")]
+    assert all((tmp_path / n).exists() for n in ("a-1.png", "a-2.png", "b-1.png", "b-2.png"))
+    assert generate.prompts_for(requests[0], "natural") == ("Generate an image of: a blue square",
+                                                            "Generate an image of:")
+
+
+def test_generate_from_json_lines_requests(trained, tmp_path):
+    root, files, run_dir = trained
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text(json.dumps({"generate": "a red square", "out": "r.png"}) + "\n"
+                        + json.dumps({"generate": "ein blaues Quadrat", "language": "de", "out": "b.png", "id": 7})
+                        + "\n")
+    assert _infer(root, files, run_dir, "--jsonl", str(requests), "--tokenizer", str(root / "tokenizer"),
+                  "--guidance_scale", "2", "--temperature", "0") == 0
+    assert (tmp_path / "r.png").exists() and (tmp_path / "b.png").exists()
+
+
+def test_a_grid_longer_than_the_runs_targets_is_refused(trained, tmp_path):
+    from palimix.runner import generate, loading
+
+    root, _, run_dir = trained
+    bigger = image_tokenizer.load(str(_write_tokenizer(tmp_path / "big", image_size=32)))  # 8x8 codes
+    with pytest.raises(UsageError, match=r"targets length is 18; the tokenizer's 8x8 grid needs 66"):
+        generate.check_run_for(loading.load_run(str(run_dir)), bigger)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--generate", "a red square", "--out", "x.png"], "give --tokenizer DIR"),
+    (["--generate", "a red square", "--tokenizer", "t"], "--generate needs --out PATH.png"),
+    (["--tokenizer", "t"], "give either --generate DESCRIPTION --out PNG, or --jsonl FILE"),
+    (["--generate", "a", "--tokenizer", "t", "--out", "x.png", "--image", "y.png"], "drop --prompt, --kind and --image"),
+])
+def test_generate_flags_are_checked(tmp_path, capsys, args, message):
+    assert cli.main(["infer", "--model_dir", str(tmp_path), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_incomplete_images_are_counted_in_one_warning(caplog):
+    from palimix.runner import generate
+
+    images = [generate.GeneratedImage("1", "p", "a.png", 16, True, ""),
+              generate.GeneratedImage("2", "p", "b.png", 3, False, "")]
+    with caplog.at_level("WARNING", logger="palimix.runner.generate"):
+        generate._warn_incomplete(images, 16)
+    assert "1 of 2 generated images are incomplete (fewer than 16 drawable codes" in caplog.text
+    assert "b.png (3 codes)" in caplog.text
+
+
+@pytest.mark.t5x
+def test_t5x_train_reads_the_davinci_run(data, tmp_path):
+    pytest.importorskip("t5x", reason="T5X is not installed (pip install '.[t5x]'); this test runs its binary")
+    from palimix.commands.gin_path import gin_dir
+    from palimix.models.checkpoints import read_t5x_checkpoint
+
+    root, files = data
+    model_dir = tmp_path / "model"
+    bindings = [f"DAVINCI_FILES={files!r}", f"DAVINCI_IMAGE_DIR='{root / 'images'}'", "IMAGE_SIZE=32",
+                f"TASK_FEATURE_LENGTHS={{'inputs': 16, 'targets': {TARGETS}, 'image': 32}}",
+                f"TRAIN_STEPS={STEPS}", "BATCH_SIZE=4", f"MODEL_DIR='{model_dir}'", f"CHECKPOINT_PERIOD={STEPS}",
+                f"EVAL_PERIOD={STEPS}", "EVAL_STEPS=1", "WARMUP_STEPS=1"]
+    command = [sys.executable, "-m", "t5x.train", f"--gin_search_paths={gin_dir()}",
+               "--gin_file=models/pali.gin", "--gin_file=runs/pretrain.gin", "--gin_file=runs/davinci.gin",
+               "--gin_file=sizes/tiny.gin", *(f"--gin.{b.replace(' ', '')}" for b in bindings)]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-6000:]
+    after = read_t5x_checkpoint(str(model_dir), STEPS)
+    assert any(9344 in np.shape(v) for v in after.values())  # the vocabulary with the <img> tokens
