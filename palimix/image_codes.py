@@ -22,7 +22,10 @@ of tf.data. The kinds' stages (TensorFlow, imported when a task is built):
   A record whose grid has a single row has no prefix to give and makes no example.
 
 Scoring (`image_code_accuracy`): both texts parsed back to codes (`parse_code_text`), then
-`palimix.metrics.codes.code_accuracy`.
+`palimix.metrics.codes.code_accuracy`. `image_code_perplexity` is a seqio score metric
+(`(targets, scores)`: each target's log-likelihood under the model, from T5X's
+`score_batch` or the runner's `predict.Scorer`): the perplexity per target token (`<img>`,
+the codes, EOS: each one id of the 'img' tokenset).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import re
 from collections.abc import Sequence
 
 from palimix.errors import PalimixError
-from palimix.metrics.codes import code_accuracy
+from palimix.metrics.codes import code_accuracy, code_perplexity
 
 CODEBOOK_SIZE = 1024  # Codes the "img" tokenset can spell (DaVinci's VQGAN codebook).
 IMAGE_BEGIN = "<img>"
@@ -91,6 +94,20 @@ def image_code_accuracy(targets, predictions) -> dict[str, float]:
     if not any(len(w) for w in wanted):
         return {"code_accuracy": 0.0}
     return code_accuracy(wanted, [np.asarray(parse_code_text(p), np.int64) for p in predictions])
+
+
+TARGET_TOKENS_BEYOND_CODES = 2  # <img> before the codes, EOS after them
+
+
+def image_code_perplexity(targets, scores) -> dict[str, float]:
+    """{"code_perplexity"}: exp(-sum of the targets' log-likelihoods / their tokens), the
+    tokens of a code text being `<img>`, its codes and EOS (palimix.metrics.codes)."""
+    import numpy as np
+
+    from palimix.metrics import _inputs
+
+    codes = [np.asarray(parse_code_text((_inputs.as_references(t) or [""])[0]), np.int64) for t in targets]
+    return code_perplexity(codes, [float(s) for s in scores], extra_tokens=TARGET_TOKENS_BEYOND_CODES)
 
 
 # --- the kinds' stages (TensorFlow) ------------------------------------------------------

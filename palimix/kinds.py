@@ -14,8 +14,8 @@ example and how its predictions are scored:
 | prefix_lm | text | prefix_lm {text} | the continuation | chrf, bleu | most frequent of the task |
 | detection | boxes [n][4], labels [n] | detection {objects} | `<loc>` boxes with labels | detection_f1, detection_map50 | most frequent, per language |
 | referring | box [4], expression | referring {expression} | `<loc>` box with the expression | referring_accuracy, mean_iou | most frequent, per language |
-| text_to_image | codes [h*w], captions [n] | text_to_image {description} (blank image) | `<img>` + every code | code_accuracy | most frequent of the task |
-| prefix_image | codes [h*w], captions [n] | prefix_image {description} (top k/h of the image) | `<img>` + the codes of rows k.. | code_accuracy | most frequent of the task |
+| text_to_image | codes [h*w], captions [n] | text_to_image {description} (blank image) | `<img>` + every code | code_accuracy, code_perplexity (a score metric) | most frequent of the task |
+| prefix_image | codes [h*w], captions [n] | prefix_image {description} (top k/h of the image) | `<img>` + the codes of rows k.. | code_accuracy, code_perplexity (a score metric) | most frequent of the task |
 
 Readers: `palimix.prompts` (which template kinds exist and their placeholders),
 `palimix.preprocessors.prompts.build_example` (fields, references, target, prompt
@@ -41,7 +41,7 @@ from palimix.errors import UsageError, close_matches_hint
 from palimix.metrics.anls import anls
 from palimix.metrics.bleu import bleu
 from palimix.metrics.cider import cider
-from palimix.image_codes import image_code_accuracy
+from palimix.image_codes import image_code_accuracy, image_code_perplexity
 from palimix.metrics.detection import detection_f1, detection_map, referring_accuracy
 from palimix.metrics.rouge import rouge_l
 from palimix.metrics.text import accuracy, chrf, exact_match, sacrebleu_bleu
@@ -56,7 +56,8 @@ MOST_FREQUENT_PER_LANGUAGE, MOST_FREQUENT_OF_TASK, COPY_SOURCE = "most_frequent_
 
 @dataclasses.dataclass(frozen=True)
 class Metric:
-    fn: Callable  # seqio's fn(targets, predictions) -> {key: value}, with `language=` when takes_language.
+    fn: Callable  # seqio's fn(targets, predictions) -> {key: value}, with `language=` when takes_language;
+    # fn(targets, scores) is a score metric (seqio passes each target's log-likelihood).
     takes_language: bool = False
 
 
@@ -248,12 +249,12 @@ _KINDS = (
     Kind("text_to_image", fields=("codes", "captions"), references="targets", many_references=False, target=FIRST,
          templates={"text_to_image": ("description",)}, prompt_fields={"description": "caption"},
          required_text=("caption",), images=False, text_stage=_text_to_image_stage, tokensets=("img",),
-         metrics=(Metric(image_code_accuracy),), primary_metric="code_accuracy", baseline=MOST_FREQUENT_OF_TASK),
+         metrics=(Metric(image_code_accuracy), Metric(image_code_perplexity)), primary_metric="code_accuracy", baseline=MOST_FREQUENT_OF_TASK),
     Kind("prefix_image", fields=("codes", "captions"), references="targets", many_references=False, target=FIRST,
          templates={"prefix_image": ("description",)}, prompt_fields={"description": "caption"},
          required_text=("caption",), text_stage=_prefix_image_stage, image_stage=_prefix_image_mask,
          tokensets=("img",),
-         metrics=(Metric(image_code_accuracy),), primary_metric="code_accuracy", baseline=MOST_FREQUENT_OF_TASK),
+         metrics=(Metric(image_code_accuracy), Metric(image_code_perplexity)), primary_metric="code_accuracy", baseline=MOST_FREQUENT_OF_TASK),
 )
 KINDS: dict[str, Kind] = {kind.name: kind for kind in _KINDS}
 NAMES: tuple[str, ...] = tuple(KINDS)

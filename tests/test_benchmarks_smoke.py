@@ -1,5 +1,6 @@
-"""benchmarks/accelerator.py runs end to end in its CPU smoke mode, and needs no
-TensorFlow, seqio or t5x (the accelerator machines have JAX, flax and optax only)."""
+"""Benchmarks that CI runs in their smoke modes: benchmarks/accelerator.py (which needs no
+TensorFlow, seqio or t5x: the accelerator machines have JAX, flax and optax only) and
+benchmarks/image_generation.py."""
 
 import json
 import os
@@ -38,3 +39,16 @@ def test_accelerator_smoke_runs_without_tensorflow():
     assert abs(tiny["flops_compiled"] / tiny["flops_per_step"] - 1) < 0.05
     assert tiny["step_s"] > 0 and tiny["decode_tokens_per_s"] > 0 and tiny["loss"] > 0
     assert tiny["mfu"] is None  # no peak FLOP/s known for a CPU
+
+
+@pytest.mark.slow
+def test_image_generation_smoke_measures_the_cached_loop():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "benchmarks/image_generation.py", "--smoke"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    tiny = summary["models"]["tiny"]
+    assert summary["grid"] == 4 and tiny["image_tokens"] == 4 * 4 + 2
+    assert tiny["codes_per_s"] > 0 and tiny["ms_per_token_caption"] > 0
+    assert tiny["image_vs_caption"] > 0 and tiny["guidance_cost"] > 0 and tiny["cache_speedup"] > 0

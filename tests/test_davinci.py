@@ -168,6 +168,57 @@ def test_a_grid_longer_than_the_runs_targets_is_refused(trained, tmp_path):
         generate.check_run_for(loading.load_run(str(run_dir)), bigger)
 
 
+def test_eval_reports_code_perplexity_from_the_targets_log_likelihoods(trained, tmp_path):
+    from palimix.runner import eval as eval_lib
+    from palimix.runner import loading
+    from palimix.runner.predict import Scorer
+
+    root, files, run_dir = trained
+    assert cli.main(["eval", "--model_dir", str(run_dir), "--split", "validation", "--batch_size", "4",
+                     *_gin_args(root, files, json.loads((run_dir / "run.json").read_text())["model"]["name"])]) == 0
+    metrics = json.loads((run_dir / "eval" / "validation" / "metrics.json").read_text())["tasks"]
+    assert "code_perplexity" not in metrics["davinci_caption_en"]["metrics"]
+    run = loading.load_run(str(run_dir), batch_size=4)
+    scorer = Scorer(run, batch_size=4)
+    evaluation = eval_lib.Evaluation("davinci_text_to_image_en", run.task_feature_lengths,
+                                     converter=run.feature_converter(), split="validation")
+    (task,) = evaluation.evaluator.eval_tasks
+    features = [f for _, f in sorted(evaluation.evaluator.cached_model_datasets[task.name].as_numpy_iterator(),
+                                     key=lambda pair: int(pair[0]))]
+    scores = scorer.score_all(features)
+    tokens = sum(int(np.sum(f["decoder_loss_weights"])) for f in features)
+    assert tokens == len(features) * TARGETS  # <img>, 16 codes and EOS per target
+    for name in ("davinci_text_to_image_en", "davinci_prefix_image_en"):
+        assert metrics[name]["metrics"]["code_perplexity"] > 1.0
+    assert metrics["davinci_text_to_image_en"]["metrics"]["code_perplexity"] == pytest.approx(
+        np.exp(-np.sum(scores) / tokens), rel=1e-4)
+
+
+@pytest.mark.t5x
+def test_the_runners_scores_are_t5x_score_batch(trained):
+    """The runner's Scorer gives what T5X's `score_batch` gives for the same parameters."""
+    pytest.importorskip("t5x", reason="T5X is not installed (pip install '.[t5x]')")
+    from t5x import adafactor
+
+    from palimix.models import t5x_decoder_model, t5x_model
+    from palimix.runner import loading
+    from palimix.runner.predict import Scorer
+
+    _, _, run_dir = trained
+    run = loading.load_run(str(run_dir), batch_size=4)
+    task = seqio.get_mixture_or_task("davinci_prefix_image_en")
+    dataset = task.get_dataset(run.task_feature_lengths, split="validation", shuffle=False)
+    batch = next(run.feature_converter()(dataset, run.task_feature_lengths).batch(3).as_numpy_iterator())
+    network = run.trainer.network
+    vocabulary = task.output_features["targets"].vocabulary
+    optimizer = adafactor.Adafactor(logical_factor_rules=t5x_model.pali_logical_factor_rules())
+    model_class = t5x_model.PaliModel if hasattr(network, "encode") else t5x_decoder_model.PaliGemmaModel
+    model = (model_class(network, vocabulary, vocabulary, optimizer) if model_class is t5x_model.PaliModel
+             else model_class(network, vocabulary, optimizer))
+    expected = np.asarray(model.score_batch(run.params, batch))
+    np.testing.assert_allclose(Scorer(run, batch_size=4).score(batch), expected, rtol=1e-5)
+
+
 @pytest.mark.parametrize("args,message", [
     (["--generate", "a red square", "--out", "x.png"], "give --tokenizer DIR"),
     (["--generate", "a red square", "--tokenizer", "t"], "--generate needs --out PATH.png"),

@@ -113,3 +113,12 @@ def test_code_perplexity():
     scores = [16 * np.log(1 / 1024), 4 * np.log(1 / 1024)]
     assert codes.code_perplexity(targets, scores)["code_perplexity"] == pytest.approx(1024.0)
     assert codes.code_perplexity([[1]], [0.0])["code_perplexity"] == pytest.approx(1.0)
+    assert codes.code_perplexity([[1, 2]], [4 * np.log(1 / 8)], extra_tokens=2)["code_perplexity"] == pytest.approx(8.0)
+
+
+def test_unigram_perplexity_baseline():
+    # Frequencies 3:1 of codes 0 and 1 (no smoothing): a target [0, 1] costs -log(3/4) - log(1/4).
+    result = codes.unigram_perplexity([[0, 0, 0, 1]], [[0, 1]], codebook_size=2, smoothing=0.0)
+    assert result["code_perplexity"] == pytest.approx(np.exp(-(np.log(0.75) + np.log(0.25)) / 2))
+    # No training codes, add-one counts: uniform over the codebook.
+    assert codes.unigram_perplexity([], [[5, 7]], codebook_size=1024)["code_perplexity"] == pytest.approx(1024.0)

@@ -157,12 +157,19 @@ def test_prefix_image_task_masks_the_rows_below_the_prefix(codes_file, with_img)
 def test_scoring_against_targets_and_the_most_frequent_baseline():
     kind = kinds.get("text_to_image")
     assert kind.primary_metric == "code_accuracy" and kind.baseline == kinds.MOST_FREQUENT_OF_TASK
-    (metric,) = kind.metric_fns("en")
+    metric, perplexity = kind.metric_fns("en")
     target = image_codes.to_code_text([1, 2, 3, 4])
     assert metric([target], [target]) == {"code_accuracy": 100.0}
     # 2 of 4 codes right, then a prediction that stops after one (right) code, then text.
     predictions = ["<img><img0001><img0009><img0003><img0009>", "<img><img0001>", "a red circle"]
     assert metric([target] * 3, predictions)["code_accuracy"] == pytest.approx(100 * 3 / 12)
+    # Perplexity, a seqio score metric: per token of <img>, the codes and EOS (6 here).
+    from palimix.metrics import per_language
+
+    assert per_language.takes_scores(perplexity) and not per_language.takes_scores(metric)
+    uniform = 6 * np.log(1 / 1024)
+    assert perplexity([target, target], [uniform, uniform])["code_perplexity"] == pytest.approx(1024.0)
+    assert perplexity([target], [0.0])["code_perplexity"] == pytest.approx(1.0)
 
 
 def test_a_vocabulary_without_img_tokens_is_refused_when_the_task_is_built(codes_file):
@@ -285,7 +292,7 @@ def test_t5x_model_trains_on_and_decodes_image_targets(codes_file, with_img):
         assert image_codes.parse_code_text(with_img.decode(row)) == [i - SHIPPED_PIECES - 1 for i in ids]
     targets = [with_img.decode([int(i) for i in row if i > 1]) for row in batch["decoder_target_tokens"]]
     assert all(t.startswith("<img><img") for t in targets)
-    (metric,) = kinds.get("prefix_image").metric_fns("en")
+    metric, _ = kinds.get("prefix_image").metric_fns("en")
     predictions = [with_img.decode(row) for row in decodes]
     expected = _id_accuracy(batch["decoder_target_tokens"], decodes)
     assert metric(targets, predictions)["code_accuracy"] == pytest.approx(expected)

@@ -7,7 +7,8 @@ missing positions as wrong, extra predicted codes are ignored (the target fixes 
 `code_perplexity(targets, scores)`: seqio's score-metric shape (`scores` = each example's
 total log-likelihood of its target, natural log): exp(-sum(scores) / sum(target codes)),
 the per-code perplexity (1 = certain; the codebook size = uniform guessing). Not on the
-0-100 scale.
+0-100 scale. `unigram_perplexity(train, targets)`: its trivial baseline, every code drawn
+from the training targets' code frequencies.
 """
 
 from __future__ import annotations
@@ -49,10 +50,28 @@ def code_accuracy(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[st
     return {"code_accuracy": 100.0 * hits / total}
 
 
-def code_perplexity(targets: Sequence[Any], scores: Sequence[float]) -> dict[str, float]:
-    """{"code_perplexity"}: exp(-total log-likelihood / total target codes)."""
+def code_perplexity(targets: Sequence[Any], scores: Sequence[float], *, extra_tokens: int = 0) -> dict[str, float]:
+    """{"code_perplexity"}: exp(-total log-likelihood / total target tokens).
+
+    extra_tokens: tokens each target has beyond its codes that the scores cover too (the
+    `<img>` token and EOS of palimix's code texts: 2; palimix.image_codes)."""
     targets, scores = _check("code_perplexity", targets, scores)
-    total = sum(len(_codes(t, "code_perplexity", i)) for i, t in enumerate(targets))
+    total = sum(len(_codes(t, "code_perplexity", i)) + extra_tokens for i, t in enumerate(targets))
     if not total:
         raise UsageError("code_perplexity: every target is empty.")
     return {"code_perplexity": float(np.exp(-np.sum(np.asarray(scores, np.float64)) / total))}
+
+
+def unigram_perplexity(train_codes: Sequence[Any], targets: Sequence[Any], *, codebook_size: int,
+                       smoothing: float = 1.0) -> dict[str, float]:
+    """{"code_perplexity"} of a baseline that ignores the prompt and the position: each
+    target code drawn from the code frequencies of `train_codes` (add-`smoothing` counts
+    over the codebook, so an unseen code has a finite cost). Uniform guessing scores
+    `codebook_size`."""
+    counts = np.full(codebook_size, float(smoothing))
+    for i, codes in enumerate(train_codes):
+        np.add.at(counts, _codes(codes, "unigram_perplexity", i), 1.0)
+    log_p = np.log(counts / counts.sum())
+    targets = list(targets)
+    scores = [float(log_p[_codes(t, "unigram_perplexity", i)].sum()) for i, t in enumerate(targets)]
+    return code_perplexity(targets, scores)

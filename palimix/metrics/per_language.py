@@ -33,9 +33,21 @@ def language_target(language: str, target) -> dict:
     return {"language": language, "target": target}
 
 
-def by_language(metrics_for: Callable[[str], Sequence[Callable]], name: str = "per_language") -> Callable:
+def takes_scores(metric_fn: Callable) -> bool:
+    """Whether seqio calls `metric_fn` with the targets' scores (log-likelihoods) rather
+    than predictions: seqio decides by its positional parameters, `(targets, scores)`."""
+    import inspect
+
+    positional = [p.name for p in inspect.signature(metric_fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    return positional == ["targets", "scores"]
+
+
+def by_language(metrics_for: Callable[[str], Sequence[Callable]], name: str = "per_language", *,
+                scores: bool = False) -> Callable:
     """A seqio metric function `(targets, predictions) -> {metric/language: value}`
-    over targets made by `language_target`."""
+    over targets made by `language_target`; with scores=True `(targets, scores)`, a score
+    metric (`metrics_for` then gives score metrics)."""
 
     def metric(targets, predictions):
         groups: dict[str, tuple[list, list]] = collections.defaultdict(lambda: ([], []))
@@ -58,6 +70,12 @@ def by_language(metrics_for: Callable[[str], Sequence[Callable]], name: str = "p
             values[f"{key}{SEPARATOR}{MACRO}"] = sum(scores) / len(scores)
         return values
 
+    if scores:
+        def score_metric(targets, scores):
+            return metric(targets, scores)
+
+        score_metric.__name__ = score_metric.__qualname__ = name
+        return score_metric
     metric.__name__ = metric.__qualname__ = name
     return metric
 

@@ -50,3 +50,12 @@ def cross_entropy(logits, targets, weights=None, *, z_loss: float = 0.0) -> Toke
         num_tokens=jnp.sum(weights),
         correct=jnp.sum(is_max * weights),
     )
+
+
+def sequence_log_likelihood(logits, targets, weights=None) -> jnp.ndarray:
+    """Each sequence's weighted sum of target-token log-probabilities `[B]` (natural log):
+    what T5X's `score_batch` returns and seqio's score metrics read (perplexity)."""
+    weights = (targets > 0).astype(jnp.float32) if weights is None else weights.astype(jnp.float32)
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    target_log_probs = jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return jnp.sum(target_log_probs * weights, axis=-1)

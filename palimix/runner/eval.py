@@ -124,20 +124,24 @@ class Evaluation:
             self._raw[task_name] = list(self.evaluator.cached_task_datasets[task_name].as_numpy_iterator())
         return self._raw[task_name]
 
-    def score(self, predict_fn, *, step: int) -> EvalResult:
+    def score(self, predict_fn, *, step: int, score_fn=None) -> EvalResult:
         """Scores `predict_fn(task, [(index, model features), ...]) -> [token rows]`
-        (fixed-length rows, as t5x returns them; decoding stops at the first EOS)."""
+        (fixed-length rows, as t5x returns them; decoding stops at the first EOS) with the
+        tasks' prediction metrics, and `score_fn(task, indexed) -> [log-likelihood of each
+        target]` (as t5x's `score_batch`) with their score metrics (perplexity; left out
+        without a score_fn: baselines have no likelihoods)."""
         start = time.perf_counter()
         tasks, examples = {}, {}
         for task in self.evaluator.eval_tasks:
             indexed = list(self.evaluator.cached_model_datasets[task.name].as_numpy_iterator())
             indexed.sort(key=lambda pair: int(pair[0]))
             tokens = [[int(x) for x in row] for row in predict_fn(task, indexed)]
+            scores = score_fn(task, indexed) if score_fn is not None and has_score_metrics(task) else None
             language, kind = self.task_info[task.name]
             vocabulary = task.output_features["targets"].vocabulary
             raw = self.raw_examples(task.name)
             example_languages = [_text(ex["language"]) if "language" in ex else language for ex in raw]
-            tasks.update(_task_entries(task.name, language, kind, len(tokens), self._metrics(task, tokens)))
+            tasks.update(_task_entries(task.name, language, kind, len(tokens), self._metrics(task, tokens, scores)))
             examples[task.name] = [
                 {"index": i, "language": example_languages[i], "input": _text(raw[i].get("inputs_pretokenized", b"")),
                  "target": _text(raw[i].get("targets_pretokenized", b"")), "prediction": vocabulary.decode(tokens[i])}
@@ -146,19 +150,22 @@ class Evaluation:
                           languages=len({t["language"] for t in tasks.values()}), examples=examples,
                           seconds=time.perf_counter() - start)
 
-    def _metrics(self, task, tokens) -> dict:
-        """The task's metrics on decoded tokens, through seqio's own postprocessing
-        (what `seqio.Evaluator.evaluate` computes; called directly so that one cached
-        evaluator scores several predictors)."""
+    def _metrics(self, task, tokens, scores=None) -> dict:
+        """The task's metrics on decoded tokens (and, given `scores`, its score metrics),
+        through seqio's own postprocessing (what `seqio.Evaluator.evaluate` computes;
+        called directly so that one cached evaluator scores several predictors)."""
         from seqio import metrics as metrics_lib
 
         dataset = self.evaluator.cached_task_datasets[task.name]
+        outputs = {metrics_lib.ModelOutputType.PREDICTION: np.array(tokens)}
+        if scores is not None:
+            outputs[metrics_lib.ModelOutputType.SCORE] = np.asarray(scores, np.float64)
         values = {}
         for metric_obj in task.metric_objs:
-            if metric_obj.model_output_type != metrics_lib.ModelOutputType.PREDICTION:
+            if metric_obj.model_output_type not in outputs:
                 continue
-            instance = metric_obj.from_model_output(_as_numpy(dataset), np.array(tokens), task.output_features,
-                                                    "targets")
+            instance = metric_obj.from_model_output(_as_numpy(dataset), outputs[metric_obj.model_output_type],
+                                                    task.output_features, "targets")
             if isinstance(instance, metrics_lib.CollectingMetric):
                 value, _ = instance.actual_compute(_as_numpy(dataset), task.output_features, "targets", [])
             else:
@@ -168,6 +175,12 @@ class Evaluation:
                 if np.isscalar(v):
                     values[k] = float(v)
         return values
+
+
+def has_score_metrics(task) -> bool:
+    from seqio import metrics as metrics_lib
+
+    return any(m.model_output_type == metrics_lib.ModelOutputType.SCORE for m in task.metric_objs)
 
 
 def shown_indices(example_languages: Sequence[str], count: int, prefer_languages: Sequence[str] = ()) -> list[int]:
@@ -207,7 +220,7 @@ def evaluate(run, mixture_or_task_name: str | None = None, *, split: str = "vali
              num_beams: int = 4, output_dir: str | None = None, summaries=None,
              evaluation: Evaluation | None = None) -> EvalResult:
     """Evaluates a `loading.LoadedRun`; returns (and writes) the per-language metrics."""
-    from palimix.runner.predict import Predictor
+    from palimix.runner.predict import Predictor, Scorer
 
     name = mixture_or_task_name or run.mixture_or_task_name
     output_dir = output_dir or os.path.join(run.model_dir, "eval", split)
@@ -216,7 +229,9 @@ def evaluate(run, mixture_or_task_name: str | None = None, *, split: str = "vali
                                           split=split, num_examples=num_examples)
     predictor = Predictor(run, batch_size=batch_size, max_decode_length=run.task_feature_lengths["targets"],
                           method=method, num_beams=num_beams)
+    scorer = Scorer(run, batch_size=batch_size)
     result = evaluation.score(lambda task, indexed: predictor.predict_all([f for _, f in indexed]),
+                              score_fn=lambda task, indexed: scorer.score_all([f for _, f in indexed]),
                               step=run.step)
     result.output_path = os.path.join(output_dir, "metrics.json")
     with open(result.output_path, "w", encoding="utf-8") as f:

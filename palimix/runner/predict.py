@@ -84,6 +84,52 @@ class Predictor:
         return {k: np.stack([np.asarray(e[k]) for e in examples]) for k in self._features}
 
 
+class Scorer:
+    """`score(batch) -> [B]` log-likelihoods of each example's target tokens (its
+    `decoder_loss_weights`: the answer and EOS) under the run's network, teacher-forced:
+    seqio's score metrics (perplexity) read them, as T5X's `score_batch` gives them.
+    A short last batch is padded to `batch_size`, as for `Predictor`."""
+
+    def __init__(self, run, *, batch_size: int):
+        import jax
+
+        from palimix.models import losses, networks
+
+        self.run = run
+        self.batch_size = int(batch_size)
+        trainer = self._trainer = run.trainer
+        network = trainer.network
+        self._features = tuple(network.INPUTS) + ("decoder_loss_weights",)
+
+        def score(params, batch):
+            logits = network.apply({"params": params}, *networks.inputs(network, batch), enable_dropout=False)
+            return losses.sequence_log_likelihood(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"])
+
+        self._score = jax.jit(score)
+
+    def score(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+        import jax
+
+        n = len(batch["decoder_target_tokens"])
+        if n > self.batch_size:
+            return np.concatenate([self.score({k: v[i:i + self.batch_size] for k, v in batch.items()})
+                                   for i in range(0, n, self.batch_size)])
+        padded = {k: _pad_rows(np.asarray(batch[k]), self.batch_size) for k in self._features if k in batch}
+        with self._trainer.context():
+            scores = self._score(self.run.params, self._trainer.shard_batch(padded))
+        return np.asarray(jax.device_get(scores))[:n]
+
+    def score_all(self, examples: Iterable[Mapping[str, np.ndarray]]) -> list[float]:
+        """Log-likelihoods of unbatched feature-converted examples, in order."""
+        examples = list(examples)
+        out = []
+        for i in range(0, len(examples), self.batch_size):
+            chunk = examples[i:i + self.batch_size]
+            keys = [k for k in self._features if k in chunk[0]]
+            out.extend(float(s) for s in self.score({k: np.stack([np.asarray(e[k]) for e in chunk]) for k in keys}))
+        return out
+
+
 def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
     if len(x) == rows:
         return x

@@ -255,16 +255,19 @@ def _metric_fns(kind: kinds.Kind, metrics, language) -> list:
     """The task's metric functions: `metrics`, or the kind's for the language; for a
     multilingual task one function scoring each language on its own (its own
     metrics: CIDEr on jieba words for Chinese, ...)."""
-    def for_language(code):
-        return list(metrics) if metrics is not None else kind.metric_fns(code)
+    def for_language(code, scores=None):
+        fns = list(metrics) if metrics is not None else kind.metric_fns(code)
+        return fns if scores is None else [fn for fn in fns if per_language.takes_scores(fn) == scores]
 
     if isinstance(language, str):
         return for_language(language)
     for code in language:  # Unknown codes fail at registration, not at evaluation.
         languages_lib.normalize(code)
-    if metrics is not None and not metrics:
-        return []
-    return [per_language.by_language(for_language, name=f"{kind.name}_per_language")]
+    first = for_language(language[0]) if language else []
+    # Predictions and scores (perplexity) reach seqio through separate functions.
+    return [per_language.by_language(functools.partial(for_language, scores=scores),
+                                     name=f"{kind.name}{'_scores' if scores else ''}_per_language", scores=scores)
+            for scores in (False, True) if any(per_language.takes_scores(fn) == scores for fn in first)]
 
 
 def _names_to_replace(group: str, new_names: Sequence[str], overwrite: bool) -> list[str]:
