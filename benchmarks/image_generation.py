@@ -12,7 +12,8 @@ tokens; sampling (temperature 1, no EOS: every position decoded) of batch --batc
 outside it), the fastest of --reps calls per round; compared calls are interleaved, and
 ratios are medians over --rounds rounds. Prints a line per model and, last, one JSON line:
 
-  codes_per_s             image tokens sampled per second (<img>, h*w codes, EOS), cached
+  codes_per_s             codes sampled per second, cached: batch * h*w / the decode's time
+                          (which also samples <img> and EOS)
   ms_per_token_image      ms per token of that decode
   ms_per_token_caption    ms per token of a --caption-tokens decode (a typical caption)
   image_vs_caption        the two per-token costs' ratio (median over rounds)
@@ -100,7 +101,8 @@ def measure(name: str, args) -> dict:
     per_token = rounds(fns, lengths, args.reps, args.rounds)
     ratio = lambda a, b: float(np.median(np.asarray(per_token[a]) / np.asarray(per_token[b])))  # noqa: E731
     image_s = float(np.median(per_token["image"]))
-    result = {"image_tokens": image_length, "batch": args.batch, "codes_per_s": args.batch / image_s,
+    codes_per_s = args.batch * args.grid * args.grid / (image_s * image_length)
+    result = {"image_tokens": image_length, "batch": args.batch, "codes_per_s": codes_per_s,
               "ms_per_token_image": 1e3 * image_s,
               "ms_per_token_caption": 1e3 * float(np.median(per_token["caption"])),
               "image_vs_caption": ratio("image", "caption"), "guidance_cost": ratio("guided", "image"),

@@ -58,7 +58,7 @@ def test_network_and_size_files_parse_without_t5x(family, size, expected):
 
 
 def test_t5x_free_files_import_nothing_from_t5x():
-    network_files = [files[1] for files in FAMILY_FILES.values()] + ["models/mblip_lora.gin"]
+    network_files = [files[1] for files in FAMILY_FILES.values()] + ["models/mblip_lora.gin", "runs/davinci.gin"]
     for relative in network_files + [f"sizes/{s}.gin" for s in SIZES + DECODER_SIZES]:
         with open(os.path.join(gin_dir(), relative), encoding="utf-8") as f:
             code = [line for line in f if not line.lstrip().startswith("#")]
