@@ -223,7 +223,8 @@ def test_the_runners_scores_are_t5x_score_batch(trained):
     (["--generate", "a red square", "--out", "x.png"], "give --tokenizer DIR"),
     (["--generate", "a red square", "--tokenizer", "t"], "--generate needs --out PATH.png"),
     (["--tokenizer", "t"], "give either --generate DESCRIPTION --out PNG, or --jsonl FILE"),
-    (["--generate", "a", "--tokenizer", "t", "--out", "x.png", "--image", "y.png"], "drop --prompt, --kind and --image"),
+    (["--generate", "a", "--tokenizer", "t", "--out", "x.png", "--image", "y.png"],
+     "drop --prompt, --kind and --image"),
 ])
 def test_generate_flags_are_checked(tmp_path, capsys, args, message):
     assert cli.main(["infer", "--model_dir", str(tmp_path), *args]) == 2

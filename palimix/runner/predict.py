@@ -1,4 +1,5 @@
-"""Batched decoding of feature-converted examples with a trained network."""
+"""Batched decoding (`Predictor`) and target scoring (`Scorer`) of feature-converted
+examples with a trained network."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import functools
 from typing import Iterable, Mapping
 
 import numpy as np
+
+from palimix.errors import UsageError
 
 
 class Predictor:
@@ -46,7 +49,7 @@ class Predictor:
         import jax
 
         if self.guided != (unconditional is not None):
-            raise ValueError("a guided Predictor takes each batch's unconditional twin, and only it does.")
+            raise UsageError("a guided Predictor takes each batch's unconditional twin, and only it does.")
         n = len(batch[self._features[0]])
         if n > self.batch_size:
             rows = lambda b, i: None if b is None else {k: v[i:i + self.batch_size] for k, v in b.items()}  # noqa: E731
