@@ -9,10 +9,27 @@ plus the quantizer loss with Adam. Reconstruction PSNR is measured on held-out i
 task or mixture gives them) before the first step and after the last, and written with
 the checkpoint:
 
-    DIR/checkpoints/<step>/     the runner's orbax checkpoint (state: params, opt_state, step;
-                                meta: the numbers below)
-    DIR/tokenizer.msgpack       the params in MaskGIT's layout (`checkpoints.load_vqgan` reads it)
-    DIR/tokenizer.json          config, steps, psnr_initial, psnr, eval images, losses
+    DIR/checkpoints/<step>/     the runner's orbax checkpoint (state: params, opt_state, step,
+                                and with the adversarial loss `discriminator`: its params and
+                                opt_state; meta: the numbers below)
+    DIR/tokenizer.msgpack       the tokenizer's params only, in MaskGIT's layout
+                                (`checkpoints.load_vqgan` reads it)
+    DIR/tokenizer.json          config, steps, psnr_initial, psnr, eval images, losses (the
+                                last step's), loss_settings (weights, networks, start step)
+
+Optional losses (off by default; `palimix.models.vqgan.LossTerms`):
+
+- `--perceptual_weight W --perceptual_network VGG16 [--perceptual_lin HEADS]`: LPIPS on a
+  frozen torchvision VGG16 (`palimix.models.perceptual`; the file converted from PyTorch to
+  `.safetensors`/`.npz`, `checkpoints.load_lpips_vgg16`), with LPIPS's linear heads if given.
+  A weight without a network is an error: palimix never scores with random features
+  unasked (a benchmark that wants them writes a random file in torchvision's layout).
+- `--adversarial_weight W [--adversarial_start N] [--adversarial_loss non_saturating|hinge]`:
+  MaskGIT's StyleGAN discriminator (`palimix.models.discriminator`, config `--discriminator`,
+  by default the one named like `--config`) with its own Adam. Each step after step N
+  updates the tokenizer against the discriminator as it is, then the discriminator on the
+  real images against that step's reconstructions, in one compiled step; the generator's
+  weight is fixed (MaskGIT's 0.1 is a good start), not taming's adaptive weight.
 """
 
 from __future__ import annotations
@@ -42,6 +59,19 @@ def configure(parser):
     parser.add_argument("--eval_images", type=int, default=64, help="held-out images to measure PSNR on")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log_every", type=int, default=100, help="show the loss every N steps")
+    losses = parser.add_argument_group("optional losses (off by default)")
+    losses.add_argument("--perceptual_weight", type=float, default=0.0, help="weight of the LPIPS loss (taming: 1.0)")
+    losses.add_argument("--perceptual_network", metavar="PATH",
+                        help="torchvision VGG16 weights (.safetensors or .npz with features.N.weight names)")
+    losses.add_argument("--perceptual_lin", metavar="PATH",
+                        help="LPIPS's linear heads (lin{k}.model.1.weight; default: all 1, LPIPS's lpips=False)")
+    losses.add_argument("--adversarial_weight", type=float, default=0.0,
+                        help="weight of the generator's adversarial loss (MaskGIT: 0.1)")
+    losses.add_argument("--adversarial_start", type=int, default=0, help="steps before the adversarial loss begins")
+    losses.add_argument("--adversarial_loss", default="non_saturating", help="non_saturating (MaskGIT's) or hinge")
+    losses.add_argument("--discriminator", help="discriminator config (tiny, maskgit; default: the --config name)")
+    losses.add_argument("--discriminator_learning_rate", type=float,
+                        help="the discriminator's Adam learning rate (default: --learning_rate)")
     parser.add_argument("--no_progress", dest="progress", action="store_false", help="no progress bar or lines")
     add_registration_flags(parser)
 
@@ -62,6 +92,14 @@ class TokenizerRun:
     seed: int = 0
     log_every: int = 100
     progress: bool = True
+    perceptual_weight: float = 0.0
+    perceptual_network: str | None = None
+    perceptual_lin: str | None = None
+    adversarial_weight: float = 0.0
+    adversarial_start: int = 0
+    adversarial_loss: str = "non_saturating"
+    discriminator: str | None = None
+    discriminator_learning_rate: float | None = None
 
 
 def run(args) -> int:
@@ -154,21 +192,146 @@ def evaluate_psnr(model, params, images, batch_size: int) -> float:
     return total / len(images)
 
 
-def make_train_step(model, optimizer):
+# ----------------------------------------------------------------------------------------
+# The optional losses: their checks, their networks, the train step.
+
+
+def check_loss_options(run_config: TokenizerRun) -> None:
+    """Options that would be ignored or cannot work are errors, before any data is read."""
+    from palimix.errors import UsageError
+    from palimix.models import discriminator
+
+    if run_config.perceptual_weight < 0 or run_config.adversarial_weight < 0:
+        raise UsageError("loss weights cannot be negative.")
+    if run_config.perceptual_weight and not run_config.perceptual_network:
+        raise UsageError("--perceptual_weight needs --perceptual_network PATH: torchvision's VGG16 converted to "
+                         ".safetensors or .npz (palimix.models.perceptual); there are no built-in weights, and "
+                         "palimix does not score with random features.")
+    if (run_config.perceptual_network or run_config.perceptual_lin) and not run_config.perceptual_weight:
+        raise UsageError("--perceptual_network / --perceptual_lin do nothing without --perceptual_weight.")
+    if run_config.perceptual_lin and not run_config.perceptual_network:
+        raise UsageError("--perceptual_lin (LPIPS's heads) needs --perceptual_network (the VGG16 they sit on).")
+    if run_config.adversarial_weight:
+        discriminator.adversarial_loss(run_config.adversarial_loss)
+        discriminator.config(discriminator_name(run_config))
+    elif run_config.discriminator or run_config.discriminator_learning_rate or run_config.adversarial_start:
+        raise UsageError("--discriminator, --discriminator_learning_rate and --adversarial_start do nothing "
+                         "without --adversarial_weight.")
+
+
+def discriminator_name(run_config: TokenizerRun) -> str:
+    return run_config.discriminator or run_config.config
+
+
+def loss_settings(run_config: TokenizerRun) -> dict:
+    """tokenizer.json's record of the losses the tokenizer was trained with."""
+    from palimix.models import discriminator
+
+    settings = {"reconstruction": "l2", "perceptual_weight": run_config.perceptual_weight,
+                "adversarial_weight": run_config.adversarial_weight}
+    if run_config.perceptual_weight:
+        settings.update(perceptual_distance="lpips_vgg16", perceptual_network=os.path.abspath(run_config.perceptual_network),
+                        perceptual_lin=run_config.perceptual_lin and os.path.abspath(run_config.perceptual_lin))
+    if run_config.adversarial_weight:
+        name = discriminator_name(run_config)
+        settings.update(adversarial_start=run_config.adversarial_start, adversarial_loss=run_config.adversarial_loss,
+                        discriminator=name, discriminator_config=dataclasses.asdict(discriminator.config(name)),
+                        discriminator_learning_rate=run_config.discriminator_learning_rate or run_config.learning_rate)
+    return settings
+
+
+def adam(learning_rate: float):
+    import optax
+
+    return optax.adam(learning_rate, b1=0.9, b2=0.99)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerLosses:
+    """The optional losses of a run: the frozen LPIPS network, and the discriminator with
+    its loss and optimizer (None where off)."""
+
+    perceptual_weight: float = 0.0
+    lpips: object = None  # perceptual.Lpips
+    adversarial_weight: float = 0.0
+    discriminator: object = None  # discriminator.Discriminator
+    adversarial: object = None  # discriminator.AdversarialLoss
+    discriminator_optimizer: object = None
+
+    def terms(self, frozen: dict, state: dict, with_adversarial: bool):
+        """`vqgan.LossTerms` for one step (inside the compiled step: the networks' params are traced)."""
+        from palimix.models import vqgan
+
+        import jax
+
+        perceptual = critic = None
+        if self.perceptual_weight:
+            lpips_params = jax.lax.stop_gradient(frozen["perceptual"])  # frozen: no gradient, whoever differentiates
+            perceptual = lambda a, b: self.lpips.apply({"params": lpips_params}, a, b)  # noqa: E731
+        if with_adversarial:
+            params = state["discriminator"]["params"]
+            critic = lambda x: self.adversarial.generator(self.discriminator.apply({"params": params}, x))  # noqa: E731
+        return vqgan.LossTerms(self.perceptual_weight, perceptual,
+                               self.adversarial_weight if with_adversarial else 0.0, critic)
+
+    def discriminator_step(self, state: dict, images, reconstructions):
+        """One Adam step of the discriminator on real images against `reconstructions`."""
+        import jax
+        import optax
+
+        from palimix.models import discriminator
+
+        loss, grads = jax.value_and_grad(discriminator.discriminator_loss, argnums=1)(
+            self.discriminator, state["params"], images, reconstructions, self.adversarial)
+        updates, opt_state = self.discriminator_optimizer.update(grads, state["opt_state"], state["params"])
+        return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}, loss
+
+
+def build_losses(run_config: TokenizerRun, image_size: int, rng) -> tuple[TokenizerLosses, dict, dict]:
+    """-> (the run's losses, the frozen params {"perceptual": ...}, the discriminator's
+    initial state {"params", "opt_state"} or {})."""
+    from palimix.models import checkpoints, discriminator, perceptual
+
+    frozen, critic_state, parts = {}, {}, {}
+    if run_config.perceptual_weight:
+        frozen["perceptual"] = checkpoints.load_lpips_vgg16(run_config.perceptual_network, perceptual.init_params(),
+                                                            lin=run_config.perceptual_lin)
+        parts.update(perceptual_weight=run_config.perceptual_weight, lpips=perceptual.Lpips())
+    if run_config.adversarial_weight:
+        cfg = discriminator.config(discriminator_name(run_config))
+        optimizer = adam(run_config.discriminator_learning_rate or run_config.learning_rate)
+        params = discriminator.init_params(cfg, rng, image_size)
+        critic_state = {"params": params, "opt_state": optimizer.init(params)}
+        parts.update(adversarial_weight=run_config.adversarial_weight, discriminator=discriminator.Discriminator(cfg),
+                     adversarial=discriminator.adversarial_loss(run_config.adversarial_loss),
+                     discriminator_optimizer=optimizer)
+    return TokenizerLosses(**parts), frozen, critic_state
+
+
+def make_train_step(model, optimizer, losses: TokenizerLosses = TokenizerLosses(), *, with_adversarial: bool = False):
+    """The compiled step `(state, frozen, images) -> (state, parts)`: the tokenizer's update,
+    then (with_adversarial) the discriminator's on the same step's reconstructions."""
     import jax
     import optax
 
     from palimix.models import vqgan
 
-    def step(params, opt_state, images):
-        (loss, parts), grads = jax.value_and_grad(lambda p: vqgan.losses(model, p, images), has_aux=True)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, dict(parts, loss=loss)
+    def step(state, frozen, images):
+        terms = losses.terms(frozen, state, with_adversarial)
+        loss_fn = lambda p: vqgan.losses_and_reconstruction(model, p, images, terms)  # noqa: E731
+        (loss, (parts, reconstructions)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        new_state = dict(state, params=optax.apply_updates(state["params"], updates), opt_state=opt_state)
+        if with_adversarial:
+            new_state["discriminator"], parts["discriminator_loss"] = losses.discriminator_step(
+                state["discriminator"], images, reconstructions)
+        return new_state, dict(parts, loss=loss)
 
     return jax.jit(step)
 
 
-def train_steps(run_config: TokenizerRun, step_fn, params, opt_state):
+def train_steps(run_config: TokenizerRun, step_fns, state: dict, frozen: dict):
+    """Runs the steps: `step_fns[0]` up to `adversarial_start`, `step_fns[1]` after it."""
     import time
 
     from palimix.runner.progress import Progress
@@ -178,7 +341,8 @@ def train_steps(run_config: TokenizerRun, step_fn, params, opt_state):
                         description="tokenizer")
     start, since = time.perf_counter(), 0  # for the steps/s shown, not for any result
     for step in range(1, run_config.steps + 1):
-        params, opt_state, parts = step_fn(params, opt_state, next(batches))
+        step_fn = step_fns[step > run_config.adversarial_start]
+        state, parts = step_fn(state, frozen, next(batches))
         if step % run_config.log_every == 0 or step == run_config.steps:
             loss = float(parts["loss"])
             progress.update(step, loss, (step - since) / max(time.perf_counter() - start, 1e-9))
@@ -186,35 +350,43 @@ def train_steps(run_config: TokenizerRun, step_fn, params, opt_state):
     progress.close()
     with partial_cache_warning_hidden():
         del batches
-    return params, opt_state, parts
+    return state, parts
 
 
 def train_tokenizer(run_config: TokenizerRun) -> dict:
     """Trains, measures held-out PSNR before and after, writes DIR; returns tokenizer.json's dict."""
     import jax
-    import optax
 
     from palimix.models import vqgan
 
+    check_loss_options(run_config)
     held_out = held_out_images(run_config)
     cfg = tokenizer_config(run_config, image_size=held_out.shape[1])
     model = vqgan.Vqgan(cfg)
-    params = vqgan.init_params(cfg, jax.random.PRNGKey(run_config.seed))
-    optimizer = optax.adam(run_config.learning_rate, b1=0.9, b2=0.99)
-    opt_state = optimizer.init(params)
+    rng, critic_rng = jax.random.split(jax.random.PRNGKey(run_config.seed))
+    params = vqgan.init_params(cfg, rng)
+    optimizer = adam(run_config.learning_rate)
+    losses, frozen, critic_state = build_losses(run_config, held_out.shape[1], critic_rng)
+    state = {"params": params, "opt_state": optimizer.init(params)}
+    if critic_state:
+        state["discriminator"] = critic_state
+    plain = make_train_step(model, optimizer, losses)
+    step_fns = (plain, make_train_step(model, optimizer, losses, with_adversarial=True) if critic_state else plain)
     psnr_initial = evaluate_psnr(model, params, held_out, run_config.batch_size)
-    params, opt_state, parts = train_steps(run_config, make_train_step(model, optimizer), params, opt_state)
+    state, parts = train_steps(run_config, step_fns, state, frozen)
     result = {
         "name": run_config.name, "config": dataclasses.asdict(cfg), "steps": run_config.steps,
         "eval_split": run_config.eval_split, "eval_images": int(len(held_out)),
-        "psnr_initial": psnr_initial, "psnr": evaluate_psnr(model, params, held_out, run_config.batch_size),
-        "losses": {k: float(v) for k, v in parts.items()},
+        "psnr_initial": psnr_initial, "psnr": evaluate_psnr(model, state["params"], held_out, run_config.batch_size),
+        "losses": {k: float(v) for k, v in parts.items()}, "loss_settings": loss_settings(run_config),
     }
-    write_outputs(run_config.out, params, opt_state, result)
+    write_outputs(run_config.out, state, result)
     return result
 
 
-def write_outputs(out: str, params, opt_state, result: dict) -> None:
+def write_outputs(out: str, state: dict, result: dict) -> None:
+    """The whole train state (discriminator included) in the checkpoint; only the
+    tokenizer's params, in MaskGIT's layout, in tokenizer.msgpack."""
     from flax import serialization
 
     from palimix import image_tokenizer
@@ -223,11 +395,10 @@ def write_outputs(out: str, params, opt_state, result: dict) -> None:
     os.makedirs(out, exist_ok=True)
     store = Checkpoints(out, keep=1)
     try:
-        store.save(result["steps"], {"params": params, "opt_state": opt_state, "step": result["steps"]},
-                   None, meta=result)
+        store.save(result["steps"], dict(state, step=result["steps"]), None, meta=result)
     finally:
         store.close()
     with open(os.path.join(out, image_tokenizer.WEIGHTS_FILE), "wb") as f:
-        f.write(serialization.to_bytes({"params": params}))
+        f.write(serialization.to_bytes({"params": state["params"]}))
     with open(os.path.join(out, image_tokenizer.CONFIG_FILE), "w") as f:
         json.dump(result, f, indent=1)

@@ -48,6 +48,10 @@ What loads:
 
 `load_vqgan(checkpoint, params)`: MaskGIT's VQGAN tokenizer (a flax msgpack file of
   {"params": {"encoder", "decoder", "quantizer"}}) into `palimix.models.vqgan.Vqgan`.
+`load_lpips_vgg16(checkpoint, params, lin=None)`: the tokenizer's perceptual-loss network
+  (`palimix.models.perceptual.Lpips`): torchvision's VGG16 (`features.N.weight`
+  [out, in, kh, kw], transposed to flax's [kh, kw, in, out]) and optionally LPIPS's
+  linear heads (`lin{k}.model.1.weight`), each as `.safetensors` or `.npz`.
 
 Every loader brings the file's blocks into the model's layout, scanned or not
 (`palimix.models.scan_layout.match_layout`): a t5x mT5 file's `encoder/layers_N` load
@@ -515,6 +519,12 @@ def read_safetensors(path: str) -> dict:
     return flat
 
 
+def read_torch_named(path: str) -> dict:
+    """Flat {PyTorch name: array} of a converted PyTorch state dict: an `.npz` or a
+    `.safetensors` file (or folder of shards) keyed by the state dict's dotted names."""
+    return read_npz(path) if path.endswith(".npz") else read_safetensors(path)
+
+
 def hf_bridge_name(name: str) -> tuple[str, bool]:
     """A Hugging Face BLIP-2 name -> (palimix name, whether the array is transposed):
     "." becomes "/", a Linear's `weight` [out, in] the `kernel` [in, out], a LayerNorm's
@@ -554,7 +564,7 @@ def load_qformer(checkpoint, params):
         source, flat = "Q-Former parameters", dict(checkpoint)
     else:
         source = os.fspath(checkpoint)
-        flat = read_npz(source) if source.endswith(".npz") else read_safetensors(source)
+        flat = read_torch_named(source)
     if "query_tokens" not in _flatten(params):
         raise CheckpointMismatchError(f"the model has no Q-Former to load {source} into: build it with bridge='qformer'.")
     others = tuple(k for k in params if k not in BRIDGE_PARAMS)
@@ -694,3 +704,62 @@ def load_vqgan(checkpoint, params, *, under: tuple = ()):
     else:
         flat, source = read_maskgit_checkpoint(os.fspath(checkpoint)), os.fspath(checkpoint)
     return _merge(params, flat, under=under, source=source, strict=True)
+
+
+# ----------------------------------------------------------------------------------------
+# The perceptual loss's network: torchvision VGG16 features + LPIPS's linear heads.
+
+_TORCH_CONV = re.compile(r"features\.(\d+)\.(weight|bias)")
+_LPIPS_HEAD = re.compile(r"lin(\d+)\.model\.1\.weight")
+
+
+def _vgg16_part(flat: dict, source: str) -> dict:
+    """torchvision's `features.N.weight` [out, in, kh, kw] / `.bias` -> `vgg/features_N/kernel`
+    [kh, kw, in, out] / `bias`; every other key (the classifier) is left out."""
+    ours = {}
+    for name, value in flat.items():
+        match = _TORCH_CONV.fullmatch(name)
+        if not match:
+            continue
+        value = np.asarray(value)
+        if match[2] == "weight" and value.ndim != 4:
+            raise CheckpointMismatchError(f"{source}: {name} has shape {value.shape}; a conv weight is 4-D.")
+        kernel = np.transpose(value, (2, 3, 1, 0)) if match[2] == "weight" else value
+        ours[f"vgg/features_{match[1]}/{'kernel' if match[2] == 'weight' else 'bias'}"] = kernel
+    if not ours:
+        raise CheckpointMismatchError(f"{source} holds no torchvision VGG16 features (features.N.weight); "
+                                      f"it has {sorted(flat)[:5]}.")
+    return ours
+
+
+def _lpips_heads(flat: dict, source: str) -> dict:
+    """LPIPS's `lin{k}.model.1.weight` [1, C, 1, 1] -> `lin{k}` [C]; nothing else may be there."""
+    heads, others = {}, []
+    for name, value in flat.items():
+        match = _LPIPS_HEAD.fullmatch(name)
+        if match:
+            heads[f"lin{match[1]}"] = np.asarray(value).reshape(-1)
+        else:
+            others.append(name)
+    if others or not heads:
+        raise CheckpointMismatchError(f"{source} is not LPIPS's linear heads (lin{{k}}.model.1.weight); "
+                                      f"unexpected keys: {others[:5]}.")
+    return heads
+
+
+def load_lpips_vgg16(checkpoint, params, *, lin=None):
+    """`palimix.models.perceptual.Lpips` params from torchvision's VGG16 (a converted
+    `vgg16().state_dict()`: `.safetensors` or `.npz` with `features.N.weight/bias`; its
+    classifier is ignored) and, optionally, LPIPS's linear heads (`lin`: a converted
+    `lpips/weights/v0.1/vgg.pth`, `lin{k}.model.1.weight`). Without `lin` the heads keep
+    their values in `params` (1 when freshly initialised). Every conv must be there with
+    the model's shape."""
+    source = os.fspath(checkpoint)
+    loaded = _vgg16_part(read_torch_named(source), source)
+    params = _merge(params, loaded, under=(), exclude=tuple(k for k in params if k != "vgg"), source=source,
+                    strict=True)
+    if lin is None:
+        return params
+    lin_source = os.fspath(lin)
+    heads = _lpips_heads(read_torch_named(lin_source), lin_source)
+    return _merge(params, heads, under=(), exclude=("vgg",), source=lin_source, strict=True)

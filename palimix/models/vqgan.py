@@ -20,14 +20,18 @@ GroupNorm_0, Conv_last}`, `quantizer/codebook [codebook_size, embedding_dim]`.
 
 Training losses (`losses`): L2 reconstruction plus MaskGIT's quantizer loss (commitment
 `commitment_cost * |sg(q) - z|^2` + codebook `|q - sg(z)|^2`), with the straight-through
-estimator passing the decoder's gradient to the encoder. MaskGIT's perceptual (VGG/ResNet
-features), adversarial (StyleGAN discriminator) and entropy losses are not implemented yet.
+estimator passing the decoder's gradient to the encoder. Optional terms (`LossTerms`, off
+by default): a perceptual loss, the distance of a frozen feature network
+(`palimix.models.perceptual.Lpips`: LPIPS on torchvision's VGG16, as taming-transformers
+trains its VQGAN), and the generator's adversarial loss against a discriminator
+(`palimix.models.discriminator`: MaskGIT's StyleGAN discriminator, trained by its own
+step in `palimix train-tokenizer`). MaskGIT's entropy loss is not implemented.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -233,12 +237,58 @@ def init_params(config: VqganConfig, rng, image_size: int | None = None):
     return Vqgan(config).init(rng, images)["params"]
 
 
-def losses(model: Vqgan, params, images) -> tuple[jnp.ndarray, dict]:
-    """The training loss (L2 reconstruction in [0, 1] pixels + quantizer loss) and its parts."""
-    reconstruction, codes, quantizer_loss = model.apply({"params": params}, images)
-    reconstruction_loss = jnp.mean((_to_unit(reconstruction) - _to_unit(images)) ** 2)
-    parts = {"reconstruction_loss": reconstruction_loss, "quantizer_loss": quantizer_loss}
-    return reconstruction_loss + quantizer_loss, parts
+@dataclasses.dataclass(frozen=True)
+class LossTerms:
+    """The optional terms of the tokenizer's loss, each a weight and the frozen function
+    it scores with (built inside the train step, so the functions may close over traced
+    parameters). A weight of 0 leaves its term out of the computation altogether."""
+
+    perceptual_weight: float = 0.0
+    # (images, reconstructions) -> [B] distances of a frozen network (perceptual.Lpips).
+    perceptual: Callable | None = None
+    adversarial_weight: float = 0.0
+    # reconstructions -> the generator's adversarial loss (the discriminator as it is now,
+    # not trained by this loss: discriminator.ADVERSARIAL_LOSSES' `generator` of its logits).
+    critic: Callable | None = None
+
+    def __post_init__(self):
+        if self.perceptual_weight and self.perceptual is None:
+            raise UsageError("a perceptual loss weight needs its frozen network (perceptual=...).")
+        if self.adversarial_weight and self.critic is None:
+            raise UsageError("an adversarial loss weight needs the discriminator's loss (critic=...).")
+
+
+def reconstruction_loss(images, reconstructions):
+    """L2 in MaskGIT's [0, 1] pixels."""
+    return jnp.mean((_to_unit(reconstructions) - _to_unit(images)) ** 2)
+
+
+def perceptual_loss(distance: Callable, images, reconstructions):
+    """The batch mean of a frozen network's distance, e.g. `perceptual.Lpips` with its
+    parameters under `stop_gradient` (as train-tokenizer builds it): the gradient reaches
+    the reconstructions, never the network."""
+    return jnp.mean(distance(images, reconstructions))
+
+
+def losses_and_reconstruction(model: Vqgan, params, images, terms: LossTerms = LossTerms()):
+    """-> (total loss, (parts, reconstructions)): L2 reconstruction + quantizer loss, plus
+    the weighted perceptual and adversarial terms that `terms` switches on."""
+    reconstructions, _, quantizer_loss = model.apply({"params": params}, images)
+    parts = {"reconstruction_loss": reconstruction_loss(images, reconstructions), "quantizer_loss": quantizer_loss}
+    total = parts["reconstruction_loss"] + quantizer_loss
+    if terms.perceptual_weight:
+        parts["perceptual_loss"] = perceptual_loss(terms.perceptual, images, reconstructions)
+        total = total + terms.perceptual_weight * parts["perceptual_loss"]
+    if terms.adversarial_weight:
+        parts["generator_adversarial_loss"] = terms.critic(reconstructions)
+        total = total + terms.adversarial_weight * parts["generator_adversarial_loss"]
+    return total, (parts, reconstructions)
+
+
+def losses(model: Vqgan, params, images, terms: LossTerms = LossTerms()) -> tuple[jnp.ndarray, dict]:
+    """The training loss (see `losses_and_reconstruction`) and its parts."""
+    total, (parts, _) = losses_and_reconstruction(model, params, images, terms)
+    return total, parts
 
 
 def psnr(images, reconstructions) -> jnp.ndarray:
