@@ -158,7 +158,8 @@ def test_gradients_reach_the_tokenizer_not_the_frozen_feature_network(narrow_lpi
         terms = losses.terms(frozen_params, {}, with_adversarial=False)
         return vqgan.losses(model, tokenizer_params, images, terms)
 
-    (total, parts), (grads, frozen_grads) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, frozen)
+    grad_fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+    (total, parts), (grads, frozen_grads) = grad_fn(params, frozen)
     assert float(parts["perceptual_loss"]) > 0
     assert float(total) == pytest.approx(float(parts["reconstruction_loss"] + parts["quantizer_loss"]
                                                + parts["perceptual_loss"]), rel=1e-5)
@@ -166,7 +167,7 @@ def test_gradients_reach_the_tokenizer_not_the_frozen_feature_network(narrow_lpi
     assert float(jnp.abs(grads["encoder"]["Conv_0"]["kernel"]).sum()) > 0  # straight through the codes
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(frozen_grads))
     # The perceptual term alone moves the decoder: its gradient differs from the L2-only one.
-    plain_grads = jax.grad(lambda p: vqgan.losses(model, p, images)[0])(params)
+    plain_grads = jax.jit(jax.grad(lambda p: vqgan.losses(model, p, images)[0]))(params)
     assert not np.allclose(np.asarray(grads["decoder"]["Conv_0"]["kernel"]),
                            np.asarray(plain_grads["decoder"]["Conv_0"]["kernel"]))
 

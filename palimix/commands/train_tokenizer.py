@@ -15,7 +15,8 @@ the checkpoint:
     DIR/tokenizer.msgpack       the tokenizer's params only, in MaskGIT's layout
                                 (`checkpoints.load_vqgan` reads it)
     DIR/tokenizer.json          config, steps, psnr_initial, psnr, eval images, losses (the
-                                last step's), loss_settings (weights, networks, start step)
+                                last step's), loss_settings (weights, networks, start step),
+                                seconds_per_step (wall clock, compiling left out)
 
 Optional losses (off by default; `palimix.models.vqgan.LossTerms`):
 
@@ -330,19 +331,45 @@ def make_train_step(model, optimizer, losses: TokenizerLosses = TokenizerLosses(
     return jax.jit(step)
 
 
+class StepTimer:
+    """Wall-clock seconds of the compiled steps, each step function's first call (which
+    compiles it) left out; data loading is outside the timed span."""
+
+    def __init__(self):
+        self.seconds, self.steps, self._compiled = 0.0, 0, set()
+
+    def record(self, step_fn, outputs, start: float) -> None:
+        """One call of `step_fn` begun at `start` (time.perf_counter) that returned `outputs`."""
+        import time
+
+        import jax
+
+        jax.block_until_ready(outputs)
+        if step_fn in self._compiled:
+            self.seconds, self.steps = self.seconds + time.perf_counter() - start, self.steps + 1
+        self._compiled.add(step_fn)
+
+    @property
+    def seconds_per_step(self) -> float | None:
+        return self.seconds / self.steps if self.steps else None
+
+
 def train_steps(run_config: TokenizerRun, step_fns, state: dict, frozen: dict):
-    """Runs the steps: `step_fns[0]` up to `adversarial_start`, `step_fns[1]` after it."""
+    """Runs the steps: `step_fns[0]` up to `adversarial_start`, `step_fns[1]` after it.
+    -> (state, the last step's loss parts, StepTimer)."""
     import time
 
     from palimix.runner.progress import Progress
 
-    batches, parts = train_batches(run_config), {}
+    batches, parts, timer = train_batches(run_config), {}, StepTimer()
     progress = Progress(run_config.steps, 0, run_config.batch_size, enabled=run_config.progress,
                         description="tokenizer")
-    start, since = time.perf_counter(), 0  # for the steps/s shown, not for any result
+    start, since = time.perf_counter(), 0  # for the steps/s shown
     for step in range(1, run_config.steps + 1):
-        step_fn = step_fns[step > run_config.adversarial_start]
-        state, parts = step_fn(state, frozen, next(batches))
+        step_fn, images = step_fns[step > run_config.adversarial_start], next(batches)
+        began = time.perf_counter()
+        state, parts = step_fn(state, frozen, images)
+        timer.record(step_fn, parts, began)
         if step % run_config.log_every == 0 or step == run_config.steps:
             loss = float(parts["loss"])
             progress.update(step, loss, (step - since) / max(time.perf_counter() - start, 1e-9))
@@ -350,7 +377,7 @@ def train_steps(run_config: TokenizerRun, step_fns, state: dict, frozen: dict):
     progress.close()
     with partial_cache_warning_hidden():
         del batches
-    return state, parts
+    return state, parts, timer
 
 
 def train_tokenizer(run_config: TokenizerRun) -> dict:
@@ -363,22 +390,23 @@ def train_tokenizer(run_config: TokenizerRun) -> dict:
     held_out = held_out_images(run_config)
     cfg = tokenizer_config(run_config, image_size=held_out.shape[1])
     model = vqgan.Vqgan(cfg)
-    rng, critic_rng = jax.random.split(jax.random.PRNGKey(run_config.seed))
+    rng = jax.random.PRNGKey(run_config.seed)
     params = vqgan.init_params(cfg, rng)
     optimizer = adam(run_config.learning_rate)
-    losses, frozen, critic_state = build_losses(run_config, held_out.shape[1], critic_rng)
+    losses, frozen, critic_state = build_losses(run_config, held_out.shape[1], jax.random.fold_in(rng, 1))
     state = {"params": params, "opt_state": optimizer.init(params)}
     if critic_state:
         state["discriminator"] = critic_state
     plain = make_train_step(model, optimizer, losses)
     step_fns = (plain, make_train_step(model, optimizer, losses, with_adversarial=True) if critic_state else plain)
     psnr_initial = evaluate_psnr(model, params, held_out, run_config.batch_size)
-    state, parts = train_steps(run_config, step_fns, state, frozen)
+    state, parts, timer = train_steps(run_config, step_fns, state, frozen)
     result = {
         "name": run_config.name, "config": dataclasses.asdict(cfg), "steps": run_config.steps,
         "eval_split": run_config.eval_split, "eval_images": int(len(held_out)),
         "psnr_initial": psnr_initial, "psnr": evaluate_psnr(model, state["params"], held_out, run_config.batch_size),
         "losses": {k: float(v) for k, v in parts.items()}, "loss_settings": loss_settings(run_config),
+        "seconds_per_step": timer.seconds_per_step,  # wall clock on this machine, compiling left out
     }
     write_outputs(run_config.out, state, result)
     return result
