@@ -53,7 +53,8 @@ def write_random_vgg16(path: str, seed: int = 0) -> str:
     for indices, width in perceptual.VGG16_STAGES:
         for index in indices:
             std = np.sqrt(2.0 / (9 * channels))
-            tensors[f"features.{index}.weight"] = (std * rng.standard_normal((width, channels, 3, 3))).astype(np.float32)
+            weight = std * rng.standard_normal((width, channels, 3, 3))
+            tensors[f"features.{index}.weight"] = weight.astype(np.float32)
             tensors[f"features.{index}.bias"] = np.zeros(width, np.float32)
             channels = width
     save_file(tensors, path)
@@ -94,7 +95,8 @@ def main() -> None:
     parser.add_argument("--config", default="tiny")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--eval_images", type=int, default=64)
-    parser.add_argument("--variants", default="l2", help=f"comma-separated, the first the reference: {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default="l2",
+                        help=f"comma-separated, the first the reference: {', '.join(VARIANTS)}")
     args = parser.parse_args()
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]

@@ -197,7 +197,8 @@ def test_discriminator_has_maskgits_module_tree():
                          f"{block}/Conv_2/kernel": (3, 3, 16, 16), f"{block}/Conv_2/bias": (16,)})
     assert flat == expected
     # MaskGIT's widths by resolution (its `filters` table) from the default config.
-    assert [discriminator.config("maskgit").width(r) for r in (4, 32, 64, 128, 256, 512)] == [512, 512, 256, 128, 64, 32]
+    widths = [discriminator.config("maskgit").width(r) for r in (4, 32, 64, 128, 256, 512)]
+    assert widths == [512, 512, 256, 128, 64, 32]
     with pytest.raises(UsageError, match="power of two"):
         discriminator.init_params(cfg, jax.random.PRNGKey(0), 24)
 

@@ -60,20 +60,24 @@ def configure(parser):
     parser.add_argument("--eval_images", type=int, default=64, help="held-out images to measure PSNR on")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log_every", type=int, default=100, help="show the loss every N steps")
+    parser.add_argument("--no_progress", dest="progress", action="store_false", help="no progress bar or lines")
     losses = parser.add_argument_group("optional losses (off by default)")
-    losses.add_argument("--perceptual_weight", type=float, default=0.0, help="weight of the LPIPS loss (taming: 1.0)")
+    losses.add_argument("--perceptual_weight", metavar="W", type=float, default=0.0,
+                        help="weight of the LPIPS loss (taming: 1.0, MaskGIT: 0.1)")
     losses.add_argument("--perceptual_network", metavar="PATH",
                         help="torchvision VGG16 weights (.safetensors or .npz with features.N.weight names)")
     losses.add_argument("--perceptual_lin", metavar="PATH",
                         help="LPIPS's linear heads (lin{k}.model.1.weight; default: all 1, LPIPS's lpips=False)")
-    losses.add_argument("--adversarial_weight", type=float, default=0.0,
+    losses.add_argument("--adversarial_weight", metavar="W", type=float, default=0.0,
                         help="weight of the generator's adversarial loss (MaskGIT: 0.1)")
-    losses.add_argument("--adversarial_start", type=int, default=0, help="steps before the adversarial loss begins")
-    losses.add_argument("--adversarial_loss", default="non_saturating", help="non_saturating (MaskGIT's) or hinge")
-    losses.add_argument("--discriminator", help="discriminator config (tiny, maskgit; default: the --config name)")
-    losses.add_argument("--discriminator_learning_rate", type=float,
+    losses.add_argument("--adversarial_start", metavar="N", type=int, default=0,
+                        help="steps before the adversarial loss (and the discriminator's training) begins")
+    losses.add_argument("--adversarial_loss", metavar="NAME", default="non_saturating",
+                        help="non_saturating (MaskGIT's) or hinge (taming's)")
+    losses.add_argument("--discriminator", metavar="CONFIG",
+                        help="discriminator config (tiny, maskgit; default: the --config name)")
+    losses.add_argument("--discriminator_learning_rate", metavar="LR", type=float,
                         help="the discriminator's Adam learning rate (default: --learning_rate)")
-    parser.add_argument("--no_progress", dest="progress", action="store_false", help="no progress bar or lines")
     add_registration_flags(parser)
 
 
@@ -231,7 +235,8 @@ def loss_settings(run_config: TokenizerRun) -> dict:
     settings = {"reconstruction": "l2", "perceptual_weight": run_config.perceptual_weight,
                 "adversarial_weight": run_config.adversarial_weight}
     if run_config.perceptual_weight:
-        settings.update(perceptual_distance="lpips_vgg16", perceptual_network=os.path.abspath(run_config.perceptual_network),
+        settings.update(perceptual_distance="lpips_vgg16",
+                        perceptual_network=os.path.abspath(run_config.perceptual_network),
                         perceptual_lin=run_config.perceptual_lin and os.path.abspath(run_config.perceptual_lin))
     if run_config.adversarial_weight:
         name = discriminator_name(run_config)
@@ -261,9 +266,9 @@ class TokenizerLosses:
 
     def terms(self, frozen: dict, state: dict, with_adversarial: bool):
         """`vqgan.LossTerms` for one step (inside the compiled step: the networks' params are traced)."""
-        from palimix.models import vqgan
-
         import jax
+
+        from palimix.models import vqgan
 
         perceptual = critic = None
         if self.perceptual_weight:

@@ -12,12 +12,14 @@ Modules (imported on use, so `import palimix.models` stays cheap):
   qformer       BLIP-2's Q-Former bridge (Hugging Face names)
   lora          LoRA adapters on the language model's projections; merging
   quantize      frozen weights in int8 with per-output-channel scales
-  vqgan         the VQGAN image tokenizer (MaskGIT's names)
+  vqgan         the VQGAN image tokenizer (MaskGIT's names) and its training losses
+  perceptual    LPIPS on torchvision's VGG16 (the tokenizer's optional perceptual loss)
+  discriminator MaskGIT's StyleGAN discriminator and GAN losses (the optional adversarial loss)
   layers        shared building blocks (logical axis names on every parameter), attention
   scan_layout   scanned <-> unscanned parameter layouts
   decoding      greedy, beam search, temperature / top-k sampling with a cache
-  checkpoints   public checkpoint layouts (big_vision, t5x, Hugging Face, MaskGIT), warm starts
+  checkpoints   public checkpoint layouts (big_vision, t5x, Hugging Face, MaskGIT, torchvision), warm starts
   partitioning  logical axis rules (`DEFAULT_RULES`), meshes, parameter shardings
   trainable     which parameters train (`ParamSelection`)
-  losses        the one training loss
+  losses        the one training loss (of the PaLI networks)
 """

@@ -47,10 +47,6 @@ LPIPS_SCALE = (0.458, 0.448, 0.450)
 _NORM_EPS = 1e-10  # LPIPS's normalize_tensor
 
 
-def conv_names(stages=VGG16_STAGES) -> list[str]:
-    return [f"features_{index}" for indices, _ in stages for index in indices]
-
-
 class Vgg16Features(nn.Module):
     """torchvision's `vgg16().features` up to relu5_3 -> the five LPIPS feature maps.
     `widths` replaces the stage widths (tests use narrow ones; a checkpoint needs VGG16's)."""
@@ -69,6 +65,10 @@ class Vgg16Features(nn.Module):
         return taps
 
 
+def _lpips_scaling(x):
+    return (x - jnp.asarray(LPIPS_SHIFT)) / jnp.asarray(LPIPS_SCALE)
+
+
 def _unit_channels(x):
     return x / (jnp.sqrt(jnp.sum(x**2, axis=-1, keepdims=True)) + _NORM_EPS)
 
@@ -81,9 +81,8 @@ class Lpips(nn.Module):
     @nn.compact
     def __call__(self, images, others):
         features = Vgg16Features(self.widths, name="vgg")
-        scale = lambda x: (x - jnp.asarray(LPIPS_SHIFT)) / jnp.asarray(LPIPS_SCALE)  # noqa: E731
         distance = 0.0
-        for k, (a, b) in enumerate(zip(features(scale(images)), features(scale(others)))):
+        for k, (a, b) in enumerate(zip(features(_lpips_scaling(images)), features(_lpips_scaling(others)))):
             head = self.param(f"lin{k}", nn.initializers.ones, (a.shape[-1],))
             squared = (_unit_channels(a) - _unit_channels(b)) ** 2
             distance = distance + jnp.mean(jnp.sum(squared * head, axis=-1), axis=(1, 2))
