@@ -231,12 +231,35 @@ def test_a_discriminator_step_lowers_its_loss_on_a_fixed_batch(loss_name):
     step = jax.jit(losses.discriminator_step)
     state, first = step(state, real, fake)
     for _ in range(10):
-        state, loss = step(state, real, fake)
-    assert float(loss) < float(first) - 0.05, (float(first), float(loss))
+        state, parts = step(state, real, fake)
+    first, loss = float(first["discriminator_loss"]), float(parts["discriminator_loss"])
+    assert loss < first - 0.05, (first, loss)
     # The generator's side: the loss it minimizes is higher on what the discriminator rejects.
     logits = net.apply({"params": state["params"]}, jnp.concatenate([real, fake]))
     gen = losses.adversarial.generator
     assert float(gen(logits[4:])) > float(gen(logits[:4]))
+
+
+def test_r1_penalty_is_the_squared_pixel_gradient_of_the_real_logits():
+    cfg = discriminator.DiscriminatorConfig(filters_at_256=8, max_filters=8)
+    net = discriminator.Discriminator(cfg)
+    params = discriminator.init_params(cfg, jax.random.PRNGKey(0), 8)
+    images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 3)), jnp.float32)
+    # Central differences, one pixel value at a time, in float64 to keep them exact enough.
+    with jax.enable_x64():
+        params64 = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params)
+        x = jnp.asarray(images, jnp.float64)
+        eps, n = 1e-4, x[0].size
+        bumps = jnp.eye(n, dtype=jnp.float64).reshape(n, 1, 8, 8, 3) * eps
+        logit = jax.vmap(lambda d: net.apply({"params": params64}, x + d)[:, 0])
+        grads = (logit(bumps) - logit(-bumps)) / (2 * eps)  # [pixels, B]
+        expected = float(jnp.mean(jnp.sum(grads**2, axis=0)))
+    assert float(discriminator.r1_penalty(net, params, images)) == pytest.approx(expected, rel=1e-3)
+    fake = -images
+    loss = discriminator.ADVERSARIAL_LOSSES["non_saturating"]
+    total, parts = discriminator.discriminator_loss(net, params, images, fake, loss, r1_weight=10.0)
+    assert float(total) == pytest.approx(float(parts["discriminator_loss"] + 10.0 * parts["r1_penalty"]), rel=1e-5)
+    assert set(discriminator.discriminator_loss(net, params, images, fake, loss)[1]) == {"discriminator_loss"}
 
 
 # --- train-tokenizer --------------------------------------------------------------------------
@@ -250,6 +273,7 @@ def test_a_discriminator_step_lowers_its_loss_on_a_fixed_batch(loss_name):
     ({"adversarial_weight": 0.1, "adversarial_loss": "wasserstein"}, "no adversarial loss"),
     ({"adversarial_weight": 0.1, "discriminator": "huge"}, "no discriminator config"),
     ({"adversarial_weight": -1.0}, "negative"),
+    ({"r1_weight": 10.0}, "do nothing without --adversarial_weight"),
 ])
 def test_train_tokenizer_rejects_loss_options_that_cannot_work(tmp_path, options, message):
     run = train_tokenizer.TokenizerRun("palimix_demo_caption", str(tmp_path), **options)
@@ -266,7 +290,8 @@ def test_train_tokenizer_with_perceptual_and_adversarial_losses(tmp_path, vgg_fi
     code = cli.main(["train-tokenizer", "palimix_demo_caption", "--out", str(out), "--steps", "3",
                      "--batch_size", "4", "--eval_images", "4", "--codebook_size", "32", "--no_progress",
                      "--perceptual_weight", "0.5", "--perceptual_network", vgg_file, "--perceptual_lin", lin_file,
-                     "--adversarial_weight", "0.1", "--adversarial_start", "1", "--adversarial_loss", "hinge"])
+                     "--adversarial_weight", "0.1", "--adversarial_start", "1", "--adversarial_loss", "hinge",
+                     "--r1_weight", "10"])
     assert code == 0
     result = json.loads((out / "tokenizer.json").read_text())
     settings = result["loss_settings"]
@@ -274,8 +299,9 @@ def test_train_tokenizer_with_perceptual_and_adversarial_losses(tmp_path, vgg_fi
     assert settings["perceptual_lin"] == lin_file and settings["perceptual_distance"] == "lpips_vgg16"
     assert settings["adversarial_weight"] == 0.1 and settings["adversarial_start"] == 1
     assert settings["adversarial_loss"] == "hinge" and settings["discriminator"] == "tiny"
+    assert settings["r1_weight"] == 10.0
     assert set(result["losses"]) == {"loss", "reconstruction_loss", "quantizer_loss", "perceptual_loss",
-                                     "generator_adversarial_loss", "discriminator_loss"}
+                                     "generator_adversarial_loss", "discriminator_loss", "r1_penalty"}
     assert all(np.isfinite(v) for v in result["losses"].values())
     # tokenizer.msgpack: the tokenizer alone, in MaskGIT's layout (strict: nothing else in it).
     cfg = vqgan.config("tiny", codebook_size=32)

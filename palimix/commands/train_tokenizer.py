@@ -31,6 +31,7 @@ Optional losses (off by default; `palimix.models.vqgan.LossTerms`):
   updates the tokenizer against the discriminator as it is, then the discriminator on the
   real images against that step's reconstructions, in one compiled step; the generator's
   weight is fixed (MaskGIT's 0.1 is a good start), not taming's adaptive weight.
+  `--r1_weight W` adds MaskGIT's R1 gradient penalty to the discriminator's loss.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def configure(parser):
                         help="discriminator config (tiny, maskgit; default: the --config name)")
     losses.add_argument("--discriminator_learning_rate", metavar="LR", type=float,
                         help="the discriminator's Adam learning rate (default: --learning_rate)")
+    losses.add_argument("--r1_weight", metavar="W", type=float, default=0.0,
+                        help="R1 gradient penalty on the discriminator's real images (MaskGIT: 10)")
     add_registration_flags(parser)
 
 
@@ -105,6 +108,7 @@ class TokenizerRun:
     adversarial_loss: str = "non_saturating"
     discriminator: str | None = None
     discriminator_learning_rate: float | None = None
+    r1_weight: float = 0.0
 
 
 def run(args) -> int:
@@ -206,7 +210,7 @@ def check_loss_options(run_config: TokenizerRun) -> None:
     from palimix.errors import UsageError
     from palimix.models import discriminator
 
-    if run_config.perceptual_weight < 0 or run_config.adversarial_weight < 0:
+    if min(run_config.perceptual_weight, run_config.adversarial_weight, run_config.r1_weight) < 0:
         raise UsageError("loss weights cannot be negative.")
     if run_config.perceptual_weight and not run_config.perceptual_network:
         raise UsageError("--perceptual_weight needs --perceptual_network PATH: torchvision's VGG16 converted to "
@@ -219,9 +223,10 @@ def check_loss_options(run_config: TokenizerRun) -> None:
     if run_config.adversarial_weight:
         discriminator.adversarial_loss(run_config.adversarial_loss)
         discriminator.config(discriminator_name(run_config))
-    elif run_config.discriminator or run_config.discriminator_learning_rate or run_config.adversarial_start:
-        raise UsageError("--discriminator, --discriminator_learning_rate and --adversarial_start do nothing "
-                         "without --adversarial_weight.")
+    elif (run_config.discriminator or run_config.discriminator_learning_rate or run_config.adversarial_start
+          or run_config.r1_weight):
+        raise UsageError("--discriminator, --discriminator_learning_rate, --adversarial_start and --r1_weight do "
+                         "nothing without --adversarial_weight.")
 
 
 def discriminator_name(run_config: TokenizerRun) -> str:
@@ -242,7 +247,8 @@ def loss_settings(run_config: TokenizerRun) -> dict:
         name = discriminator_name(run_config)
         settings.update(adversarial_start=run_config.adversarial_start, adversarial_loss=run_config.adversarial_loss,
                         discriminator=name, discriminator_config=dataclasses.asdict(discriminator.config(name)),
-                        discriminator_learning_rate=run_config.discriminator_learning_rate or run_config.learning_rate)
+                        discriminator_learning_rate=run_config.discriminator_learning_rate or run_config.learning_rate,
+                        r1_weight=run_config.r1_weight)
     return settings
 
 
@@ -263,6 +269,7 @@ class TokenizerLosses:
     discriminator: object = None  # discriminator.Discriminator
     adversarial: object = None  # discriminator.AdversarialLoss
     discriminator_optimizer: object = None
+    r1_weight: float = 0.0
 
     def terms(self, frozen: dict, state: dict, with_adversarial: bool):
         """`vqgan.LossTerms` for one step (inside the compiled step: the networks' params are traced)."""
@@ -281,16 +288,17 @@ class TokenizerLosses:
                                self.adversarial_weight if with_adversarial else 0.0, critic)
 
     def discriminator_step(self, state: dict, images, reconstructions):
-        """One Adam step of the discriminator on real images against `reconstructions`."""
+        """One Adam step of the discriminator on real images against `reconstructions`
+        -> (its new state, its loss parts)."""
         import jax
         import optax
 
         from palimix.models import discriminator
 
-        loss, grads = jax.value_and_grad(discriminator.discriminator_loss, argnums=1)(
-            self.discriminator, state["params"], images, reconstructions, self.adversarial)
+        (_, parts), grads = jax.value_and_grad(discriminator.discriminator_loss, argnums=1, has_aux=True)(
+            self.discriminator, state["params"], images, reconstructions, self.adversarial, self.r1_weight)
         updates, opt_state = self.discriminator_optimizer.update(grads, state["opt_state"], state["params"])
-        return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}, loss
+        return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}, parts
 
 
 def build_losses(run_config: TokenizerRun, image_size: int, rng) -> tuple[TokenizerLosses, dict, dict]:
@@ -310,7 +318,7 @@ def build_losses(run_config: TokenizerRun, image_size: int, rng) -> tuple[Tokeni
         critic_state = {"params": params, "opt_state": optimizer.init(params)}
         parts.update(adversarial_weight=run_config.adversarial_weight, discriminator=discriminator.Discriminator(cfg),
                      adversarial=discriminator.adversarial_loss(run_config.adversarial_loss),
-                     discriminator_optimizer=optimizer)
+                     discriminator_optimizer=optimizer, r1_weight=run_config.r1_weight)
     return TokenizerLosses(**parts), frozen, critic_state
 
 
@@ -329,8 +337,9 @@ def make_train_step(model, optimizer, losses: TokenizerLosses = TokenizerLosses(
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         new_state = dict(state, params=optax.apply_updates(state["params"], updates), opt_state=opt_state)
         if with_adversarial:
-            new_state["discriminator"], parts["discriminator_loss"] = losses.discriminator_step(
-                state["discriminator"], images, reconstructions)
+            new_state["discriminator"], critic_parts = losses.discriminator_step(state["discriminator"], images,
+                                                                                 reconstructions)
+            parts.update(critic_parts)
         return new_state, dict(parts, loss=loss)
 
     return jax.jit(step)

@@ -19,7 +19,9 @@ follow MaskGIT's table by resolution, `min(max_filters, filters_at_256 * 256 / r
 Losses (`ADVERSARIAL_LOSSES`), from logits of real and reconstructed images:
 `non_saturating` (MaskGIT's `loss_type`: discriminator `softplus(-real) + softplus(fake)`,
 generator `softplus(-fake)`) and `hinge` (taming-transformers': discriminator
-`(relu(1 - real) + relu(1 + fake)) / 2`, generator `-fake`), each a batch mean.
+`(relu(1 - real) + relu(1 + fake)) / 2`, generator `-fake`), each a batch mean. Optional
+for the discriminator: MaskGIT's R1 gradient penalty on real images (`r1_penalty`; its
+weight in MaskGIT's config: 10).
 """
 
 from __future__ import annotations
@@ -155,8 +157,22 @@ def adversarial_loss(name: str) -> AdversarialLoss:
     return ADVERSARIAL_LOSSES[name]
 
 
-def discriminator_loss(net: Discriminator, params, images, reconstructions, loss: AdversarialLoss):
-    """The discriminator's loss on real images against (fixed) reconstructions."""
+def r1_penalty(net: Discriminator, params, images):
+    """R1 (Mescheder et al. 2018; MaskGIT's `r1_gradient_penalty`): the squared norm of the
+    gradient of each real image's logit with respect to its pixels, batch mean."""
+    grads = jax.grad(lambda x: jnp.sum(net.apply({"params": params}, x)))(images)
+    return jnp.mean(jnp.sum(grads.reshape(images.shape[0], -1) ** 2, axis=-1))
+
+
+def discriminator_loss(net: Discriminator, params, images, reconstructions, loss: AdversarialLoss,
+                       r1_weight: float = 0.0):
+    """The discriminator's loss on real images against (fixed) reconstructions, plus
+    `r1_weight` times the R1 penalty on the real ones -> (total, parts)."""
     logits = net.apply({"params": params}, jnp.concatenate([images, jax.lax.stop_gradient(reconstructions)]))
     real, fake = jnp.split(logits, 2)
-    return loss.discriminator(real, fake)
+    parts = {"discriminator_loss": loss.discriminator(real, fake)}
+    total = parts["discriminator_loss"]
+    if r1_weight:
+        parts["r1_penalty"] = r1_penalty(net, params, images)
+        total = total + r1_weight * parts["r1_penalty"]
+    return total, parts
