@@ -11,14 +11,16 @@ each one's held-out PSNR and seconds per step (compiling left out) as a ratio to
 L2-only run's, measured in the same process:
 
     l2                      L2 + quantizer loss only (train-tokenizer's default)
-    adversarial             + MaskGIT's StyleGAN discriminator, non-saturating, weight 0.1
-    perceptual_random_vgg   + LPIPS (weight 0.1) on a RANDOMLY INITIALISED VGG16: no
-                            pretrained VGG16 can be downloaded here, so this measures the
-                            cost of the loss, not the benefit of ImageNet features
+    adversarial             + MaskGIT's StyleGAN discriminator, non-saturating loss,
+                            --adversarial_weight (MaskGIT's 0.1) after --adversarial_start
+    perceptual_random_vgg   + LPIPS (--perceptual_weight, MaskGIT's 0.1) on a RANDOMLY
+                            INITIALISED VGG16: no pretrained VGG16 can be downloaded here,
+                            so this measures the cost of the loss, not the benefit of
+                            ImageNet features
     both_random_vgg         both of the above
 
     python benchmarks/tokenizer_psnr.py [--name palimix_demo] [--steps 300] [--config tiny]
-        [--variants l2,adversarial,perceptual_random_vgg]
+        [--variants l2,adversarial,perceptual_random_vgg] [--adversarial_start 150]
 
 Last line: a JSON object with psnr (the first variant's), psnr_initial, psnr_mean_image,
 steps, eval_images, and per variant its psnr, seconds_per_step and step_time_ratio.
@@ -33,13 +35,12 @@ import tempfile
 
 import numpy as np
 
-ADVERSARIAL = {"adversarial_weight": 0.1}  # MaskGIT's g_adversarial_loss_weight
-PERCEPTUAL = {"perceptual_weight": 0.1}  # MaskGIT's perceptual_loss_weight
+# Which optional losses each variant switches on (their weights: the flags).
 VARIANTS = {
-    "l2": {},
-    "adversarial": ADVERSARIAL,
-    "perceptual_random_vgg": PERCEPTUAL,
-    "both_random_vgg": {**ADVERSARIAL, **PERCEPTUAL},
+    "l2": (),
+    "adversarial": ("adversarial",),
+    "perceptual_random_vgg": ("perceptual",),
+    "both_random_vgg": ("adversarial", "perceptual"),
 }
 
 
@@ -76,10 +77,13 @@ def mean_image_psnr(run) -> float:
 def run_variant(name: str, args, work: str) -> dict:
     from palimix.commands import train_tokenizer
 
-    options = dict(VARIANTS[name])
-    if "perceptual_weight" in options:
+    options = {}
+    if "adversarial" in VARIANTS[name]:
+        options.update(adversarial_weight=args.adversarial_weight, adversarial_start=args.adversarial_start)
+    if "perceptual" in VARIANTS[name]:
         vgg = os.path.join(work, "random_vgg16.safetensors")
-        options["perceptual_network"] = vgg if os.path.exists(vgg) else write_random_vgg16(vgg)
+        options.update(perceptual_weight=args.perceptual_weight,
+                       perceptual_network=vgg if os.path.exists(vgg) else write_random_vgg16(vgg))
     run = train_tokenizer.TokenizerRun(args.name, os.path.join(work, name), config=args.config, steps=args.steps,
                                        batch_size=args.batch_size, eval_images=args.eval_images,
                                        progress=False, **options)
@@ -97,6 +101,9 @@ def main() -> None:
     parser.add_argument("--eval_images", type=int, default=64)
     parser.add_argument("--variants", default="l2",
                         help=f"comma-separated, the first the reference: {', '.join(VARIANTS)}")
+    parser.add_argument("--adversarial_weight", type=float, default=0.1, help="MaskGIT's: 0.1")
+    parser.add_argument("--adversarial_start", type=int, default=0)
+    parser.add_argument("--perceptual_weight", type=float, default=0.1, help="MaskGIT's: 0.1")
     args = parser.parse_args()
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
@@ -117,7 +124,7 @@ def main() -> None:
     print(f"the mean training image scores {baseline:.2f} dB")
     print(json.dumps({"psnr": first["psnr"], "psnr_initial": first["psnr_initial"], "psnr_mean_image": baseline,
                       "steps": args.steps, "eval_images": first["eval_images"], "name": args.name,
-                      "config": args.config, "variants": variants}))
+                      "config": args.config, "batch_size": args.batch_size, "variants": variants}))
 
 
 if __name__ == "__main__":
