@@ -148,6 +148,7 @@ def test_perceptual_loss_is_zero_for_identical_images_and_positive_otherwise(nar
     assert per_image.shape == (3,) and (per_image > 1e-3).all()
 
 
+@pytest.mark.slow
 def test_gradients_reach_the_tokenizer_not_the_frozen_feature_network(narrow_lpips):
     losses, frozen = narrow_lpips
     model = vqgan.Vqgan(CFG)
