@@ -20,7 +20,14 @@ Outputs (all under palimix/data/demo/, ~2 MB):
   {caption,vqa,classification,detection,ocr,translation,text}.{train,validation}.jsonl
                                            (detection: each scene's shape box, [y_min, x_min,
                                            y_max, x_max] in 0..1, labelled in the language)
-  build_info.json                          counts and versions
+  tokenizer/tokenizer.{json,msgpack}       the demo's VQGAN image tokenizer (palimix.image_tokenizer
+                                           loads it), trained here on the training scenes
+  text_to_image.{train,validation}.jsonl   a caption with the shape's position -> the scene's codes
+  build_info.json                          counts, the tokenizer's held-out PSNR, versions
+
+The tokenizer is trained on CPU with a fixed seed and batch order; XLA's CPU arithmetic
+is deterministic, so the same library versions (build_info.json "versions") on the same
+CPU family rebuild it bit for bit (a different CPU's vector units may round differently).
 
 Validation scenes and OCR renders are separate images from the training ones; the
 translation validation phrases and the validation text (UDHR chunks and scene
@@ -44,16 +51,16 @@ import unicodedata
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "palimix", "data", "demo")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.join(REPO, "palimix", "data", "demo")
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)  # this checkout's palimix
+from palimix.metrics import scene as scene_table  # noqa: E402
 SIDE = 64  # Stored image side (the demo trains at this size: palimix.tasks.demo.IMAGE_SIZE).
 SUPERSAMPLE = 4  # Draw at 4x and downscale: antialiased edges.
-COLORS = {"red": (215, 40, 40), "green": (40, 165, 60), "blue": (40, 80, 215), "yellow": (235, 200, 30)}
-SHAPES = ("circle", "square", "triangle")
-# Each shape's extent from its centre (up, left, down, right) in units of its radius
-# r: a circle, a square of side 1.8 r, a triangle pointing up 2.2 r wide.
-SHAPE_EXTENTS = {"circle": (1.0, 1.0, 1.0, 1.0), "square": (0.9, 0.9, 0.9, 0.9), "triangle": (1.0, 1.1, 0.8, 1.1)}
+# The scenes' palette and geometry: one table, which the scene-faithfulness checker reads too.
+COLORS, SHAPES, SHAPE_EXTENTS, POSITIONS = scene_table.COLORS, scene_table.SHAPES, scene_table.SHAPE_EXTENTS, scene_table.POSITIONS
 BOX_DECIMALS = 4  # Box coordinates in the files (far finer than the 1024 <loc> bins).
-POSITIONS = {"left": (0.25, 0.5), "right": (0.75, 0.5), "top": (0.5, 0.25), "bottom": (0.5, 0.75)}
 QUESTIONS = {"color": "q_color", "shape": "q_shape", "position": "q_position"}
 SCENES_PER_COMBO = {"train": 9, "validation": 2}  # x 48 combos of colour, shape, position.
 # Per language and split.
@@ -87,6 +94,17 @@ SCENE_LISTS = {"train": 44, "validation": 4}
 # Thai separates sentences with a space.
 SENTENCE_ENDS = {"zh": "。", "ja": "。", "hi": "। ", "bn": "। ", "th": " "}
 TRANSLATION_HELD_OUT = 3  # caption phrases per target language kept for validation.
+# Text to image, per language and split: "a red circle. Where is the shape? left" (the
+# caption and the VQA position question with its answer: the caption alone has no
+# position) -> the scene's VQGAN codes.
+TEXT_TO_IMAGE = {"train": 24, "validation": 4}
+# The demo's image tokenizer (palimix.models.vqgan): stride 16, a 4 x 4 grid, so a
+# target (<img>, 16 codes, EOS) fits the demo's 32 target tokens; trained on the
+# training scenes, PSNR measured on the validation scenes.
+TOKENIZER_CONFIG = dict(name="tiny", stride=16, codebook_size=256, filters=8)
+# What the tokenizer's bytes depend on (build_info.json records their versions).
+TOKENIZER_LIBRARIES = ("jax", "jaxlib", "flax", "optax", "numpy")
+TOKENIZER_TRAINING = dict(steps=2000, batch_size=32, learning_rate=3e-3, seed=0)
 # OCR: languages whose script an installed Noto font covers (6 scripts).
 OCR_LANGUAGES = ("en", "de", "fr", "es", "pl", "tr", "vi", "ru", "uk", "el", "ar", "hi", "th")
 FONT_PACKAGES = {
@@ -122,10 +140,9 @@ def scene_texts(lang: str, words) -> dict[str, list[str]]:
     SCENE_LISTS); seeded by the language, and no validation sentence is a training one."""
     from babel.lists import format_list
 
-    end = SENTENCE_ENDS.get(lang, ". ")
     combos = [(color, shape) for color in COLORS for shape in SHAPES]
     captions = [caption(words, color, shape) for color, shape in combos]
-    qa = [f"{text}{end}{words[question]} {words[answer]}" for text, (color, shape) in zip(captions, combos)
+    qa = [question_and_answer(lang, words, text, question, answer) for text, (color, shape) in zip(captions, combos)
           for question, answer in (("q_color", color), ("q_shape", shape))]
     held_out = set(stable_rng("text-qa", lang).choice(len(qa), SCENE_QA_HELD_OUT, replace=False).tolist())
     texts = {"validation": [t for i, t in enumerate(qa) if i in held_out],
@@ -141,6 +158,18 @@ def scene_texts(lang: str, words) -> dict[str, list[str]]:
     texts["train"] += lists[SCENE_LISTS["validation"]:]
     assert not set(texts["validation"]) & set(texts["train"]), lang
     return texts
+
+
+def question_and_answer(lang: str, words, text: str, question: str, answer: str) -> str:
+    """A caption, then a question about it and its answer ("a red circle. What color is the shape? red")."""
+    return f"{text}{SENTENCE_ENDS.get(lang, '. ')}{words[question]} {words[answer]}"
+
+
+def scene_description(lang: str, words, scene: dict) -> str:
+    """A text_to_image record's caption: the scene's caption with its position asked and
+    answered ("a red circle. Where is the shape? left")."""
+    return question_and_answer(lang, words, caption(words, scene["color"], scene["shape"]), "q_position",
+                               scene["position"])
 
 
 def stable_rng(*key) -> np.random.Generator:
@@ -248,6 +277,116 @@ def graphemes(text: str) -> list[str]:
     return clusters
 
 
+def scene_pixels(out, paths) -> np.ndarray:
+    """The scenes at `paths` (PNG bytes already in `out`) as float32 [N, 64, 64, 3] in [-1, 1]."""
+    return np.stack([np.asarray(Image.open(io.BytesIO(out.files[p])).convert("RGB"), np.float32) / 127.5 - 1.0
+                     for p in paths])
+
+
+def tokenizer_config():
+    from palimix.models import vqgan
+
+    settings = dict(TOKENIZER_CONFIG)
+    return vqgan.config(settings.pop("name"), image_size=SIDE, **settings)
+
+
+def train_tokenizer(images, held_out, *, steps, batch_size, learning_rate, seed):
+    """The demo tokenizer: `palimix train-tokenizer`'s model, optimizer and step on
+    `images` in a seeded batch order. Returns (params, tokenizer.json's dict: held-out
+    PSNR at step 0 and at the end, and of the training scenes' mean image)."""
+    import dataclasses
+
+    import jax
+
+    from palimix.commands import train_tokenizer as command
+    from palimix.models import vqgan
+
+    cfg = tokenizer_config()
+    model = vqgan.Vqgan(cfg)
+    params = vqgan.init_params(cfg, jax.random.PRNGKey(seed))
+    optimizer = command.make_optimizer(learning_rate)
+    opt_state, step = optimizer.init(params), command.make_train_step(model, optimizer)
+    psnr_initial = command.evaluate_psnr(model, params, held_out, batch_size)
+    rng, parts = stable_rng("tokenizer", seed), {}
+    for _ in range(steps):
+        params, opt_state, parts = step(params, opt_state, images[rng.choice(len(images), batch_size, replace=False)])
+    mean_image = np.broadcast_to(images.mean(0, keepdims=True), held_out.shape)
+    result = {
+        "name": "palimix_demo scenes (scripts/build_demo_data.py)", "config": dataclasses.asdict(cfg),
+        "steps": steps, "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed,
+        "train_images": int(len(images)), "eval_split": "validation", "eval_images": int(len(held_out)),
+        "psnr_initial": round(psnr_initial, 4), "psnr": round(command.evaluate_psnr(model, params, held_out, batch_size), 4),
+        "psnr_mean_image": round(float(vqgan.psnr(held_out, mean_image)), 4),
+        "losses": {k: round(float(v), 6) for k, v in parts.items()},
+    }
+    return params, result
+
+
+def tokenizer_files(params, result) -> dict[str, bytes]:
+    """tokenizer/ as `palimix train-tokenizer` writes it (less the orbax checkpoint)."""
+    from flax import serialization
+
+    from palimix import image_tokenizer
+
+    return {f"tokenizer/{image_tokenizer.WEIGHTS_FILE}": serialization.to_bytes({"params": params}),
+            f"tokenizer/{image_tokenizer.CONFIG_FILE}": (json.dumps(result, indent=1, sort_keys=True) + "\n").encode()}
+
+
+def scene_codes(out, scenes, params) -> dict[str, list[int]]:
+    """{image path: its h*w codes, row by row} for every scene of every split."""
+    from palimix import image_tokenizer
+    from palimix.models import vqgan
+
+    tokenizer = image_tokenizer.ImageTokenizer(vqgan.Vqgan(tokenizer_config()), params)
+    codes = {}
+    for pool in scenes.values():
+        paths = [s["image"] for s in pool]
+        for path, grid in zip(paths, tokenizer.encode(scene_pixels(out, paths))):
+            codes[path] = grid.reshape(-1).tolist()
+    return codes
+
+
+def check_codes_tell_scenes_apart(scenes, codes) -> None:
+    """No two scenes of different attributes share their codes (the demo's faithfulness
+    metric finds a target's scene from its codes: palimix.tasks.demo)."""
+    seen = {}
+    for s in (s for pool in scenes.values() for s in pool):
+        attributes = (s["color"], s["shape"], s["position"])
+        other = seen.setdefault(tuple(codes[s["image"]]), attributes)
+        assert other == attributes, f"the tokenizer gives {s['image']} ({attributes}) the codes of a {other} scene"
+
+
+def text_to_image_records(split, words, word_languages, pick, codes) -> list[dict]:
+    records = []
+    for lang in word_languages:
+        for i, s in enumerate(pick(split, lang, "text_to_image", TEXT_TO_IMAGE[split])):
+            records.append({"id": f"t2i-{lang}-{split}-{i}", "image": s["image"], "language": lang,
+                            "captions": [scene_description(lang, words[lang], s)], "codes": codes[s["image"]],
+                            "scene": {key: s[key] for key in ("color", "shape", "position")}})
+    return records
+
+
+def build_text_to_image(out, scenes, words, word_languages, pick) -> dict:
+    """The tokenizer (trained on the training scenes) and the text_to_image records;
+    returns the tokenizer's numbers and the record counts for build_info.json."""
+    train_paths = [s["image"] for s in scenes["train"]]
+    held_out_paths = [s["image"] for s in scenes["validation"]]
+    params, result = train_tokenizer(scene_pixels(out, train_paths), scene_pixels(out, held_out_paths),
+                                     **TOKENIZER_TRAINING)
+    for path, data in tokenizer_files(params, result).items():
+        out.add(path, data)
+    codes = scene_codes(out, scenes, params)
+    check_codes_tell_scenes_apart(scenes, codes)
+    counts = {}
+    for split in scenes:
+        records = text_to_image_records(split, words, word_languages, pick, codes)
+        out.jsonl(f"text_to_image.{split}.jsonl", records)
+        counts[f"text_to_image.{split}"] = len(records)
+    numbers = {k: result[k] for k in ("psnr_initial", "psnr", "psnr_mean_image", "eval_images")}
+    cfg = tokenizer_config()
+    return {"counts": counts, "tokenizer": {**numbers, "grid_size": cfg.grid_size, "codebook_size": cfg.codebook_size}}
+
+
 class Writer:
     """Collects output files in memory; writes (or compares, with --check) at the end."""
 
@@ -290,8 +429,6 @@ class Writer:
 
 
 def build(out: Writer):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(ROOT)))
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(ROOT))))
     from palimix import languages
 
     words = read_words(os.path.join(ROOT, "words.tsv"))
@@ -344,6 +481,10 @@ def build(out: Writer):
         out.jsonl(f"detection.{split}.jsonl", detection)
         counts.update({f"caption.{split}": len(captions), f"vqa.{split}": len(vqa),
                        f"classification.{split}": len(classification), f"detection.{split}": len(detection)})
+
+    # Text to image: the demo tokenizer, trained here, and each scene's codes.
+    text_to_image = build_text_to_image(out, scenes, words, word_languages, pick)
+    counts.update(text_to_image["counts"])
 
     # OCR: the colour and shape words of languages in 6 scripts.
     for split, renders in OCR_RENDERS.items():
@@ -417,9 +558,10 @@ def build(out: Writer):
         "word_table_languages": word_languages,
         "ocr_languages": list(OCR_LANGUAGES),
         "text_languages": sorted({r["language"] for r in texts["train"]}),
+        "tokenizer": text_to_image["tokenizer"],
         "versions": {p: importlib.metadata.version(p) for p in (
             "gflanguages", "babel", "pillow", "fontpkg-noto-sans", "fontpkg-noto-sans-arabic",
-            "fontpkg-noto-sans-devanagari", "fontpkg-noto-sans-thai")},
+            "fontpkg-noto-sans-devanagari", "fontpkg-noto-sans-thai") + TOKENIZER_LIBRARIES},
     }
     out.add("build_info.json", (json.dumps(info, ensure_ascii=False, indent=1, sort_keys=True) + "\n").encode())
 

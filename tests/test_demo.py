@@ -19,11 +19,13 @@ def test_demo_data_is_small_and_complete():
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(root) for f in files)
     assert total < 20e6
     info = demo.build_info()
-    for kind in ("caption", "vqa", "classification", "detection", "ocr", "translation", "text"):
+    for kind in ("caption", "vqa", "classification", "detection", "ocr", "translation", "text", "text_to_image"):
         for split in demo.SPLITS:
             with open(os.path.join(root, f"{kind}.{split}.jsonl"), encoding="utf-8") as f:
                 assert sum(1 for _ in f) == info["counts"][f"{kind}.{split}"] > 0
     assert len(info["word_table_languages"]) >= 20
+    tokenizer = os.path.join(root, demo.TOKENIZER_DIR)
+    assert sum(os.path.getsize(os.path.join(tokenizer, f)) for f in os.listdir(tokenizer)) < 400e3
     scripts = {languages.get(code).script for code in info["ocr_languages"]}
     assert len(scripts) >= 5
 
@@ -45,14 +47,15 @@ def test_demo_mixture_has_every_kind_and_100_languages():
     mixture = seqio.get_mixture_or_task(demo.MIXTURE)
     infos = [palimix.tasks.task_info(t.name) for t in mixture.tasks]
     assert {i.kind for i in infos} == {"caption", "vqa", "ocr", "classification", "detection", "translation",
-                                       "span_corruption", "prefix_lm"}
+                                       "span_corruption", "prefix_lm", "text_to_image"}
     assert len({code for i in infos for code in i.languages}) >= 100
     assert {i.image_size for i in infos} == {demo.IMAGE_SIZE}
     assert set(mixture.splits) == {"train", "validation"}
 
 
 @pytest.mark.parametrize("task", ["palimix_demo_caption_mul", "palimix_demo_ocr_mul", "palimix_demo_vqa_mul",
-                                  "palimix_demo_detection_mul", "palimix_demo_span_corruption_mul"])
+                                  "palimix_demo_detection_mul", "palimix_demo_span_corruption_mul",
+                                  "palimix_demo_text_to_image_mul"])
 def test_demo_examples_decode_and_fit_the_lengths(task):
     ds = seqio.get_mixture_or_task(task).get_dataset(None, split="validation", shuffle=False, trim_output_features=False)
     examples = list(ds.as_numpy_iterator())
@@ -66,6 +69,8 @@ def test_demo_examples_decode_and_fit_the_lengths(task):
         assert len({ex["language"] for ex in examples}) >= 13  # Every task is multilingual.
     for ex in examples:
         assert ex["image"].shape == (demo.IMAGE_SIZE, demo.IMAGE_SIZE, 3)
+        if task == "palimix_demo_text_to_image_mul":
+            assert not ex["has_image"]  # the prompt alone
         if ex["has_image"]:
             assert ex["image"].std() > 0.05  # A real picture, not a blank.
     if task == "palimix_demo_caption_mul":
@@ -203,7 +208,7 @@ def test_demo_detection_targets_are_loc_tokens_of_the_box():
 
     task = seqio.get_mixture_or_task("palimix_demo_detection_mul")
     vocabulary = task.output_features["targets"].vocabulary
-    assert vocabulary.vocab_size == configs.PALIMIX_LOC_VOCAB_SIZE
+    assert configs.PALIMIX_LOC_VOCAB_SIZE < vocabulary.vocab_size <= configs.PALIMIX_DEMO_VOCAB_SIZE
     for other in seqio.get_mixture_or_task(demo.MIXTURE).tasks:
         assert other.output_features["inputs"].vocabulary == vocabulary, other.name
     records = {r["id"]: r for r in _records("detection", "validation")}
@@ -245,9 +250,72 @@ def test_demo_settings_take_the_model_recipe_and_explicit_values():
 
     assert set(RECIPES) == {"tiny", "tiny_decoder"}
     for name in RECIPES:
-        assert configs.get(name).vocab_size >= demo.vocabulary().vocab_size  # the demo's <loc> vocabulary fits
+        assert configs.get(name).vocab_size >= demo.vocabulary().vocab_size  # the demo's <loc>/<img> vocabulary fits
     assert DemoSettings(model="tiny_decoder").recipe() == RECIPES["tiny_decoder"]
     mine = DemoSettings(model="tiny_decoder", steps=7, learning_rate=0.5).recipe()
     assert (mine.steps, mine.learning_rate, mine.batch_size) == (7, 0.5, RECIPES["tiny_decoder"].batch_size)
     with pytest.raises(UsageError, match="tiny_decoder"):
         DemoSettings(model="tiny_decodr").recipe()
+
+
+def test_demo_text_to_image_targets_are_the_records_codes_as_single_ids():
+    """The text_to_image task: prompt "generate <lang> <caption with position>", target
+    `<img>` and the record's 16 codes, each one id of the demo vocabulary, then EOS
+    (18 of the 32 target tokens)."""
+    from palimix import image_codes, vocab
+
+    task = seqio.get_mixture_or_task("palimix_demo_text_to_image_mul")
+    vocabulary = task.output_features["targets"].vocabulary
+    records = demo.text_to_image_records("validation")
+    examples = list(task.get_dataset(None, split="validation", shuffle=False, trim_output_features=False)
+                    .as_numpy_iterator())
+    assert len(examples) == len(records) == 4 * len(demo.words())
+    first_code = vocabulary.encode(vocab.TOKENSETS["img"][1])[0]
+    for ex in examples[:30]:
+        record = records[ex["id"].decode()]
+        assert ex["inputs_pretokenized"].decode() == f"generate {record['language']} {record['captions'][0]}"
+        assert ex["targets_pretokenized"].decode() == image_codes.to_code_text(record["codes"])
+        assert list(ex["targets"][1:-1]) == [first_code + c for c in record["codes"]]
+        assert len(ex["targets"]) == 18 and ex["targets"][-1] == vocabulary.eos_id
+
+
+def test_demo_text_to_image_kind_is_scored_by_faithfulness():
+    """The demo reports faithfulness first for text_to_image; its baseline is the task's
+    most frequent target (one scene for every prompt)."""
+    from palimix import kinds
+    from palimix.runner.demo import demo_primary_metric
+
+    assert kinds.get("text_to_image").baseline == kinds.MOST_FREQUENT_OF_TASK
+    metrics = {"code_accuracy": 1.0, "faithfulness": 2.0, "faithfulness_color": 3.0}
+    assert demo_primary_metric("text_to_image", metrics) == "faithfulness"
+    assert demo_primary_metric("text_to_image", {"code_accuracy": 1.0}) == "code_accuracy"
+    assert demo_primary_metric("vqa", {"vqa_accuracy": 1.0}) == "vqa_accuracy"
+
+
+def test_demo_tokenizer_training_is_deterministic():
+    """The build script's tokenizer training, a few steps on a few scenes, twice: the
+    same bytes (the shipped tokenizer is rebuilt bit for bit on the same versions), and
+    the shipped one has the script's config and training settings."""
+    from PIL import Image
+
+    script = _build_script()
+    paths = sorted(r["image"] for r in demo.text_to_image_records("train").values())[:8]
+    pixels = []
+    for path in paths:
+        with Image.open(os.path.join(demo.data_dir(), path)) as picture:
+            pixels.append(np.asarray(picture.convert("RGB"), np.float32) / 127.5 - 1.0)
+    images = np.stack(pixels)
+
+    def files():
+        params, result = script.train_tokenizer(images[:6], images[6:], steps=3, batch_size=4, learning_rate=3e-3,
+                                                seed=0)
+        return script.tokenizer_files(params, result)
+
+    first, second = files(), files()
+    assert first == second
+    with open(os.path.join(demo.data_dir(), "tokenizer", "tokenizer.json"), encoding="utf-8") as f:
+        shipped = json.load(f)
+    assert shipped["config"] == json.loads(first["tokenizer/tokenizer.json"])["config"]
+    assert {k: shipped[k] for k in script.TOKENIZER_TRAINING} == script.TOKENIZER_TRAINING
+    assert shipped["psnr"] > shipped["psnr_mean_image"]
+    assert set(script.TOKENIZER_LIBRARIES) <= set(demo.build_info()["versions"])

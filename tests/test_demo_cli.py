@@ -19,7 +19,7 @@ def test_short_demo_prints_the_json_summary_and_writes_report_and_logs(tmp_path)
     model_dir = tmp_path / "demo"
     result = subprocess.run(
         [sys.executable, "-m", "palimix.cli", "demo", "--model_dir", str(model_dir), "--steps", "3",
-         "--batch_size", "8", "--eval_examples", "24", "--kinds", "translation,classification", "--json",
+         "--batch_size", "8", "--eval_examples", "24", "--kinds", "translation,classification,text_to_image", "--json",
          "--no_progress"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -27,17 +27,20 @@ def test_short_demo_prints_the_json_summary_and_writes_report_and_logs(tmp_path)
     lines = result.stdout.strip().splitlines()
     summary = json.loads(lines[-1])
     assert set(summary) == {"kinds", "languages", "seconds"}
-    assert set(summary["kinds"]) == {"translation", "classification"}
+    assert set(summary["kinds"]) == {"translation", "classification", "text_to_image"}
     for kind, row in summary["kinds"].items():
         assert set(row) == {"metric", "baseline", "model"}
         assert isinstance(row["baseline"], float) and isinstance(row["model"], float)
     assert summary["kinds"]["classification"]["metric"] == "accuracy"
     assert summary["kinds"]["translation"]["metric"] == "bleu"
+    assert summary["kinds"]["text_to_image"]["metric"] == "faithfulness"
     assert summary["languages"] >= 20 and summary["seconds"] > 0
     assert "baseline" in result.stdout and "model" in result.stdout  # the table
     report = (model_dir / "report.html").read_text(encoding="utf-8")
     assert "<img src='data:image/png;base64," in report  # classification images
     assert "translate" in report
+    assert "generate en " in report  # text_to_image rows: the real image, the drawn predictions
+    assert report.count("<img src='data:image/png;base64,") >= 24 + 3 * 3
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(model_dir / "eval"))
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(model_dir / "train"))
 

@@ -36,6 +36,10 @@ PALIMIX_VOCAB_SIZE = 8192
 # 9,216 ids): the demo's vocabulary (its detection kind), which the tiny models embed
 # (the plain 8,192-id vocabulary fits them too).
 PALIMIX_LOC_VOCAB_SIZE = 9216
+# ... plus the <img> tokenset (1,025 image-code tokens, palimix.image_codes) after the
+# <loc> one: the demo's vocabulary (10,241 ids; its text_to_image kind) rounded up, which
+# the tiny models embed (the two above fit them too).
+PALIMIX_DEMO_VOCAB_SIZE = 10368
 
 
 # Gemma's SentencePiece (256000 pieces) + PaliGemma's 1024 <locNNNN> and 128 <segNNN> tokens.
@@ -364,7 +368,7 @@ GEMMA_SIZES = {
 # pali, `llm` for paligemma), vocabulary, image size.
 MODELS = {
     # 64x64 images, 16 image tokens, width 64, 2 layers a side: trains in minutes on CPU.
-    "tiny": dict(family="pali", vit="tiny/16", text="tiny", vocab_size=PALIMIX_LOC_VOCAB_SIZE, image_size=64),
+    "tiny": dict(family="pali", vit="tiny/16", text="tiny", vocab_size=PALIMIX_DEMO_VOCAB_SIZE, image_size=64),
     "small": dict(family="pali", vit="S/16", text="mt5_small", vocab_size=PALIMIX_VOCAB_SIZE, image_size=224),
     "base": dict(family="pali", vit="B/16", text="mt5_base", vocab_size=MT5_VOCAB_SIZE, image_size=224),
     # The PaLI paper's models (Chen et al. 2022, Table 1), at the 224px pretraining size.
@@ -372,7 +376,7 @@ MODELS = {
     "pali_15b": dict(family="pali", vit="G/14", text="mt5_xxl", vocab_size=MT5_VOCAB_SIZE, image_size=224),
     "pali_17b": dict(family="pali", vit="e/14", text="mt5_xxl", vocab_size=MT5_VOCAB_SIZE, image_size=224),
     # The tiny ViT in front of a 4-layer, width-64 Gemma: the decoder-only demo model.
-    "tiny_decoder": dict(family="paligemma", vit="tiny/16", llm="tiny", vocab_size=PALIMIX_LOC_VOCAB_SIZE,
+    "tiny_decoder": dict(family="paligemma", vit="tiny/16", llm="tiny", vocab_size=PALIMIX_DEMO_VOCAB_SIZE,
                          image_size=64),
     # PaliGemma (big_vision configs/proj/paligemma): SigLIP So400m/14 at 224 px, Gemma-2B.
     "paligemma_3b": dict(family="paligemma", vit="So400m/14", llm="gemma_2b", vocab_size=GEMMA_VOCAB_SIZE,

@@ -10,9 +10,10 @@ metrics as the model):
   caption, vqa, ocr, classification, detection: the most frequent target of that
     language in the evaluated examples, for every example (a constant caption, the
     most frequent answer or label, one box);
-  span_corruption, prefix_lm: the most frequent target of the whole task (their
-    targets are nearly all distinct: with ~2 examples per language, a per-language
-    "most frequent" would be one of the answers themselves);
+  span_corruption, prefix_lm, text_to_image: the most frequent target of the whole
+    task (their targets are nearly all distinct: with ~2-4 examples per language, a
+    per-language "most frequent" would be one of the answers themselves); for
+    text_to_image one scene's codes, drawn and scored for faithfulness as the model's;
   translation: the source sentence copied unchanged.
 """
 
@@ -169,7 +170,7 @@ def run_demo(settings: DemoSettings) -> dict:
 
     kinds = {}
     for kind, metrics in model.macro.items():
-        metric = eval_lib.primary_metric(kind, metrics)
+        metric = demo_primary_metric(kind, metrics)
         kinds[kind] = {"metric": metric, "baseline": round(baseline.macro.get(kind, {}).get(metric, 0.0), 2),
                        "model": round(metrics.get(metric, 0.0), 2)}
     report_path = os.path.join(settings.model_dir, "report.html")
@@ -183,6 +184,15 @@ def run_demo(settings: DemoSettings) -> dict:
     with open(os.path.join(settings.model_dir, "demo.json"), "w", encoding="utf-8") as f:
         json.dump({**summary, **details}, f, indent=1)
     return {**summary, "_details": details}
+
+
+def demo_primary_metric(kind: str, metrics: dict) -> str | None:
+    """The demo's headline metric of a kind (palimix.tasks.demo.PRIMARY_METRICS, else the kind's)."""
+    from palimix.runner import eval as eval_lib
+    from palimix.tasks import demo as demo_tasks
+
+    wanted = demo_tasks.PRIMARY_METRICS.get(kind)
+    return wanted if wanted in metrics else eval_lib.primary_metric(kind, metrics)
 
 
 def _eval_mixture(kind_mixtures: list[str]) -> str:
@@ -231,16 +241,45 @@ def write_report(path: str, evaluation, model, baseline, kinds: dict, *, steps: 
     for task_name, shown in model.examples.items():
         raw = evaluation.raw_examples(task_name)
         baseline_by_index = {row["index"]: row["prediction"] for row in baseline.examples.get(task_name, [])}
+        generates_images = evaluation.task_info[task_name][1] == "text_to_image"
         for row in shown:
             example, language = raw[row["index"]], row["language"]
             has_image = features.has_real_image(example) and "image" in example
             image = f"<img src='{png_data_uri(example['image'], size=128)}' width=96>" if has_image else "(text only)"
+            cells = [e(row["target"]), e(baseline_by_index.get(row["index"], "")), f"<b>{e(row['prediction'])}</b>"]
+            if generates_images:  # the real image, then the baseline's and the model's drawn
+                image, *cells = text_to_image_cells(example, [baseline_by_index.get(row["index"], ""),
+                                                              row["prediction"]])
             parts.append(
                 f"<tr><td>{e(task_name)}</td><td>{image}</td><td lang='{e(language)}' dir='auto'>"
-                f"{e(row['input'])}</td><td lang='{e(language)}' dir='auto'>{e(row['target'])}</td>"
-                f"<td dir='auto'>{e(baseline_by_index.get(row['index'], ''))}</td>"
-                f"<td lang='{e(language)}' dir='auto'><b>{e(row['prediction'])}</b></td></tr>")
+                f"{e(row['input'])}</td><td lang='{e(language)}' dir='auto'>{cells[0]}</td>"
+                f"<td dir='auto'>{cells[1]}</td><td lang='{e(language)}' dir='auto'>{cells[2]}</td></tr>")
     parts.append("</table></body></html>")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(parts))
+
+
+def text_to_image_cells(example, predictions: list[str]) -> list[str]:
+    """A text_to_image row's cells: the real image, the scene its prompt asks for (the
+    reference), then each prediction's codes drawn by the demo tokenizer with the scene
+    read from it (palimix.metrics.scene)."""
+    import numpy as np
+    from PIL import Image
+
+    from palimix.metrics import scene
+    from palimix.report_images import pixels_data_uri
+    from palimix.tasks import demo as demo_tasks
+
+    record = demo_tasks.text_to_image_records("validation")[_text(example["id"])]
+    with Image.open(os.path.join(demo_tasks.data_dir(), record["image"])) as picture:
+        real = np.asarray(picture.convert("RGB"))
+    decoded = demo_tasks.image_tokenizer().decode_texts(predictions)
+
+    def cell(pixels, described: scene.Scene) -> str:
+        words = " ".join(str(getattr(described, a) or "?") for a in scene.ATTRIBUTES)
+        return f"<img src='{pixels_data_uri(pixels, size=128)}' width=96><br>{html.escape(words)}"
+
+    wanted = scene.Scene(**record["scene"])
+    return [cell(real, wanted), html.escape(" ".join(record["scene"][a] for a in scene.ATTRIBUTES)),
+            *[cell(pixels, scene.read_scene(pixels)) for pixels in decoded.pixels]]

@@ -1,6 +1,6 @@
 """The bundled demo mixture `palimix_demo`: every task kind, 100+ languages, on CPU.
 
-Data: `palimix/data/demo/` (built by `scripts/build_demo_data.py`, ~2.4 MB):
+Data: `palimix/data/demo/` (built by `scripts/build_demo_data.py`, ~2.7 MB):
 synthetic scenes (one red/green/blue/yellow circle/square/triangle at the
 left/right/top/bottom of a 64 x 64 image), words rendered in 6 scripts for OCR,
 captions, questions, answers, class labels and translations in 25 languages from a
@@ -20,11 +20,20 @@ the tiny model learns in the demo's budget (one UDHR text per language it does n
 | palimix_demo_translation | translation from English | 24 | 480 / 72 |
 | palimix_demo_span_corruption | span_corruption (one multilingual task, `_mul`) | 138 | 2265 / 476 |
 | palimix_demo_prefix_lm | prefix_lm (text only; one multilingual task) | 138 | 2265 / 476 |
+| palimix_demo_text_to_image | text_to_image ("a red circle. Where is the shape? left" -> 16 codes) | 25 | 600 / 100 |
+
+text_to_image's targets are the scenes' codes from the demo's own VQGAN tokenizer
+(`tokenizer/`, 4 x 4 codes of 256 at stride 16, trained by the build script on the
+training scenes; `image_tokenizer()`). The demo scores the generated codes as images:
+drawn by that tokenizer, then read by a rule-based checker (palimix.metrics.scene:
+colour, shape, position) and compared with the scene the prompt describes
+(`faithfulness`, its headline metric: `PRIMARY_METRICS`), next to `code_accuracy`.
 
 Every demo task tokenizes with `vocabulary()`: the shipped SentencePiece model plus
-PaliGemma's 1,024 `<loc>` tokens (the detection targets; `palimix.vocab`), 9,216 ids
-(`VOCAB_SIZE`, the vocab_size of the tiny configs). Other text tokenizes as with
-the plain model; only the span-corruption sentinels' ids move up by 1,024.
+PaliGemma's 1,024 `<loc>` tokens (the detection targets) and the 1,025 `<img>` tokens
+(the text_to_image targets; `palimix.vocab`), 10,241 ids (the tiny configs embed
+`configs.PALIMIX_DEMO_VOCAB_SIZE`, 10,368). Other text tokenizes as with the plain
+model; only the span-corruption sentinels' ids move up by 2,049.
 
 Each kind is ONE multilingual task, `palimix_demo_<kind>_mul` (`per_language=False`):
 every example is prompted in its record's language, `palimix eval` scores each
@@ -57,7 +66,7 @@ PREFIX = "palimix_demo_"
 KIND_MIXTURES = {
     kind: PREFIX + kind
     for kind in ("caption", "vqa", "ocr", "classification", "detection", "translation", "span_corruption",
-                 "prefix_lm")
+                 "prefix_lm", "text_to_image")
 }
 # Share of each kind in palimix_demo: the image kinds the demo must learn get most of it.
 KIND_RATES = {
@@ -69,7 +78,11 @@ KIND_RATES = {
     "translation": 0.15,
     "span_corruption": 0.05,
     "prefix_lm": 0.05,
+    "text_to_image": 0.15,
 }
+# The demo's headline metric where it is not the kind's own: its text-to-image images are
+# scored for the scene they show (palimix.metrics.scene), not only code by code.
+PRIMARY_METRICS = {"text_to_image": "faithfulness"}
 # Text lengths (tokens, palimix vocabulary, EOS included). Every caption, VQA,
 # classification, OCR and translation example fits (their longest: 46 input, 28
 # target tokens); span corruption and prefix LM (p99 55 / 24 tokens) lose the tail of
@@ -79,8 +92,10 @@ INPUTS_LENGTH = 64
 TARGETS_LENGTH = 32
 TASK_FEATURE_LENGTHS = task_feature_lengths(INPUTS_LENGTH, TARGETS_LENGTH, IMAGE_SIZE)
 SPLITS = ("train", "validation")
-# The demo's vocabulary: palimix's shipped model plus these tokensets (palimix.vocab).
-TOKENSETS = ("loc",)
+# The demo's vocabulary: palimix's shipped model plus these tokensets (palimix.vocab):
+# <loc> for detection, then <img> for text_to_image (configs.PALIMIX_DEMO_VOCAB_SIZE).
+TOKENSETS = ("loc", "img")
+TOKENIZER_DIR = "tokenizer"  # the demo's image tokenizer, under data_dir()
 # Prefix LM: at most this many words (characters in unsegmented scripts) to predict.
 PREFIX_LM_TARGET_UNITS = 3
 
@@ -110,6 +125,52 @@ def vocabulary():
     from palimix import vocab
 
     return vocab.load_vocabulary(tokensets=TOKENSETS)
+
+
+@functools.lru_cache(maxsize=None)
+def image_tokenizer():
+    """The demo's VQGAN tokenizer (palimix.image_tokenizer), loaded on first use."""
+    from palimix import image_tokenizer as tokenizers
+
+    return tokenizers.load(os.path.join(data_dir(), TOKENIZER_DIR))
+
+
+@functools.lru_cache(maxsize=None)
+def text_to_image_records(split: str) -> dict[str, dict]:
+    """{id: record} of text_to_image.{split}.jsonl (the real image, scene and codes)."""
+    return {r["id"]: r for r in _read_jsonl(os.path.join(data_dir(), f"text_to_image.{split}.jsonl"))}
+
+
+@functools.lru_cache(maxsize=None)
+def _scenes_by_code_text() -> dict:
+    from palimix import image_codes
+    from palimix.metrics import scene
+
+    return {image_codes.to_code_text(r["codes"]): scene.Scene(**r["scene"])
+            for split in SPLITS for r in text_to_image_records(split).values()}
+
+
+def scene_of_target(target: str):
+    """The scene a text_to_image target's prompt describes, found by the target's codes
+    (the build checks that no two scenes of different attributes share codes)."""
+    from palimix.errors import UsageError
+
+    scene = _scenes_by_code_text().get(target.strip())
+    if scene is None:
+        raise UsageError(f"{target[:40]!r}...: not the codes of a demo text_to_image record.")
+    return scene
+
+
+def text_to_image_metrics() -> list:
+    """Scene faithfulness (the generated codes drawn by the demo tokenizer, then read;
+    palimix.metrics.scene) and code accuracy."""
+    from palimix.image_codes import image_code_accuracy
+    from palimix.metrics import scene
+
+    def decode_texts(texts):
+        return image_tokenizer().decode_texts(texts)
+
+    return [scene.faithfulness_metric(decode_texts, scene_of_target), image_code_accuracy]
 
 
 def _detection_source():
@@ -186,6 +247,9 @@ def register(overwrite: bool = False) -> None:
              languages=info["text_languages"], **common)
     add_task(KIND_MIXTURES["prefix_lm"], kind="prefix_lm", source=text, languages=info["text_languages"],
              images=False, max_target_units=PREFIX_LM_TARGET_UNITS, **common)
+    add_task(KIND_MIXTURES["text_to_image"], kind="text_to_image",
+             source=_source("text_to_image", {"captions": "captions", "codes": "codes"}), languages=word_languages,
+             metrics=text_to_image_metrics(), **common)
     add_mixture(MIXTURE, list(KIND_MIXTURES.values()),
                 rate={KIND_MIXTURES[kind]: rate for kind, rate in KIND_RATES.items()}, overwrite=overwrite)
 
