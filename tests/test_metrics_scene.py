@@ -19,11 +19,6 @@ def _records(split):
     return list(demo.text_to_image_records(split).values())
 
 
-def _scenes(split):
-    """Every distinct scene image of the split's text_to_image records: (path, Scene)."""
-    return sorted({(r["image"], scene.Scene(**r["scene"])) for r in _records(split)}, key=lambda pair: pair[0])
-
-
 def _pixels(path):
     with Image.open(os.path.join(demo.data_dir(), path)) as picture:
         return np.asarray(picture.convert("RGB"))
@@ -31,25 +26,34 @@ def _pixels(path):
 
 @pytest.mark.parametrize("split", demo.SPLITS)
 def test_the_checker_reads_nearly_every_rendered_scene(split):
-    """On the demo's own renders (every colour, shape and position): colour and position
-    always, the shape of all but a few small antialiased squares (read as circles)."""
-    pairs = _scenes(split)
-    assert len(pairs) >= 90
-    values = scene.faithfulness([s for _, s in pairs], np.stack([_pixels(p) for p, _ in pairs]))
+    """On every scene the build script rendered (432 training, 96 validation; scene i
+    shows combination i // per_combo of colour, shape and position, in the table's
+    order): colour and position always, the shape of all but a few (when built: 4 small
+    training triangles whose tip is thinner than the checker's opening, read as circles)."""
+    from tests.test_demo import _build_script
+
+    script = _build_script()
+    combos = [scene.Scene(c, s, p) for c in scene.COLORS for s in scene.SHAPES for p in scene.POSITIONS]
+    per_combo = script.SCENES_PER_COMBO[split]
+    wanted = [combos[i // per_combo] for i in range(per_combo * len(combos))]
+    images = np.stack([_pixels(f"images/scenes/{split}/{i:04d}.png") for i in range(len(wanted))])
+    values = scene.faithfulness(wanted, images)
     assert values["faithfulness_color"] == values["faithfulness_position"] == 100.0
-    assert values["faithfulness_shape"] >= 98.0
+    assert values["faithfulness_shape"] >= 98.5, values
     assert values["faithfulness"] == pytest.approx(np.mean([values[f"faithfulness_{a}"] for a in scene.ATTRIBUTES]))
 
 
 def test_the_checker_reads_the_demo_tokenizers_reconstructions():
-    """The shipped tokenizer's held-out reconstructions (codes -> pixels) still show their
-    scene: the ceiling of the demo's text_to_image faithfulness."""
+    """The shipped tokenizer's held-out reconstructions (codes -> pixels), the ceiling of
+    the demo's text_to_image faithfulness: position and colour survive its 4 x 4 codes,
+    the shape mostly does not (drawn as a rounded blob; 38% read right when built)."""
     records = {r["image"]: r for r in _records("validation")}
     wanted = [scene.Scene(**r["scene"]) for r in records.values()]
     decoded = demo.image_tokenizer().decode_texts([image_codes.to_code_text(r["codes"]) for r in records.values()])
     assert decoded.complete.all() and decoded.pixels.shape[1:] == (demo.IMAGE_SIZE, demo.IMAGE_SIZE, 3)
     values = scene.faithfulness(wanted, decoded.pixels)
-    assert values["faithfulness"] >= 90.0, values
+    assert values["faithfulness_position"] == 100.0 and values["faithfulness_color"] >= 90.0, values
+    assert values["faithfulness"] >= 70.0, values
 
 
 def test_an_image_without_a_shape_matches_nothing():
@@ -89,7 +93,7 @@ def test_the_demo_metric_scores_code_texts_against_their_records_scenes():
     faithfulness_fn, code_accuracy_fn = demo.text_to_image_metrics()
     targets = [image_codes.to_code_text(r["codes"]) for r in _records("validation")[:24]]
     perfect = faithfulness_fn(targets, targets)
-    assert perfect["images_complete"] == 100.0 and perfect["faithfulness"] >= 90.0
+    assert perfect["images_complete"] == 100.0 and perfect["faithfulness"] >= 70.0
     assert code_accuracy_fn(targets, targets) == {"code_accuracy": 100.0}
     empty = faithfulness_fn(targets, [""] * len(targets))
     assert empty["images_complete"] == 0.0 and empty["faithfulness"] < perfect["faithfulness"]

@@ -19,6 +19,7 @@ the language (`palimix.metrics.tokenize.tokenize(text, language, tokenizer)`).
 | `referring_accuracy` | referring_accuracy, mean_iou | RefCOCO accuracy at IoU >= 0.5 |
 | `fid` (images, any feature network; not 0-100) | fid | pytorch-fid's formula (scipy sqrtm), closed forms |
 | `code_accuracy`, `code_perplexity` (image-code targets) | one key each | their definitions |
+| `scene.faithfulness` (demo images; `scene.faithfulness_metric` on code texts) | faithfulness, faithfulness_color/_shape/_position | a rule-based reading of the demo's scene table |
 
 Which functions a task of each kind reports, and the key to show first, are in the
 table of kinds (`palimix.kinds.get(kind).metric_fns(language)`, `.primary_metric`).
