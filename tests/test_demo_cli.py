@@ -39,8 +39,12 @@ def test_short_demo_prints_the_json_summary_and_writes_report_and_logs(tmp_path)
     report = (model_dir / "report.html").read_text(encoding="utf-8")
     assert "<img src='data:image/png;base64," in report  # classification images
     assert "translate" in report
-    assert "generate en " in report  # text_to_image rows: the real image, the drawn predictions
-    assert report.count("<img src='data:image/png;base64,") >= 24 + 3 * 3
+    # text_to_image rows: the real image, then the baseline's and the model's codes drawn.
+    assert "generate en " in report
+    t2i_row = "<td>palimix_demo_text_to_image_mul</td><td><img src='data:image/png;base64,"
+    assert report.count(t2i_row) >= 3
+    first_row = report[report.index(t2i_row):].split("</tr>")[0]
+    assert first_row.count("<img src='data:image/png;base64,") == 3
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(model_dir / "eval"))
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(model_dir / "train"))
 

@@ -63,7 +63,7 @@ def logits_of(batch, **overrides):
 def test_named_decoder_configs():
     tiny = configs.get("tiny_decoder")
     assert isinstance(tiny, configs.PaliGemmaConfig) and tiny.num_image_tokens == 16
-    assert tiny.llm.num_kv_heads < tiny.llm.num_heads and tiny.vocab_size == configs.PALIMIX_LOC_VOCAB_SIZE
+    assert tiny.llm.num_kv_heads < tiny.llm.num_heads and tiny.vocab_size == configs.PALIMIX_DEMO_VOCAB_SIZE
     big = configs.get("paligemma_3b")
     assert (big.vit.width, big.vit.patch_size, big.num_image_tokens) == (1152, 14, 256)
     assert (big.llm.width, big.llm.depth, big.llm.mlp_dim, big.llm.num_heads, big.llm.num_kv_heads,

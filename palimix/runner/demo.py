@@ -248,8 +248,8 @@ def write_report(path: str, evaluation, model, baseline, kinds: dict, *, steps: 
             image = f"<img src='{png_data_uri(example['image'], size=128)}' width=96>" if has_image else "(text only)"
             cells = [e(row["target"]), e(baseline_by_index.get(row["index"], "")), f"<b>{e(row['prediction'])}</b>"]
             if generates_images:  # the real image, then the baseline's and the model's drawn
-                image, *cells = text_to_image_cells(example, [baseline_by_index.get(row["index"], ""),
-                                                              row["prediction"]])
+                image, *cells = text_to_image_cells(example, evaluation.split,
+                                                    [baseline_by_index.get(row["index"], ""), row["prediction"]])
             parts.append(
                 f"<tr><td>{e(task_name)}</td><td>{image}</td><td lang='{e(language)}' dir='auto'>"
                 f"{e(row['input'])}</td><td lang='{e(language)}' dir='auto'>{cells[0]}</td>"
@@ -260,7 +260,7 @@ def write_report(path: str, evaluation, model, baseline, kinds: dict, *, steps: 
         f.write("\n".join(parts))
 
 
-def text_to_image_cells(example, predictions: list[str]) -> list[str]:
+def text_to_image_cells(example, split: str, predictions: list[str]) -> list[str]:
     """A text_to_image row's cells: the real image, the scene its prompt asks for (the
     reference), then each prediction's codes drawn by the demo tokenizer with the scene
     read from it (palimix.metrics.scene)."""
@@ -271,7 +271,7 @@ def text_to_image_cells(example, predictions: list[str]) -> list[str]:
     from palimix.report_images import pixels_data_uri
     from palimix.tasks import demo as demo_tasks
 
-    record = demo_tasks.text_to_image_records("validation")[_text(example["id"])]
+    record = demo_tasks.text_to_image_records(split)[_text(example["id"])]
     with Image.open(os.path.join(demo_tasks.data_dir(), record["image"])) as picture:
         real = np.asarray(picture.convert("RGB"))
     decoded = demo_tasks.image_tokenizer().decode_texts(predictions)
