@@ -304,12 +304,13 @@ def train_tokenizer(images, held_out, *, steps, batch_size, learning_rate, seed)
     cfg = tokenizer_config()
     model = vqgan.Vqgan(cfg)
     params = vqgan.init_params(cfg, jax.random.PRNGKey(seed))
-    optimizer = command.make_optimizer(learning_rate)
-    opt_state, step = optimizer.init(params), command.make_train_step(model, optimizer)
+    optimizer = command.adam(learning_rate)
+    state, step = {"params": params, "opt_state": optimizer.init(params)}, command.make_train_step(model, optimizer)
     psnr_initial = command.evaluate_psnr(model, params, held_out, batch_size)
     rng, parts = stable_rng("tokenizer", seed), {}
-    for _ in range(steps):
-        params, opt_state, parts = step(params, opt_state, images[rng.choice(len(images), batch_size, replace=False)])
+    for _ in range(steps):  # the plain losses (L2 + quantizer): no frozen networks
+        state, parts = step(state, {}, images[rng.choice(len(images), batch_size, replace=False)])
+    params = state["params"]
     mean_image = np.broadcast_to(images.mean(0, keepdims=True), held_out.shape)
     result = {
         "name": "palimix_demo scenes (scripts/build_demo_data.py)", "config": dataclasses.asdict(cfg),
