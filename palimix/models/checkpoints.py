@@ -334,7 +334,12 @@ def read_t5x_checkpoint(path: str, step: Optional[int] = None) -> dict:
     import orbax.checkpoint as ocp
 
     item = os.path.join(ckpt_dir, "state") if os.path.isdir(os.path.join(ckpt_dir, "state")) else ckpt_dir
-    tree = ocp.PyTreeCheckpointer().restore(os.path.abspath(item))
+    checkpointer = ocp.PyTreeCheckpointer()
+    # As numpy arrays: no device, no sharding to recreate (the caller puts each where its
+    # model's parameter lives).
+    metadata = checkpointer.metadata(os.path.abspath(item)).item_metadata.tree
+    as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
+    tree = checkpointer.restore(os.path.abspath(item), restore_args=as_numpy)
     for key in ("target", "params"):
         if isinstance(tree, Mapping) and key in tree:
             tree = tree[key]
@@ -572,6 +577,80 @@ def load_qformer(checkpoint, params):
 
 
 # ----------------------------------------------------------------------------------------
+# A palimix run's own checkpoint (what `palimix train --model_dir DIR` writes): DIR/run.json
+# records the network's whole config ("model"/"config"), DIR/checkpoints/<step>/state/
+# the train state (orbax: params, optimizer state, step).
+
+
+def read_palimix_run(path: str) -> tuple:
+    """(the run's network config, flat {name: array} of its parameters) of a palimix run:
+    its model dir (the latest checkpoint) or one of its `checkpoints/<step>` folders."""
+    import json
+
+    from palimix.models import configs
+
+    path = os.path.abspath(path)
+    if os.path.basename(os.path.dirname(path)) == "checkpoints" and os.path.basename(path).isdigit():
+        model_dir, step_dir = os.path.dirname(os.path.dirname(path)), path
+    else:
+        model_dir, step_dir = path, _latest_palimix_step(path)
+    run_json = os.path.join(model_dir, "run.json")
+    if not os.path.isfile(run_json):
+        raise CheckpointMismatchError(f"{model_dir} has no run.json: not a `palimix train` model dir.")
+    with open(run_json, encoding="utf-8") as f:
+        model = json.load(f).get("model", {})
+    if "config" not in model:
+        raise CheckpointMismatchError(f"{run_json} records no model config (written by an older palimix).")
+    return configs.from_dict(model["config"]), read_t5x_checkpoint(step_dir)
+
+
+def _latest_palimix_step(model_dir: str) -> str:
+    folder = os.path.join(model_dir, "checkpoints")
+    # orbax names a finished step by its number (unfinished ones carry a tmp suffix).
+    steps = sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) else []
+    if not steps:
+        raise CheckpointMismatchError(f"{model_dir} holds no finished palimix checkpoint (expected "
+                                      f"{folder}/<step>/, as `palimix train --model_dir` writes).")
+    return os.path.join(folder, str(steps[-1]))
+
+
+def _int8_as_in(flat: dict, source_config, model_flat: dict) -> dict:
+    """The run's parameters with its language model stored as the model stores it: a
+    float LM quantized for an int8 network (`int8_kernels`), an int8 LM dequantized for a
+    float one, by the run's own config (which says each weight's input axes)."""
+    from palimix.models import quantize
+
+    def has_int8(tree: dict) -> bool:
+        return any(np.asarray(v).dtype == np.int8 for v in tree.values())
+
+    model_int8, source_int8 = has_int8(model_flat), has_int8(flat)
+    if model_int8 and not source_int8:
+        return _flatten(quantize.quantize_params(flat, quantize.with_int8_kernels(source_config, True)))
+    if source_int8 and not model_int8:
+        return _flatten(quantize.dequantize_params(flat, source_config))
+    return flat
+
+
+def load_palimix(checkpoint, params):
+    """`params` with every parameter of a palimix run (`read_palimix_run`: a model dir or
+    one checkpoint step), shapes checked, strict both ways, except: LoRA adapters the
+    run lacks keep their initial values (B = 0: the adapted model starts as the run's), and
+    an int8 network takes a float run's LM quantized (or the other way round). Scanned and
+    unscanned layouts convert. Continues mBLIP's warm-up run in the instruct stage."""
+    from palimix.models import lora
+
+    source = os.fspath(checkpoint)
+    source_config, flat = read_palimix_run(source)
+    model_flat = _flatten(params)
+    flat = _int8_as_in(flat, source_config, model_flat)
+    flat = scan_layout.match_layout(flat, model_flat, source=source)
+    fresh_adapters = [re.escape(n) for n in model_flat if re.fullmatch(lora.TRAINABLE_PATTERN, n) and n not in flat]
+    if fresh_adapters:
+        logging.info("%s: %d LoRA adapter parameters start fresh.", source, len(fresh_adapters))
+    return _merge(params, flat, under=(), skip=fresh_adapters, source=source, strict=True)
+
+
+# ----------------------------------------------------------------------------------------
 # Warm start: one table of checkpoint formats, for `palimix train --init_checkpoint` and
 # `palimix convert-checkpoint` (which writes what a format loads as a t5x checkpoint).
 
@@ -615,6 +694,10 @@ WARM_START_FORMATS = {
     "qformer": WarmStartFormat(load_qformer, _under(*BRIDGE_PARAMS),
                                "Hugging Face BLIP-2 / mBLIP (.safetensors or .npz): the Q-Former bridge of a "
                                "bridge='qformer' model; the rest as initialised"),
+    "palimix": WarmStartFormat(load_palimix, _everything,
+                               "a palimix run (the --model_dir of `palimix train`, or one checkpoints/<step>): "
+                               "every parameter; LoRA adapters it lacks start fresh, its LM is quantized for an "
+                               "int8 network (and the other way round)"),
 }
 
 

@@ -20,6 +20,8 @@ bridge).
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,32 +113,63 @@ def embed_class(int8: bool):
 
 # --- converting a float checkpoint -------------------------------------------------------
 
-def quantize_params(float_params, config):
-    """The parameters of `config`'s int8 network (its LM `int8_kernels` on) from a float
-    tree of the same network without it (e.g. a loaded mT5/PaLI checkpoint): every
-    weight the int8 network stores in int8 is quantized over its input axes (read from
-    the logical axis names: the axes its scale lacks)."""
+def with_int8_kernels(config, on: bool = True):
+    """The network config with its language model's `int8_kernels` set to `on`."""
+    from palimix.models import configs
+
+    lang = configs.FAMILIES[configs.family_of(config)].language_field
+    return dataclasses.replace(config, **{lang: dataclasses.replace(getattr(config, lang), int8_kernels=on)})
+
+
+def int8_weights(config) -> dict[str, tuple]:
+    """{name: in_axes} of every weight that `config`'s network (its LM `int8_kernels` on)
+    stores in int8; its scale is `name + SCALE_SUFFIX`. The input axes are read from the
+    logical axis names: the axes the scale lacks (shapes alone are ambiguous: a square
+    kernel's scale fits either axis)."""
     from palimix.models import networks
 
     variables = jax.eval_shape(lambda: networks.init_variables(config, jax.random.PRNGKey(0)))  # shapes only
     shapes = _flat(variables["params"])
     axes = {name[: -len("_axes")] if name.endswith("_axes") else name: value
             for name, value in _flat(variables["params_axes"], leaf=_is_axis_metadata).items()}
-    source = _flat(float_params)
-    out = {}
+    weights = {}
     for name, shape in shapes.items():
-        if name.endswith(SCALE_SUFFIX) and name[: -len(SCALE_SUFFIX)] in shapes \
-                and shapes[name[: -len(SCALE_SUFFIX)]].dtype == jnp.int8:
-            continue  # written with its weight
-        if name not in source:
-            raise UsageError(f"quantize_params: the float parameters lack {name}.")
-        if shape.dtype != jnp.int8:
-            out[name] = source[name]
-            continue
-        names, scale_names = _axis_names(axes[name]), _axis_names(axes[name + SCALE_SUFFIX])
-        in_axes = tuple(i for i, a in enumerate(names) if a not in scale_names)
-        out[name], out[name + SCALE_SUFFIX] = quantize(source[name], in_axes)
-    return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in out.items()})
+        if shape.dtype == jnp.int8:
+            names, scale_names = _axis_names(axes[name]), _axis_names(axes[name + SCALE_SUFFIX])
+            weights[name] = tuple(i for i, a in enumerate(names) if a not in scale_names)
+    return weights
+
+
+def quantize_params(float_params, config):
+    """The parameters of `config`'s int8 network (its LM `int8_kernels` on) from a float
+    tree of the same network without it (e.g. a loaded mT5/PaLI checkpoint): every
+    weight the int8 network stores in int8 is quantized over its input axes
+    (`int8_weights`); the other parameters are taken as they are."""
+    int8 = int8_weights(config)
+    out = dict(_flat(float_params))
+    missing = sorted(set(int8) - set(out))
+    if missing:
+        raise UsageError(f"quantize_params: the float parameters lack {missing[0]}"
+                         + (f" and {len(missing) - 1} more" if len(missing) > 1 else "") + ".")
+    for name, in_axes in int8.items():
+        out[name], out[name + SCALE_SUFFIX] = quantize(out[name], in_axes)
+    return _nested(out)
+
+
+def dequantize_params(int8_params, config):
+    """The inverse of `quantize_params` up to rounding: the float tree of `config`'s
+    network with `int8_kernels` off (each int8 weight times its scale, float32; the
+    scales dropped) from the int8 network's tree."""
+    out = dict(_flat(int8_params))
+    for name, in_axes in int8_weights(config).items():
+        if name not in out or name + SCALE_SUFFIX not in out:
+            raise UsageError(f"dequantize_params: the int8 parameters lack {name} or its scale.")
+        out[name] = dequantize(out[name], out.pop(name + SCALE_SUFFIX), in_axes, jnp.float32)
+    return _nested(out)
+
+
+def _nested(flat: dict):
+    return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
 
 
 def _is_axis_metadata(x) -> bool:
