@@ -244,18 +244,32 @@ def test_demo_scenes_and_boxes_are_what_the_build_script_draws():
             assert script.encode(image, "PNG") == f.read()
 
 
-def test_demo_settings_take_the_model_recipe_and_explicit_values():
+def test_demo_settings_take_the_recipe_and_explicit_values():
     from palimix.errors import UsageError
     from palimix.runner.demo import RECIPES, DemoSettings
 
-    assert set(RECIPES) == {"tiny", "tiny_decoder"}
-    for name in RECIPES:
+    assert set(RECIPES) == {"tiny", "tiny_decoder", "mblip"}
+    for name in ("tiny", "tiny_decoder"):
         assert configs.get(name).vocab_size >= demo.vocabulary().vocab_size  # the demo's <loc>/<img> vocabulary fits
-    assert DemoSettings(model="tiny_decoder").recipe() == RECIPES["tiny_decoder"]
-    mine = DemoSettings(model="tiny_decoder", steps=7, learning_rate=0.5).recipe()
-    assert (mine.steps, mine.learning_rate, mine.batch_size) == (7, 0.5, RECIPES["tiny_decoder"].batch_size)
+        assert [s.model for s in RECIPES[name].stages] == [name]
+    assert DemoSettings(recipe_name="tiny_decoder").recipe() == RECIPES["tiny_decoder"]
+    mine = DemoSettings(recipe_name="tiny_decoder", steps=7, learning_rate=0.5).recipe().final
+    assert (mine.steps, mine.learning_rate, mine.batch_size) == (7, 0.5, RECIPES["tiny_decoder"].final.batch_size)
+    # Explicit values go to every stage of a staged recipe.
+    assert {s.steps for s in DemoSettings(recipe_name="mblip", steps=3).recipe().stages} == {3}
     with pytest.raises(UsageError, match="tiny_decoder"):
-        DemoSettings(model="tiny_decodr").recipe()
+        DemoSettings(recipe_name="tiny_decodr").recipe()
+    assert DemoSettings().run_dir() == "palimix_runs/demo"
+    assert DemoSettings(recipe_name="mblip").run_dir() == "palimix_runs/demo_mblip"
+
+
+def test_demo_flags_recipe_and_its_alias_model():
+    from palimix import cli
+
+    parser = cli.build_parser()
+    assert parser.parse_args(["demo", "--recipe", "mblip"]).recipe == "mblip"
+    assert parser.parse_args(["demo", "--model", "tiny_decoder"]).recipe == "tiny_decoder"
+    assert parser.parse_args(["demo"]).recipe == "tiny"
 
 
 def test_demo_text_to_image_targets_are_the_records_codes_as_single_ids():

@@ -57,7 +57,8 @@ def configure(parser):
     parser.add_argument("--init_format", metavar="FORMAT",
                         help="the format of --init_checkpoint: paligemma (big_vision .npz, every parameter), "
                              "gemma (its language model; the ViT as initialised), vit (big_vision ViT .npz), "
-                             "mt5 (t5x checkpoint, the text side); see palimix.models.checkpoints."
+                             "mt5 (t5x checkpoint, the text side), qformer (BLIP-2/mBLIP), palimix (another run's --model_dir: "
+                             "every parameter, new LoRA adapters fresh, int8/float LM converted); see palimix.models.checkpoints."
                              "WARM_START_FORMATS")
     parser.add_argument("--mesh", help="device mesh as axis=size pairs, e.g. data=2,model=4 (model: "
                         "tensor parallelism by the model's logical axis rules); default: every device "

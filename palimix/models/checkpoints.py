@@ -68,6 +68,12 @@ into a scanned `encoder/layers` too.
 All check every shape and raise `CheckpointMismatchError` listing every missing or
 mis-shaped parameter (a different vocabulary gets a hint: `skip=` or `vocab_size=`).
 
+`load_palimix(run_dir, params)`: a palimix run (`palimix train --model_dir`): every
+  parameter, strict both ways, except LoRA adapters the run lacks (fresh: B = 0) and the
+  LM's storage: a float run's LM is quantized for an int8 network, an int8 run's
+  dequantized for a float one (`quantize.int8_weights` of the run's recorded config).
+  mBLIP's instruct stage continues its warm-up run so.
+
 `WARM_START_FORMATS`: format name -> its loader and the parameters it sets, the one
 table behind `palimix train --init_checkpoint PATH --init_format NAME` and
 `palimix convert-checkpoint` (`warm_start(params, path, format)`, `warm_started_part`).
@@ -332,12 +338,13 @@ def read_t5x_checkpoint(path: str, step: Optional[int] = None) -> dict:
         return {k: (_read_tensorstore(v, ckpt_dir) if isinstance(v, dict) else np.asarray(v))
                 for k, v in flat.items()}
     import orbax.checkpoint as ocp
+    from etils import epath
 
     item = os.path.join(ckpt_dir, "state") if os.path.isdir(os.path.join(ckpt_dir, "state")) else ckpt_dir
     checkpointer = ocp.PyTreeCheckpointer()
     # As numpy arrays: no device, no sharding to recreate (the caller puts each where its
     # model's parameter lives).
-    metadata = checkpointer.metadata(os.path.abspath(item)).item_metadata.tree
+    metadata = ocp.PyTreeCheckpointHandler().metadata(epath.Path(os.path.abspath(item))).tree
     as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
     tree = checkpointer.restore(os.path.abspath(item), restore_args=as_numpy)
     for key in ("target", "params"):

@@ -1,9 +1,13 @@
 """`palimix demo`: train a tiny PaLI on `palimix_demo`, evaluate it against trivial
 baselines per kind, and leave TensorBoard logs and an HTML report.
 
-`--model` picks the backbone: `tiny` (the encoder-decoder, default) or `tiny_decoder`
-(the decoder-only prefix LM); `RECIPES` holds how each trains (steps, batch, learning
-rate, warmup), the only thing that differs: same tasks, lengths, evaluation.
+`--recipe` (alias `--model`) picks what trains: `tiny` (the encoder-decoder, default),
+`tiny_decoder` (the decoder-only prefix LM), `mblip` (a Q-Former and LoRA over a frozen
+int8 LM). `RECIPES` holds each as stages (`Stage`: the network from a configs name or
+gin files, the trainable selection, the kinds trained, steps, batch, learning rate,
+warmup); each stage is one `palimix train` run warm-started from the previous one's
+(`--init_format palimix`); the last is evaluated, on the kinds it trained (every kind
+for the one-stage recipes): same tasks, lengths, evaluation for all.
 
 Baselines (each kind's `baseline` in palimix.kinds; scored with the same tasks'
 metrics as the model):
@@ -32,53 +36,129 @@ SHOWCASE_LANGUAGES = ("en", "de", "ru", "el", "ar", "hi", "th", "zh", "ja", "sw"
 
 
 @dataclasses.dataclass(frozen=True)
-class Recipe:
-    """How the demo trains one model (a palimix.models.configs name) on palimix_demo."""
+class Stage:
+    """One training run of a recipe. Its network and trainable parameters come from
+    `model` (a palimix.models.configs name) or from gin files and bindings parsed as
+    `palimix train --gin_file/--gin` parses them (gin's `configs.get` and `ParamSelection`
+    bindings); `trainable`/`frozen` (regexes, palimix.models.trainable) replace gin's
+    selection. It trains on the demo kinds `kinds` (all of palimix_demo's when empty),
+    at their palimix_demo rates. A stage after the first starts from the previous
+    stage's run (`--init_format palimix`: every parameter both have; LoRA adapters fresh;
+    a float LM quantized for an int8 network)."""
 
+    name: str
     steps: int
     batch_size: int
     learning_rate: float
     warmup_steps: int
+    model: str | None = None
+    gin_files: tuple = ()
+    gin_bindings: tuple = ()
+    kinds: tuple = ()
+    trainable: tuple | None = None
+    frozen: tuple | None = None
+
+    def selection(self):
+        """The stage's ParamSelection, or None for gin's."""
+        if self.trainable is None and self.frozen is None:
+            return None
+        from palimix.models.trainable import ParamSelection
+
+        return ParamSelection(trainable=self.trainable or (".*",), frozen=self.frozen or ())
 
 
-# The demo's models, one per backbone, and how each trains (to beat every kind's
-# baseline in under 600 s on 2 CPU cores). Measured 2026-12-05 with the 8 kinds: the
-# encoder-decoder at 2000 steps beat all 8 (431 s, another job on the cores); the
-# decoder-only network at learning rate 0.01 beat 7 (classification 43.3 vs 45.3) and at
-# 0.02 all 8 (458 s, quiet cores). It starts to use the image later than the
-# encoder-decoder (loss on real vs shuffled images), so it gets the higher rate.
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How the demo trains: its stages, run in order; the last one is the evaluated run
+    (in --model_dir; the earlier ones in --model_dir/stages/<name>)."""
+
+    stages: tuple
+    description: str
+
+    @property
+    def final(self) -> Stage:
+        return self.stages[-1]
+
+
+# The demo kinds with images (mBLIP's instruction kinds) and those without.
+IMAGE_KINDS = ("caption", "vqa", "ocr", "classification", "detection")
+TEXT_KINDS = ("translation", "span_corruption", "prefix_lm")
+
+# mBLIP at demo size: sizes/tiny.gin (ViT tiny/16: 16 tokens of width 64; a 2+2-layer
+# width-64 LM) with a small Q-Former (its default is BLIP-2's 12 layers of 768).
+MBLIP_QFORMER = ("configs.get.bridge = 'qformer'", "configs.get.qformer_num_queries = 16",
+                 "configs.get.qformer_depth = 2", "configs.get.qformer_width = 64",
+                 "configs.get.qformer_num_heads = 4", "configs.get.qformer_mlp_dim = 128")
+# The image side of a Q-Former model: what the language-model stage leaves alone.
+MBLIP_IMAGE_SIDE = ("img/.*", "query_tokens", "qformer/.*", "language_projection/.*")
+
+
+def _mblip_stage(name: str, run_file: str | None, **training) -> Stage:
+    files = ("models/network.gin",) + ((run_file,) if run_file else ()) + ("sizes/tiny.gin",)
+    return Stage(name, gin_files=files, gin_bindings=MBLIP_QFORMER, **training)
+
+
+# The demo's recipes (each beats every evaluated kind's baseline in under 600 s on 2 CPU
+# cores). Measured 2026-12-05 with the 8 kinds: the encoder-decoder at 2000 steps beat
+# all 8 (431 s, another job on the cores); the decoder-only network at learning rate 0.01
+# beat 7 (classification 43.3 vs 45.3) and at 0.02 all 8 (458 s, quiet cores). It starts
+# to use the image later than the encoder-decoder (loss on real vs shuffled images), so it
+# gets the higher rate.
 RECIPES = {
-    "tiny": Recipe(steps=2000, batch_size=32, learning_rate=0.01, warmup_steps=150),  # encoder-decoder
-    "tiny_decoder": Recipe(steps=2000, batch_size=32, learning_rate=0.02, warmup_steps=150),  # decoder-only
+    "tiny": Recipe((Stage("train", 2000, 32, 0.01, 150, model="tiny"),),
+                   "the encoder-decoder (ViT + mT5-style), every parameter trains"),
+    "tiny_decoder": Recipe((Stage("train", 2000, 32, 0.02, 150, model="tiny_decoder"),),
+                           "the decoder-only network (ViT + Gemma-style), every parameter trains"),
+    # mBLIP (Geigle et al. 2023) freezes a pretrained LM, so the recipe pretrains one
+    # first: (1) the tiny LM alone on the demo's text kinds; (2) warm-up: only the
+    # Q-Former's language_projection trains (runs/mblip_warmup.gin); (3) instruct: the
+    # Q-Former, projection and LoRA on all seven LM projections train, the LM frozen in
+    # int8 (runs/mblip_instruct.gin). The ViT stays as initialised (random, frozen).
+    "mblip": Recipe((
+        _mblip_stage("lm", None, steps=600, batch_size=32, learning_rate=0.01, warmup_steps=100,
+                     kinds=TEXT_KINDS, frozen=MBLIP_IMAGE_SIDE),
+        _mblip_stage("warmup", "runs/mblip_warmup.gin", steps=200, batch_size=32, learning_rate=0.01,
+                     warmup_steps=20, kinds=IMAGE_KINDS),
+        _mblip_stage("instruct", "runs/mblip_instruct.gin", steps=1200, batch_size=32, learning_rate=0.01,
+                     warmup_steps=100, kinds=IMAGE_KINDS),
+    ), "mBLIP: a Q-Former and LoRA align a frozen ViT to a pretrained, frozen int8 LM"),
 }
-DEFAULT_MODEL = "tiny"
+DEFAULT_RECIPE = "tiny"
+DEFAULT_MODEL = DEFAULT_RECIPE  # `--model` names the recipe (the single-stage recipes are named by their model)
 
 
 @dataclasses.dataclass
 class DemoSettings:
-    """A demo run; the training fields left None take the model's `RECIPES` entry."""
+    """A demo run; the training fields left None take the recipe's (every stage's)."""
 
-    model_dir: str = "palimix_runs/demo"
-    model: str = DEFAULT_MODEL
+    model_dir: str | None = None  # None: palimix_runs/demo (the default recipe), else palimix_runs/demo_<recipe>
+    recipe_name: str = DEFAULT_RECIPE
     steps: int | None = None
     batch_size: int | None = None
     learning_rate: float | None = None
     warmup_steps: int | None = None
     eval_examples_per_task: int | None = None  # None: every validation example
-    # Kinds to evaluate (default: all of palimix_demo's); the model trains on all.
+    # Kinds to evaluate (default: those the recipe's last stage trains on).
     kinds: tuple = ()
     seed: int = 0
     progress: bool = True
 
     def recipe(self) -> Recipe:
-        """The model's recipe with this run's explicit values in place."""
-        if self.model not in RECIPES:
+        """The recipe with this run's explicit values in place (in every stage)."""
+        if self.recipe_name not in RECIPES:
             from palimix.errors import UsageError, close_matches_hint
 
-            raise UsageError(f"the demo trains one of {', '.join(RECIPES)}, not {self.model!r}."
-                             + close_matches_hint(self.model, RECIPES))
-        given = {f.name: getattr(self, f.name) for f in dataclasses.fields(Recipe) if getattr(self, f.name) is not None}
-        return dataclasses.replace(RECIPES[self.model], **given)
+            raise UsageError(f"the demo trains one of the recipes {', '.join(RECIPES)}, not {self.recipe_name!r}."
+                             + close_matches_hint(self.recipe_name, RECIPES))
+        given = {name: getattr(self, name) for name in ("steps", "batch_size", "learning_rate", "warmup_steps")
+                 if getattr(self, name) is not None}
+        recipe = RECIPES[self.recipe_name]
+        return dataclasses.replace(recipe, stages=tuple(dataclasses.replace(s, **given) for s in recipe.stages))
+
+    def run_dir(self) -> str:
+        if self.model_dir:
+            return self.model_dir
+        return "palimix_runs/demo" if self.recipe_name == DEFAULT_RECIPE else f"palimix_runs/demo_{self.recipe_name}"
 
 
 def baseline_text(kind: str, example: dict, most_frequent: str) -> str:
@@ -128,62 +208,159 @@ def baseline_predictor(evaluation, targets_length: int):
 
 
 def run_demo(settings: DemoSettings) -> dict:
-    """Trains (or resumes), evaluates, writes the report; returns the summary dict."""
+    """Trains (or resumes) the recipe's stages, evaluates the last, writes the report;
+    returns the summary dict."""
+    start = time.perf_counter()
+    recipe, model_dir = settings.recipe(), settings.run_dir()
+    eval_kinds = tuple(settings.kinds or recipe.final.kinds)
+    _check_kinds(eval_kinds)
+    stages = train_stages(recipe, model_dir, seed=settings.seed, progress=settings.progress)
+    train_seconds = time.perf_counter() - start
+    result = evaluate_run(model_dir, eval_kinds, eval_examples=settings.eval_examples_per_task,
+                          name=settings.recipe_name, trained=describe_stages(stages))
+    summary = {"kinds": result["kinds"], "languages": result["languages"],
+               "seconds": round(time.perf_counter() - start, 1)}
+    details = {"model": settings.recipe_name, "recipe": settings.recipe_name, "stages": stages,
+               "train_seconds": round(train_seconds, 1), "train_steps_per_s": stages[-1]["steps_per_s"],
+               "input_wait_share": stages[-1]["input_wait_share"], **result["details"]}
+    with open(os.path.join(model_dir, "demo.json"), "w", encoding="utf-8") as f:
+        json.dump({**summary, **details}, f, indent=1)
+    return {**summary, "_details": details}
+
+
+def _check_kinds(kinds: tuple) -> None:
+    from palimix.tasks import demo as demo_tasks
+
+    unknown = sorted(set(kinds) - set(demo_tasks.KIND_MIXTURES))
+    if unknown:
+        from palimix.errors import UsageError, close_matches_hint
+
+        raise UsageError(f"unknown demo kind(s) {unknown}; kinds: {', '.join(demo_tasks.KIND_MIXTURES)}."
+                         + close_matches_hint(unknown[0], demo_tasks.KIND_MIXTURES))
+
+
+def evaluate_run(model_dir: str, kinds: tuple, *, eval_examples: int | None, name: str, trained: str = "") -> dict:
+    """Scores the run in `model_dir` and the baselines on the validation split of `kinds`
+    (every demo kind when empty), writes report.html; returns {"kinds": {kind: {"metric",
+    "baseline", "model"}}, "languages": N, "details": {...}}."""
     from palimix.runner import eval as eval_lib
     from palimix.runner import loading
-    from palimix.runner import train as train_lib
     from palimix.runner.summaries import Summaries
     from palimix.tasks import demo as demo_tasks
 
-    start = time.perf_counter()
-    recipe = settings.recipe()
+    run = loading.load_run(model_dir, batch_size=1)
     lengths = dict(demo_tasks.TASK_FEATURE_LENGTHS)
-    config = train_lib.TrainConfig(
-        mixture_or_task_name=demo_tasks.MIXTURE, model_dir=settings.model_dir, task_feature_lengths=lengths,
-        model=settings.model, batch_size=recipe.batch_size, train_steps=recipe.steps,
-        learning_rate=recipe.learning_rate, warmup_steps=min(recipe.warmup_steps, max(1, recipe.steps // 5)),
-        seed=settings.seed, checkpoint_every=max(1, min(500, recipe.steps)),
-        log_every=max(1, min(50, recipe.steps // 10)), progress=settings.progress)
-    train_result = train_lib.train(config)
-    train_seconds = time.perf_counter() - start
-
-    run = loading.load_run(settings.model_dir, batch_size=1)
-    eval_name = demo_tasks.MIXTURE
-    if settings.kinds:
-        unknown = sorted(set(settings.kinds) - set(demo_tasks.KIND_MIXTURES))
-        if unknown:
-            from palimix.errors import UsageError, close_matches_hint
-
-            raise UsageError(f"unknown demo kind(s) {unknown}; kinds: {', '.join(demo_tasks.KIND_MIXTURES)}."
-                             + close_matches_hint(unknown[0], demo_tasks.KIND_MIXTURES))
-        eval_name = _eval_mixture([demo_tasks.KIND_MIXTURES[k] for k in settings.kinds])
+    eval_name = _eval_mixture([demo_tasks.KIND_MIXTURES[k] for k in kinds]) if kinds else demo_tasks.MIXTURE
     evaluation = eval_lib.Evaluation(eval_name, lengths, converter=run.feature_converter(), split="validation",
-                                     num_examples=settings.eval_examples_per_task,
+                                     num_examples=eval_examples,
                                      num_shown=len(SHOWCASE_LANGUAGES), prefer_languages=SHOWCASE_LANGUAGES)
-    summaries = Summaries(settings.model_dir)
+    summaries = Summaries(model_dir)
     try:
-        model = eval_lib.evaluate(run, evaluation=evaluation, batch_size=min(32, settings.eval_examples_per_task or 32),
+        model = eval_lib.evaluate(run, evaluation=evaluation, batch_size=min(32, eval_examples or 32),
                                   summaries=summaries)
         baseline = evaluation.score(baseline_predictor(evaluation, lengths["targets"]), step=run.step)
     finally:
         summaries.close()
 
-    kinds = {}
+    scores = {}
     for kind, metrics in model.macro.items():
         metric = demo_primary_metric(kind, metrics)
-        kinds[kind] = {"metric": metric, "baseline": round(baseline.macro.get(kind, {}).get(metric, 0.0), 2),
-                       "model": round(metrics.get(metric, 0.0), 2)}
-    report_path = os.path.join(settings.model_dir, "report.html")
-    write_report(report_path, evaluation, model, baseline, kinds, steps=run.step, model_name=settings.model)
-    summary = {"kinds": kinds, "languages": model.languages,
-               "seconds": round(time.perf_counter() - start, 1)}
-    details = {"model": settings.model, "train_seconds": round(train_seconds, 1), "train_steps_per_s": round(train_result.steps_per_s, 2),
-               "input_wait_share": round(train_result.input_wait_share, 3), "step": run.step,
-               "eval_seconds": round(model.seconds, 1), "baseline_seconds": round(baseline.seconds, 1),
-               "report": report_path, "metrics": model.output_path, "tensorboard": settings.model_dir}
-    with open(os.path.join(settings.model_dir, "demo.json"), "w", encoding="utf-8") as f:
-        json.dump({**summary, **details}, f, indent=1)
-    return {**summary, "_details": details}
+        scores[kind] = {"metric": metric, "baseline": round(baseline.macro.get(kind, {}).get(metric, 0.0), 2),
+                        "model": round(metrics.get(metric, 0.0), 2)}
+    report_path = os.path.join(model_dir, "report.html")
+    write_report(report_path, evaluation, model, baseline, scores, steps=run.step, model_name=name, trained=trained)
+    share = trainable_share(run)
+    details = {"trainable_share": round(share["share"], 4), "params": share["params"],
+               "trainable_params": share["trainable"], "step": run.step, "eval_seconds": round(model.seconds, 1),
+               "baseline_seconds": round(baseline.seconds, 1), "report": report_path, "metrics": model.output_path,
+               "tensorboard": model_dir}
+    return {"kinds": scores, "languages": model.languages, "details": details}
+
+
+def stage_dir(model_dir: str, recipe: Recipe, stage: Stage) -> str:
+    """The last stage trains in model_dir (the run `palimix eval/infer` read), the others
+    in model_dir/stages/<name>."""
+    return model_dir if stage is recipe.final else os.path.join(model_dir, "stages", stage.name)
+
+
+def train_stages(recipe: Recipe, model_dir: str, *, seed: int, progress: bool,
+                 start_from: str | None = None) -> list[dict]:
+    """Trains each stage in order (resumed, or skipped when finished), each warm-started
+    from the previous one's run (the first from the palimix run `start_from`, if given);
+    returns what each did."""
+    import sys
+
+    import gin
+
+    from palimix.runner import config as config_lib
+    from palimix.runner import train as train_lib
+
+    done, previous = [], start_from
+    try:
+        for number, stage in enumerate(recipe.stages, 1):
+            if progress:
+                print(f"stage {number}/{len(recipe.stages)}: {stage.name} ({', '.join(stage.kinds) or 'every kind'})",
+                      file=sys.stderr, flush=True)
+            gin.clear_config()  # Each stage's network is its own gin files' (none: its `model`).
+            config_lib.parse_gin(stage.gin_files, stage.gin_bindings)
+            config = _stage_config(stage, stage_dir(model_dir, recipe, stage), previous, seed, progress)
+            started = time.perf_counter()
+            result = train_lib.train(config)
+            done.append({"name": stage.name, "kinds": list(stage.kinds) or "all", "steps": result.step,
+                         "seconds": round(time.perf_counter() - started, 1),
+                         "steps_per_s": round(result.steps_per_s, 2),
+                         "input_wait_share": round(result.input_wait_share, 3), "model_dir": config.model_dir})
+            previous = config.model_dir
+    finally:
+        gin.clear_config()
+    return done
+
+
+def _stage_config(stage: Stage, run_dir: str, previous: str | None, seed: int, progress: bool):
+    from palimix.runner import train as train_lib
+    from palimix.tasks import demo as demo_tasks
+
+    return train_lib.TrainConfig(
+        mixture_or_task_name=_training_mixture(stage.kinds), model_dir=run_dir,
+        task_feature_lengths=dict(demo_tasks.TASK_FEATURE_LENGTHS), model=stage.model, trainable=stage.selection(),
+        batch_size=stage.batch_size, train_steps=stage.steps, learning_rate=stage.learning_rate,
+        warmup_steps=min(stage.warmup_steps, max(1, stage.steps // 5)), seed=seed,
+        checkpoint_every=max(1, min(500, stage.steps)), log_every=max(1, min(50, stage.steps // 10)),
+        progress=progress, init_checkpoint=previous, init_format="palimix" if previous else None)
+
+
+def _training_mixture(kinds: tuple) -> str:
+    """palimix_demo, or a mixture of the kinds' sub-mixtures at their palimix_demo rates
+    (registered once per choice)."""
+    import seqio
+
+    from palimix.mixtures import add_mixture
+    from palimix.tasks import demo as demo_tasks
+
+    if not kinds:
+        return demo_tasks.MIXTURE
+    name = f"{demo_tasks.MIXTURE}_train_" + "_".join(kinds)
+    if name not in seqio.MixtureRegistry.names():
+        add_mixture(name, [demo_tasks.KIND_MIXTURES[k] for k in kinds],
+                    rate={demo_tasks.KIND_MIXTURES[k]: demo_tasks.KIND_RATES[k] for k in kinds})
+    return name
+
+
+def trainable_share(run) -> dict:
+    """{"params", "trainable", "share"}: the parameters of a loaded run and how many of
+    them its trainable selection trains."""
+    import jax
+
+    sizes = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda x: int(x.size), run.params))
+    trains = jax.tree_util.tree_leaves(run.trainer.definition.trainable.mask(run.params))
+    total, trainable = sum(sizes), sum(size for size, t in zip(sizes, trains) if t)
+    return {"params": total, "trainable": trainable, "share": trainable / total}
+
+
+def describe_stages(stages: list[dict]) -> str:
+    """One line: each stage, its steps and the kinds it trained."""
+    return "; ".join(f"{s['name']}: {s['steps']} steps on "
+                     + (", ".join(s["kinds"]) if isinstance(s["kinds"], list) else "every kind") for s in stages)
 
 
 def demo_primary_metric(kind: str, metrics: dict) -> str | None:
@@ -216,7 +393,8 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(path: str, evaluation, model, baseline, kinds: dict, *, steps: int, model_name: str) -> None:
+def write_report(path: str, evaluation, model, baseline, kinds: dict, *, steps: int, model_name: str,
+                 trained: str = "") -> None:
     """A self-contained HTML page: the score table, then example images with their
     prompt, reference, baseline and model prediction, in several languages and scripts."""
     from palimix import features
@@ -229,6 +407,7 @@ def write_report(path: str, evaluation, model, baseline, kinds: dict, *, steps: 
         "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}img{image-rendering:pixelated}"
         ".ok{color:#070}.bad{color:#a00}</style></head><body>",
         f"<h1>palimix demo: {e(model_name)} after {steps} steps</h1>",
+        f"<p>Trained: {e(trained)}.</p>" if trained else "",
         f"<p>{model.languages} languages evaluated, {len(model.tasks)} tasks.</p>",
         "<table><tr><th>kind</th><th>metric</th><th>baseline</th><th>model</th></tr>",
     ]

@@ -82,7 +82,8 @@ class TrainConfig:
     memory_passes: int = 2
     # Warm start of a new run (not of a resumed one): the parameters a public checkpoint
     # holds (`palimix.models.checkpoints.WARM_START_FORMATS`: "paligemma", "gemma",
-    # "vit", "mt5") replace the fresh ones before step 0. The format is always explicit.
+    # "vit", "mt5", "qformer", or "palimix": another palimix run's model dir) replace the
+    # fresh ones before step 0. The format is always explicit.
     init_checkpoint: str | None = None
     init_format: str | None = None
     # The device mesh: {"data": n, "model": m} (`--mesh data=2,model=4`); None: every
