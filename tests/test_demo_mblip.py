@@ -1,7 +1,8 @@
 """`palimix demo --recipe mblip`'s stages on a few steps each (no evaluation): the
-language-model stage trains the LM alone on the text kinds, warm-up only the Q-Former's
-projection, instruct the Q-Former, projection and LoRA over an int8 LM; each stage starts
-from the previous one's run, and what a stage freezes is exactly what it was given."""
+pretraining stage trains the whole Q-Former model on the image and text kinds, warm-up
+only the Q-Former's projection, instruct the Q-Former, projection and LoRA over a frozen
+ViT and an int8 LM, on the image kinds; each stage starts from the previous one's run,
+and what a stage freezes is exactly what it was given."""
 
 import re
 
@@ -40,18 +41,18 @@ def stages(tmp_path_factory):
 
 def test_stages_train_in_order_each_from_the_previous(stages):
     recipe, model_dir, done = stages
-    assert [s["name"] for s in done] == ["lm", "warmup", "instruct"]
+    assert [s["name"] for s in done] == ["pretrain", "warmup", "instruct"]
     assert all(s["steps"] == STEPS for s in done)
-    assert done[0]["kinds"] == list(demo_runner.TEXT_KINDS)
+    assert done[0]["kinds"] == list(demo_runner.IMAGE_KINDS + demo_runner.TEXT_KINDS)
     assert done[1]["kinds"] == done[2]["kinds"] == list(demo_runner.IMAGE_KINDS)
-    dirs = [model_dir / "stages" / "lm", model_dir / "stages" / "warmup", model_dir]
+    dirs = [model_dir / "stages" / "pretrain", model_dir / "stages" / "warmup", model_dir]
     assert [s["model_dir"] for s in done] == [str(d) for d in dirs]
     runs = [_load(d) for d in dirs]
     assert [r.description["init_checkpoint"] for r in runs] == [None, str(dirs[0]), str(dirs[1])]
     assert {r.description["init_format"] for r in runs[1:]} == {"palimix"}
     assert {r.trainer.definition.config.bridge for r in runs} == {"qformer"}
     selections = [r.trainer.definition.trainable for r in runs]
-    assert selections[0].frozen == demo_runner.MBLIP_IMAGE_SIDE
+    assert selections[0].trains_everything
     assert selections[1].trainable == ("language_projection/.*",)
     assert selections[2].trainable == tuple(lora.MBLIP_TRAINABLE)
     assert runs[0].mixture_or_task_name != runs[1].mixture_or_task_name
@@ -59,17 +60,15 @@ def test_stages_train_in_order_each_from_the_previous(stages):
 
 def test_each_stage_freezes_what_it_should(stages):
     _, model_dir, _ = stages
-    lm, warmup, instruct = (_load(d) for d in (model_dir / "stages" / "lm", model_dir / "stages" / "warmup",
-                                              model_dir))
-    lm_params, warmup_params, instruct_params = (_flat(r.params) for r in (lm, warmup, instruct))
-    # Warm-up: only the projection moved from the LM stage's parameters.
-    moved = {n for n in warmup_params if not np.array_equal(warmup_params[n], lm_params[n])}
+    pretrain, warmup, instruct = (_load(d) for d in (model_dir / "stages" / "pretrain",
+                                                    model_dir / "stages" / "warmup", model_dir))
+    pretrain_params, warmup_params, instruct_params = (_flat(r.params) for r in (pretrain, warmup, instruct))
+    # Pretraining moved every parameter.
+    initial = _flat(pretrain.trainer.init_params())
+    assert all(not np.array_equal(pretrain_params[n], initial[n]) for n in pretrain_params)
+    # Warm-up: only the projection moved from the pretrained parameters.
+    moved = {n for n in warmup_params if not np.array_equal(warmup_params[n], pretrain_params[n])}
     assert moved and all(n.startswith("language_projection/") for n in moved)
-    # The LM stage left the image side (ViT, Q-Former) as initialised.
-    initial = _flat(lm.trainer.init_params())
-    image_side = [n for n in lm_params if any(re.fullmatch(p, n) for p in demo_runner.MBLIP_IMAGE_SIDE)]
-    assert image_side and all(np.array_equal(lm_params[n], initial[n]) for n in image_side)
-    assert any(not np.array_equal(lm_params[n], initial[n]) for n in lm_params if n not in image_side)
     # Instruct: the LM is the warm-up's, in int8, untouched; the adapters are new.
     definition = instruct.trainer.definition
     quantized = _flat(quantize.quantize_params(warmup_params,
