@@ -306,7 +306,7 @@ def train_stages(recipe: Recipe, model_dir: str, *, seed: int, progress: bool,
             config = _stage_config(stage, stage_dir(model_dir, recipe, stage), previous, seed, progress)
             started = time.perf_counter()
             result = train_lib.train(config)
-            done.append({"name": stage.name, "kinds": list(stage.kinds) or "all", "steps": result.step,
+            done.append({"name": stage.name, "kinds": list(stage.kinds), "steps": result.step,
                          "seconds": round(time.perf_counter() - started, 1),
                          "steps_per_s": round(result.steps_per_s, 2),
                          "input_wait_share": round(result.input_wait_share, 3), "model_dir": config.model_dir})
@@ -358,9 +358,8 @@ def trainable_share(run) -> dict:
 
 
 def describe_stages(stages: list[dict]) -> str:
-    """One line: each stage, its steps and the kinds it trained."""
-    return "; ".join(f"{s['name']}: {s['steps']} steps on "
-                     + (", ".join(s["kinds"]) if isinstance(s["kinds"], list) else "every kind") for s in stages)
+    """One line: each stage, its steps and the kinds it trained (none listed: every kind)."""
+    return "; ".join(f"{s['name']}: {s['steps']} steps on {', '.join(s['kinds']) or 'every kind'}" for s in stages)
 
 
 def demo_primary_metric(kind: str, metrics: dict) -> str | None:
