@@ -185,3 +185,19 @@ def test_config_checks():
     counts = networks.count_params("tiny", **SMALL)
     assert counts["img_proj"] == sum(int(np.prod(v.shape)) for v in hf_checkpoint(
         configs.get("tiny", **SMALL).qformer, VIT_WIDTH, LM_WIDTH).values()) - VIT_WIDTH - 8 * LM_WIDTH
+
+
+def test_from_scratch_init_passes_the_image_on():
+    """init_std=None (fan-in kernels, unit queries): the bridge's output depends on the
+    image from the start; with BLIP-2's normal(0.02) it hardly does (the demo's
+    Q-Former, trained from scratch, stayed near that)."""
+    images = jax.random.normal(jax.random.PRNGKey(1), (8, 16, 64))
+
+    def spread(init_std):
+        cfg = configs.QFormerConfig(16, 2, 64, 4, 128, 2, init_std=init_std)
+        bridge = qformer.QFormerBridge(cfg, lm_width=64)
+        out = bridge.apply(bridge.init(jax.random.PRNGKey(0), images), images)
+        return float(jnp.std(out, axis=0).mean() / jnp.std(out))
+
+    assert spread(0.02) < 0.02 and spread(None) > 0.2
+    assert configs.get("tiny", bridge="qformer", qformer_init_std=None).qformer.init_std is None

@@ -159,6 +159,9 @@ class QFormerConfig:
     cross_attention_every: int
     layer_norm_epsilon: float = 1e-12  # BERT's, as Hugging Face's Blip2QFormerConfig
     dropout_rate: float = 0.0
+    # Initial weights: normal(init_std), BLIP-2's 0.02; None: fan-in scaled (LeCun normal)
+    # kernels and unit-normal queries, for a Q-Former trained from scratch (palimix.models.qformer).
+    init_std: float | None = 0.02
 
 
 # The image-to-LM bridges: "linear" (PaLI's `img_proj`, PaliGemma's `img/head`: every
@@ -179,11 +182,13 @@ class BridgeOptions:
     qformer_num_heads: int = 12
     qformer_mlp_dim: int = 3072
     qformer_cross_attention_every: int = 2
+    qformer_init_std: float | None = 0.02
 
     @property
     def qformer(self) -> QFormerConfig:
         return QFormerConfig(self.qformer_num_queries, self.qformer_depth, self.qformer_width,
-                             self.qformer_num_heads, self.qformer_mlp_dim, self.qformer_cross_attention_every)
+                             self.qformer_num_heads, self.qformer_mlp_dim, self.qformer_cross_attention_every,
+                             init_std=self.qformer_init_std)
 
     def _check_bridge(self) -> None:
         if self.bridge not in BRIDGES:

@@ -46,13 +46,25 @@ BRIDGE_PARAMS = ("query_tokens", "qformer", "language_projection")
 # sharding and Adafactor rules); its joined heads shard like the text side's.
 _EMBED, _MLP, _JOINED = "vit_embed", "vit_mlp", "joined_kv"
 
-# BERT's initialisation (Blip2PreTrainedModel: normal(0.02) weights, zero biases).
-_INIT = nn.initializers.normal(stddev=0.02)
 
 
-def _dense(features, axes, name, dtype, param_dtype):
+def kernel_init(config: QFormerConfig):
+    """BERT's initialisation (Blip2PreTrainedModel: normal(0.02) weights, zero biases), or
+    with `init_std=None` fan-in scaled kernels. Why the option: the runner's Adafactor
+    scales each update by its parameter's RMS, so 0.02-weights learn slowly, and with them
+    the cross-attention's output is a tiny part of each post-LayerNorm sum: a Q-Former
+    trained from scratch (the demo's) barely passed the image on (its output varied across
+    images by 0.0005 of 0.15)."""
+    return nn.initializers.lecun_normal() if config.init_std is None else nn.initializers.normal(config.init_std)
+
+
+def query_init(config: QFormerConfig):
+    return nn.initializers.normal(1.0 if config.init_std is None else config.init_std)
+
+
+def _dense(features, axes, name, dtype, param_dtype, init):
     return layers.DenseGeneral(features, kernel_axes=axes, use_bias=True, bias_axes=(axes[-1],),
-                               kernel_init=_INIT, dtype=dtype, param_dtype=param_dtype, name=name)
+                               kernel_init=init, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 class _Block(nn.Module):
@@ -63,7 +75,7 @@ class _Block(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     def dense(self, features, axes, name):
-        return _dense(features, axes, name, self.dtype, self.param_dtype)
+        return _dense(features, axes, name, self.dtype, self.param_dtype, kernel_init(self.config))
 
     def layer_norm(self, name):
         return layers.LayerNorm(self.config.layer_norm_epsilon, self.dtype, self.param_dtype, _EMBED, name=name)
@@ -180,9 +192,10 @@ class QFormerBridge(nn.Module):
     @nn.compact
     def __call__(self, vit_tokens, deterministic: bool = True):
         cfg = self.config
-        queries = layers.param_with_axes("query_tokens", _INIT, (1, cfg.num_queries, cfg.width), self.param_dtype,
+        queries = layers.param_with_axes("query_tokens", query_init(cfg), (1, cfg.num_queries, cfg.width), self.param_dtype,
                                          axes=("vit_posemb_batch", "vit_tokens", _EMBED))
         queries = jnp.broadcast_to(jnp.asarray(queries, self.dtype), (vit_tokens.shape[0],) + queries.shape[1:])
         x = QFormer(cfg, self.dtype, self.param_dtype, name="qformer")(queries, vit_tokens, deterministic)
-        projection = _dense(self.lm_width, (_EMBED, "embed"), "language_projection", self.dtype, self.param_dtype)
+        projection = _dense(self.lm_width, (_EMBED, "embed"), "language_projection", self.dtype, self.param_dtype,
+                            kernel_init(cfg))
         return layers.constrain(projection(x), ("batch", "length", "embed"))
