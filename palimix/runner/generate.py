@@ -26,7 +26,6 @@ alone; DaVinci itself does not use guidance.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from typing import Sequence
@@ -174,24 +173,9 @@ def read_requests(path: str) -> list[ImageRequest]:
     """Generation requests from JSON Lines: {"generate": DESCRIPTION, "out": PNG PATH,
     "language": CODE (default en), "id": ...} per line; relative `out` paths are taken
     from the file's folder."""
-    if not os.path.exists(path):
-        raise UsageError(f"--jsonl {path} does not exist.")
-    base = os.path.dirname(os.path.abspath(path))
-    requests = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                requests.append(_request(_json(line, path, number), base, f"{path}:{number}", str(number)))
-    if not requests:
-        raise UsageError(f"{path} holds no requests.")
-    return requests
+    from palimix.runner.infer import read_request_lines
 
-
-def _json(line: str, path: str, number: int):
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{path}:{number}: not JSON ({e.msg}).") from None
+    return read_request_lines(path, _request)
 
 
 def _request(record, base: str, where: str, default_id: str) -> ImageRequest:

@@ -87,6 +87,23 @@ def load_image(path: str, image_size: int) -> np.ndarray:
 def read_jsonl(path: str) -> list[Request]:
     """Requests from a JSON-lines file: {"image": PATH, "prompt": TEXT, "id": ...} per
     line; relative image paths are taken from the file's folder."""
+    return read_request_lines(path, _prompt_request)
+
+
+def _prompt_request(record, base: str, where: str, default_id: str) -> Request:
+    if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+        raise UsageError(f"{where}: each line needs a \"prompt\" string "
+                         "(and an \"image\" path for image prompts).")
+    image = record.get("image")
+    if image and not os.path.isabs(image):
+        image = os.path.join(base, image)
+    return Request(prompt=record["prompt"], image=image, id=str(record["id"]) if "id" in record else default_id)
+
+
+def read_request_lines(path: str, make_request) -> list:
+    """`make_request(record, base, where, default_id)` for each non-blank JSON line of
+    `path` (base: the file's folder, where: "path:line", default_id: the line number);
+    a line that is not JSON, or an empty file, is a UsageError."""
     if not os.path.exists(path):
         raise UsageError(f"--jsonl {path} does not exist.")
     base = os.path.dirname(os.path.abspath(path))
@@ -99,14 +116,7 @@ def read_jsonl(path: str) -> list[Request]:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise UsageError(f"{path}:{number}: not JSON ({e.msg}).") from None
-            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-                raise UsageError(f"{path}:{number}: each line needs a \"prompt\" string "
-                                 "(and an \"image\" path for image prompts).")
-            image = record.get("image")
-            if image and not os.path.isabs(image):
-                image = os.path.join(base, image)
-            requests.append(Request(prompt=record["prompt"], image=image,
-                                    id=str(record["id"]) if "id" in record else str(number)))
+            requests.append(make_request(record, base, f"{path}:{number}", str(number)))
     if not requests:
         raise UsageError(f"{path} holds no requests.")
     return requests
