@@ -87,7 +87,7 @@ TEXT_KINDS = ("translation", "span_corruption", "prefix_lm")
 # mBLIP at demo size: sizes/tiny.gin (ViT tiny/16: 16 tokens of width 64; a 2+2-layer
 # width-64 LM) with a small Q-Former (its default is BLIP-2's 12 layers of 768).
 MBLIP_QFORMER = ("configs.get.bridge = 'qformer'", "configs.get.qformer_num_queries = 16",
-                 "configs.get.qformer_depth = 2", "configs.get.qformer_width = 64",
+                 "configs.get.qformer_depth = 2", "configs.get.qformer_width = 64", "configs.get.qformer_cross_attention_every = 1",
                  "configs.get.qformer_num_heads = 4", "configs.get.qformer_mlp_dim = 128",
                  "configs.get.qformer_init_std = None")
 
