@@ -184,14 +184,21 @@ def prefix_image_targets(dataset):
     return _map(dataset, _prefix_image_fields)
 
 
-def _masked(example):
+def keep_top_rows(image, share):
+    """`image` [H, W, C] (a tensor or array) with the pixel rows below the top `share` of
+    its height set to 0 (the blank image's value): prefix_image's mask, also applied by
+    `palimix infer --generate --image` (palimix.runner.generate)."""
     import tensorflow as tf
 
-    image = example["image"]
+    image = tf.convert_to_tensor(image)
     size = tf.shape(image)[0]
-    kept = tf.cast(tf.round(example[PREFIX_SHARE_KEY] * tf.cast(size, tf.float32)), tf.int32)
+    kept = tf.cast(tf.round(tf.cast(share, tf.float32) * tf.cast(size, tf.float32)), tf.int32)
     rows = tf.cast(tf.range(size) < kept, image.dtype)
-    return {**example, "image": image * rows[:, None, None]}
+    return image * rows[:, None, None]
+
+
+def _masked(example):
+    return {**example, "image": keep_top_rows(example["image"], example[PREFIX_SHARE_KEY])}
 
 
 def prefix_image_masked(dataset):

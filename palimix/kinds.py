@@ -14,7 +14,7 @@ example and how its predictions are scored:
 | prefix_lm | text | prefix_lm {text} | the continuation | chrf, bleu | most frequent of the task |
 | detection | boxes [n][4], labels [n] | detection {objects} | `<loc>` boxes with labels | detection_f1, detection_map50 | most frequent, per language |
 | referring | box [4], expression | referring {expression} | `<loc>` box with the expression | referring_accuracy, mean_iou | most frequent, per language |
-| text_to_image | codes [h*w], captions [n] | text_to_image {description} (blank image) | `<img>` + every code | code_accuracy, code_perplexity (a score metric) | most frequent of the task |
+| text_to_image | codes [h*w], captions [n] | text_to_image {description} (blank image; an `unconditional_share` without it) | `<img>` + every code | code_accuracy, code_perplexity (a score metric) | most frequent of the task |
 | prefix_image | codes [h*w], captions [n] | prefix_image {description} (top k/h of the image) | `<img>` + the codes of rows k.. | code_accuracy, code_perplexity (a score metric) | most frequent of the task |
 
 Readers: `palimix.prompts` (which template kinds exist and their placeholders),
@@ -49,6 +49,9 @@ from palimix.metrics.vqa import vqa_accuracy
 
 # How a kind's target is chosen from its references (preprocessors.prompts implements them).
 SAMPLE, MOST_FREQUENT, FIRST = "sample", "most_frequent", "first"
+# The option of a kind whose prompt may be dropped for a share of examples (condition
+# dropout for classifier-free guidance; preprocessors.prompts._unconditional_prompts).
+UNCONDITIONAL_SHARE = "unconditional_share"
 # Baselines (runner.demo): the most frequent target of each language / of the whole
 # task, or the translation's source text copied unchanged.
 MOST_FREQUENT_PER_LANGUAGE, MOST_FREQUENT_OF_TASK, COPY_SOURCE = "most_frequent_per_language", "most_frequent", "copy_source"
@@ -167,6 +170,14 @@ def _translation_options(group, options, source, codes):
     return {**options, "source_language": languages.normalize(options["source_language"])}
 
 
+def _share_options(group, options, source, codes):
+    """unconditional_share: a number from 0 to 1."""
+    share = options[UNCONDITIONAL_SHARE]
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        raise UsageError(f"{group}: {UNCONDITIONAL_SHARE} must be a number from 0 to 1, got {share!r}.")
+    return {**options, UNCONDITIONAL_SHARE: float(share)}
+
+
 def _classification_options(group, options, source, codes):
     """classes: a list (every language), {language: list}, or True (the source's
     `class_names(language)`) -> {language: list} for each of `codes` (or None)."""
@@ -245,10 +256,13 @@ _KINDS = (
     # DaVinci's generative objectives (palimix.image_codes): targets are the image's VQGAN
     # codes (the record's `codes`, from `palimix encode-images`) as <img> tokens, which the
     # vocabulary must hold as single ids. text_to_image has no image (blank); prefix_image
-    # shows the top k of h code rows of the image and asks for the rest.
+    # shows the top k of h code rows of the image and asks for the rest. text_to_image's
+    # unconditional_share of examples (a hash of the id) get the prompt without its
+    # description, so that classifier-free guidance has an unconditional model to contrast.
     Kind("text_to_image", fields=("codes", "captions"), references="targets", many_references=False, target=FIRST,
          templates={"text_to_image": ("description",)}, prompt_fields={"description": "caption"},
          required_text=("caption",), images=False, text_stage=_text_to_image_stage, tokensets=("img",),
+         options={UNCONDITIONAL_SHARE: 0.0}, prepare_options=_share_options,
          metrics=(Metric(image_code_accuracy), Metric(image_code_perplexity)), primary_metric="code_accuracy", baseline=MOST_FREQUENT_OF_TASK),
     Kind("prefix_image", fields=("codes", "captions"), references="targets", many_references=False, target=FIRST,
          templates={"prefix_image": ("description",)}, prompt_fields={"description": "caption"},

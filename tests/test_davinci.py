@@ -122,8 +122,11 @@ def test_generate_writes_the_tokenizers_image_of_the_sampled_codes(trained, tmp_
     np.testing.assert_array_equal(pixels, decoded.pixels[0])
     assert written["complete"] == bool(decoded.complete[0])
     assert written["codes"] == min(len(image_codes.parse_code_text(written["text"])), 16)
-    if not written["complete"]:
-        assert f"incomplete: {written['codes']} of 16 codes" in printed
+    # Sampling is restricted to the codebook: every sample is a whole grid, even from 3 steps of training.
+    codes = image_codes.parse_code_text(written["text"])
+    assert written["complete"] and written["codes"] == 16 and len(codes) == 16
+    assert written["text"].startswith("<img>") and max(codes) < 32  # the tokenizer's codebook of 32
+    assert "incomplete" not in printed
     again = tmp_path / "again.png"
     assert _infer(root, files, run_dir, "--generate", "a red square", "--tokenizer", str(root / "tokenizer"),
                   "--out", str(again), "--top_k", "50", "--seed", "1") == 0
@@ -146,6 +149,61 @@ def test_guidance_scale_one_samples_what_plain_sampling_does(trained, tmp_path):
     assert all((tmp_path / n).exists() for n in ("a-1.png", "a-2.png", "b-1.png", "b-2.png"))
     assert generate.prompts_for(requests[0], "natural") == ("Generate an image of: a blue square",
                                                             "Generate an image of:")
+
+
+def test_every_guided_or_greedy_sample_is_a_whole_image(trained, tmp_path):
+    from palimix.runner import generate, loading
+
+    root, _, run_dir = trained
+    tokenizer = image_tokenizer.load(str(root / "tokenizer"))
+    run = loading.load_run(str(run_dir), batch_size=4)
+    requests = [generate.ImageRequest(f"a {color} square", str(tmp_path / f"{color}.png")) for color in COLORS]
+    for options in (dict(seed=3, guidance_scale=4.0, num_samples=2), dict(temperature=0.0)):
+        images = generate.generate_images(run, tokenizer, requests, batch_size=4, **options)
+        assert all(image.complete and len(image_codes.parse_code_text(image.text)) == 16 for image in images)
+
+
+def test_training_prompts_without_the_description_are_the_guidance_twins(trained):
+    """Condition dropout (text_to_image's unconditional_share) prompts a training example with
+    exactly the token ids that guidance's unconditional batch holds."""
+    from palimix.runner import generate, infer, loading
+    from palimix.sources import JsonLines
+    from palimix.tasks import add_task, remove
+
+    root, files, run_dir = trained
+    run = loading.load_run(str(run_dir), batch_size=2)
+    vocabulary = seqio.get_mixture_or_task("davinci").output_features["inputs"].vocabulary
+    add_task("uncond_t2i", kind="text_to_image", source=JsonLines(files["validation"], str(root / "images")),
+             languages=["en"], image_size=32, vocabulary=vocabulary, unconditional_share=1.0)
+    try:
+        example = next(iter(seqio.get_mixture_or_task("uncond_t2i_en").get_dataset(
+            run.task_feature_lengths, split="validation", shuffle=False).as_numpy_iterator()))
+    finally:
+        remove("uncond_t2i")
+    _, unconditional = generate.prompts_for(generate.ImageRequest("a red square", "x.png"), "pali")
+    assert example["inputs_pretokenized"].decode() == unconditional == "generate en"
+    np.testing.assert_array_equal(example["inputs"], vocabulary.encode("generate en") + [1])
+    blank = np.zeros((32, 32, 3), np.float32)
+    trained_prompt = infer.model_features(run, [infer.task_features(example["inputs"], blank, has_image=False)])[0]
+    twin = generate.prompt_batch(run, [unconditional], [None])[0]
+    for name in run.trainer.network.PREDICT_INPUTS:
+        np.testing.assert_array_equal(trained_prompt[name], twin[name])
+
+
+def test_prefix_completion_keeps_the_images_top_rows(trained, tmp_path):
+    from palimix.runner import infer
+
+    root, files, run_dir = trained
+    image, out, record = root / "images" / "validation1.png", tmp_path / "done.png", tmp_path / "done.jsonl"
+    assert _infer(root, files, run_dir, "--generate", "a green square", "--image", str(image), "--keep_rows", "1",
+                  "--tokenizer", str(root / "tokenizer"), "--out", str(out), "--output", str(record)) == 0
+    (written,) = [json.loads(line) for line in record.read_text().splitlines()]
+    assert written["prompt"] == "complete image en a green square" and written["complete"]
+    assert len(image_codes.parse_code_text(written["text"])) == 12  # rows 1..3 of the 4x4 grid
+    tokenizer = image_tokenizer.load(str(root / "tokenizer"))
+    kept = tokenizer.encode(infer.load_image(str(image), TOKENIZER_SIZE)[None])[0, :1].reshape(-1)
+    expected = tokenizer.decode_texts([image_codes.to_code_text(kept) + written["text"]]).pixels[0]
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), expected)
 
 
 def test_generate_from_json_lines_requests(trained, tmp_path):
@@ -223,8 +281,9 @@ def test_the_runners_scores_are_t5x_score_batch(trained):
     (["--generate", "a red square", "--out", "x.png"], "give --tokenizer DIR"),
     (["--generate", "a red square", "--tokenizer", "t"], "--generate needs --out PATH.png"),
     (["--tokenizer", "t"], "give either --generate DESCRIPTION --out PNG, or --jsonl FILE"),
+    (["--generate", "a", "--tokenizer", "t", "--out", "x.png", "--kind", "caption"], "drop --prompt and --kind"),
     (["--generate", "a", "--tokenizer", "t", "--out", "x.png", "--image", "y.png"],
-     "drop --prompt, --kind and --image"),
+     "takes both --image PATH and --keep_rows K"),
 ])
 def test_generate_flags_are_checked(tmp_path, capsys, args, message):
     assert cli.main(["infer", "--model_dir", str(tmp_path), *args]) == 2

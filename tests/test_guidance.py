@@ -132,3 +132,69 @@ def test_guidance_refuses_beam_search_and_half_a_request():
     short = dict(uncond, encoder_input_tokens=uncond["encoder_input_tokens"][:, :4])
     with pytest.raises(UsageError, match="pad both to the same length"):
         decoding.guidance_batch(model, cond, short)
+
+
+# --- restricted decoding (token_mask): image codes only -------------------------------------
+
+BEGIN, CODES = 40, tuple(range(41, 49))  # stand-ins for <img> and an 8-code codebook
+GRID_MASK = decoding.ImageCodeMask(VOCAB, BEGIN, CODES, num_codes=T - 2, eos_id=1)  # <img>, 4 codes, EOS
+
+
+def _assert_whole_grids(tokens):
+    tokens = np.asarray(tokens)
+    assert (tokens[:, 0] == BEGIN).all()
+    assert np.isin(tokens[:, 1:T - 1], CODES).all()
+    assert (tokens[:, T - 1] == 1).all()
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_a_code_mask_makes_every_sample_a_whole_grid(name):
+    model, params, (cond, uncond) = network(name)
+    rng = jax.random.PRNGKey(5)
+    sampled, _ = generate_fn(model, False, token_mask=GRID_MASK, **SAMPLE)(params, cond, rng)
+    _assert_whole_grids(sampled)
+    guided, _ = generate_fn(model, True, token_mask=GRID_MASK, **SAMPLE)(params, cond, uncond, 3.0, rng)
+    _assert_whole_grids(guided)
+    beams, _ = jax.jit(functools.partial(decoding.generate, model, max_decode_length=T, method="beam", num_beams=2,
+                                         token_mask=GRID_MASK))(params, cond)
+    _assert_whole_grids(beams)
+    # The random network alone spells no grid: the mask is what makes them.
+    plain, _ = generate_fn(model, False, **SAMPLE)(params, cond, rng)
+    assert not (np.asarray(plain)[:, 0] == BEGIN).all()
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_masked_cached_decoding_equals_uncached(name):
+    model, params, (cond, _) = network(name)
+    rng = jax.random.PRNGKey(2)
+    cached, cached_scores = generate_fn(model, False, method="greedy", token_mask=GRID_MASK)(params, cond, rng)
+    uncached, uncached_scores = generate_fn(model, False, method="greedy", use_cache=False,
+                                            token_mask=GRID_MASK)(params, cond, rng)
+    _assert_whole_grids(cached)
+    np.testing.assert_array_equal(cached, uncached)
+    np.testing.assert_allclose(cached_scores, uncached_scores, rtol=1e-4)
+
+
+def _everything(position):
+    return np.ones((VOCAB,), bool)
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_text_decoding_is_unchanged_without_a_restriction(name):
+    model, params, (cond, _) = network(name)
+    rng = jax.random.PRNGKey(7)
+    expected, expected_scores = generate_fn(model, False, **SAMPLE)(params, cond, rng)
+    tokens, scores = generate_fn(model, False, token_mask=_everything, **SAMPLE)(params, cond, rng)
+    np.testing.assert_array_equal(tokens, expected)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-6)
+
+
+def test_code_masks_are_checked():
+    with pytest.raises(UsageError, match="every id inside the vocabulary"):
+        decoding.ImageCodeMask(VOCAB, BEGIN, (70,), num_codes=4)
+    with pytest.raises(UsageError, match="need some codes"):
+        decoding.ImageCodeMask(VOCAB, BEGIN, (), num_codes=4)
+    model, params, (cond, _) = network("tiny")
+    with pytest.raises(UsageError, match="token_mask covers 32 ids; the network's logits have 64"):
+        decoding.generate(model, params, cond, max_decode_length=T,
+                          token_mask=decoding.ImageCodeMask(32, 5, (6, 7), num_codes=4))

@@ -14,7 +14,7 @@ import tensorflow as tf
 from flax import serialization
 from PIL import Image
 
-from palimix import cli, image_codes, kinds, vocab
+from palimix import cli, image_codes, kinds, prompts, vocab
 from palimix.errors import UsageError
 from palimix.models import vqgan
 from palimix.sources import JsonLines
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("vocab_cache_dir")  # derived models in a t
 LENGTHS = {"inputs": 32, "targets": 24, "image": 16}
 SHIPPED_PIECES = 8092  # <img> is the first id after the shipped model's pieces.
 GRID = 4  # 4x4 codes per image in the hand-written files
-TASKS = ("tk_t2i", "tk_prefix", "tk_no_img", "tk_encoded")
+TASKS = ("tk_t2i", "tk_prefix", "tk_no_img", "tk_encoded", "tk_uncond")
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +132,71 @@ def test_text_to_image_task_from_jsonl(codes_file, with_img):
     # <img>, the 16 codes as single ids, EOS.
     assert list(first["targets"]) == [SHIPPED_PIECES] + [SHIPPED_PIECES + 1 + c for c in _codes(1)] + [1]
     assert first["has_image"] == 0 and not first["image"].any()  # the kind has no image
+
+
+def _picked(example_id, share):
+    from palimix.preprocessors.prompts import unconditional_picked
+
+    return bool(unconditional_picked(tf.constant(example_id), share))
+
+
+def test_unconditional_share_prompts_a_hashed_share_without_the_description(tmp_path, with_img):
+    lines = [{"id": f"u{i}", "language": "en", "captions": [f"a red circle {i}"], "codes": _codes(i)}
+             for i in range(40)]
+    source = JsonLines(str(_write_jsonl(tmp_path, lines)), str(tmp_path / "img"))
+    add_task("tk_uncond", kind="text_to_image", source=source, languages=["en"], image_size=16, vocabulary=with_img,
+             unconditional_share=0.25)
+    examples = _examples("tk_uncond_en")
+    picked = [_picked(f"u{i}", 0.25) for i in range(40)]
+    assert 4 <= sum(picked) <= 16  # about a quarter, the same on every read (a hash of the id)
+    uncond_ids = with_img.encode("generate en") + [1]
+    assert uncond_ids != with_img.encode("generate en ") + [1]  # why the two must share one string
+    for i, (ex, dropped) in enumerate(zip(examples, picked)):
+        assert ex["targets_pretokenized"].decode() == image_codes.to_code_text(_codes(i))  # the target stays
+        if dropped:
+            assert ex["inputs_pretokenized"] == prompts.prompt_without_fields("text_to_image", "en").encode()
+            assert list(ex["inputs"]) == uncond_ids
+        else:
+            assert ex["inputs_pretokenized"] == f"generate en a red circle {i}".encode()
+    assert [ex["inputs_pretokenized"] for ex in _examples("tk_uncond_en")] == [
+        ex["inputs_pretokenized"] for ex in examples]
+
+
+def test_unconditional_prompts_follow_the_examples_language_and_template(tmp_path, with_img):
+    """A multilingual instruct task: a dropped example's prompt is its own language's and
+    its own template variant's prompt without the description."""
+    lines = [{"id": f"m{i}", "language": ("en", "de")[i % 2], "captions": [f"a circle {i}"], "codes": _codes(i)}
+             for i in range(24)]
+    source = JsonLines(str(_write_jsonl(tmp_path, lines)), str(tmp_path / "img"))
+    add_task("tk_uncond", kind="text_to_image", source=source, languages=["en", "de"], image_size=16,
+             vocabulary=with_img, prompt_style="instruct", per_language=False, unconditional_share=0.5)
+    examples = _examples("tk_uncond")
+    variants_seen = set()
+    assert len(examples) == 24
+    for ex in examples:
+        example_id, language = ex["id"].decode(), ex["language"].decode()
+        variant = prompts.variant_for(example_id, language, 2)
+        if _picked(example_id, 0.5):
+            variants_seen.add(variant)
+            expected = prompts.prompt_without_fields("text_to_image", language, style="instruct", variant=variant)
+        else:
+            expected = prompts.prompt("text_to_image", language, style="instruct", variant=variant,
+                                      description=f"a circle {example_id[1:]}")
+        assert ex["inputs_pretokenized"].decode() == expected
+    assert variants_seen == {0, 1}
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"unconditional_share": 1.5}, "unconditional_share must be a number from 0 to 1, got 1.5"),
+    ({"unconditional_share": 0.1, "english_answer_share": 0.5}, "does not combine with answer_language"),
+])
+def test_bad_unconditional_shares_are_refused(codes_file, with_img, options, message):
+    source = JsonLines(str(codes_file), str(codes_file.parent / "img"))
+    with pytest.raises(UsageError, match=message):
+        add_task("tk_uncond", kind="text_to_image", source=source, languages=["en"], image_size=16,
+                 vocabulary=with_img, **options)
+    with pytest.raises(UsageError, match="unconditional_share"):  # a text_to_image option only
+        add_task("tk_uncond", kind="caption", source=source, languages=["en"], image_size=16, unconditional_share=0.1)
 
 
 def test_prefix_image_task_masks_the_rows_below_the_prefix(codes_file, with_img):

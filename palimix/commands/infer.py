@@ -2,7 +2,8 @@
 generated from descriptions (--generate, with an image tokenizer)."""
 
 HELP = ("Predict with a `palimix train` run: --image PATH --prompt \"caption de\", or --jsonl FILE; "
-        "--generate \"a red circle\" --tokenizer DIR --out image.png draws an image.")
+        "--generate \"a red circle\" --tokenizer DIR --out image.png draws an image (with --image PATH "
+        "--keep_rows K: completes that image below its top K code rows).")
 
 
 def configure(parser):
@@ -11,7 +12,8 @@ def configure(parser):
     parser.add_argument("--model_dir", required=True,
                         help="the run's model dir (latest checkpoint) or one checkpoints/<step> folder")
     parser.add_argument("--step", type=int)
-    parser.add_argument("--image", help="image file (omit for a language-only prompt)")
+    parser.add_argument("--image", help="image file (omit for a language-only prompt; with --generate: the image "
+                        "to complete, see --keep_rows)")
     parser.add_argument("--prompt", help="the model input as written, e.g. \"caption de\" or "
                         "\"answer fr what colour is the circle?\"")
     parser.add_argument("--kind", help="build the prompt for this kind (caption, vqa, ocr, ...) ...")
@@ -38,6 +40,9 @@ def configure(parser):
                             "uncond + S * (cond - uncond), uncond from the prompt without its description "
                             "(default: off; 1 = off)")
     generation.add_argument("--num_samples", type=int, default=1, help="images per description (out-1.png, ...)")
+    generation.add_argument("--keep_rows", type=int, default=0, metavar="K",
+                            help="with --generate and --image: complete the image below its top K code rows "
+                            "(the prefix_image prompt; the kept rows are the image's own codes)")
     add_common_flags(parser)
 
 
@@ -67,8 +72,13 @@ def _check_flags(args, generating: bool) -> None:
         raise UsageError("with --tokenizer give either --generate DESCRIPTION --out PNG, or --jsonl FILE.")
     if args.generate and not args.out:
         raise UsageError("--generate needs --out PATH.png.")
-    if args.prompt or args.kind or args.image:
-        raise UsageError("--generate builds the text_to_image prompt itself; drop --prompt, --kind and --image.")
+    if args.prompt or args.kind:
+        raise UsageError("--generate builds the text_to_image (or, with --image, prefix_image) prompt itself; "
+                         "drop --prompt and --kind.")
+    if bool(args.image) != bool(args.keep_rows):
+        raise UsageError("prefix completion takes both --image PATH and --keep_rows K (code rows kept from it).")
+    if args.image and args.jsonl:
+        raise UsageError("with --jsonl, give each request's \"image\" and \"keep_rows\" in the file.")
 
 
 def _predict(args) -> int:
@@ -105,7 +115,8 @@ def _generate(args) -> int:
     if args.jsonl:
         requests = generate.read_requests(args.jsonl)
     else:
-        requests = [generate.ImageRequest(args.generate, args.out, language=args.language or "en", id="1")]
+        requests = [generate.ImageRequest(args.generate, args.out, language=args.language or "en", id="1",
+                                          image=args.image, keep_rows=args.keep_rows)]
     tokenizer = image_tokenizer.load(args.tokenizer)
     samples = len(requests) * args.num_samples
     run_ = loading.load_run(args.model_dir, step=args.step, batch_size=min(args.batch_size, samples))

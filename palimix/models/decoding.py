@@ -30,6 +30,12 @@ machinery; each step feeds the chosen token to both halves and samples from
 `uncond + S * (cond - uncond)` of the two halves' logits (Parti, Make-A-Scene). S = 1
 is plain conditional decoding, S = 0 unconditional, S > 1 strengthens the condition.
 
+Restricted decoding (`token_mask`, every method): a function of the step's position
+(0 = the first answer token) returning which vocabulary ids may be chosen there (bool
+`[vocab]`); the others get NEG_INF logits before the softmax, so scores are under the
+restricted distribution. `ImageCodeMask` makes image generation spell a whole grid:
+`<img>`, then only codebook ids until h*w codes are out, then EOS.
+
 Outputs: tokens `[B, max_decode_length]` int32 (EOS included, 0 after it) and scores
 `[B]` (sum of token log-probabilities; beam search: length-normalised; with guidance:
 under the guided distribution).
@@ -37,8 +43,9 @@ under the guided distribution).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -89,10 +96,52 @@ class PreparedPrefix:
         return self.batch["decoder_input_tokens"].shape[0]
 
 
+TokenMask = Callable[[jax.Array], jax.Array]  # position -> bool [vocab]: the ids allowed there
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageCodeMask:
+    """A `token_mask` for image codes: position 0 only `<img>` (begin_id), positions
+    1..num_codes only the codebook's ids (code_ids: those of `<img0000>`.. up to the
+    tokenizer's codebook size), then only EOS; so every sample is a whole grid of
+    drawable codes. vocab_size: the network's logits width (config.vocab_size)."""
+
+    vocab_size: int
+    begin_id: int
+    code_ids: tuple[int, ...]
+    num_codes: int  # h*w for a whole image; the rows left to generate for a prefix
+    eos_id: int = 1
+
+    def __post_init__(self):
+        ids = (self.begin_id, self.eos_id, *self.code_ids)
+        if not self.code_ids or self.num_codes < 1 or not all(0 <= i < self.vocab_size for i in ids):
+            raise UsageError(f"ImageCodeMask: {len(self.code_ids)} code ids and {self.num_codes} codes to spell, "
+                             f"ids {min(ids)}..{max(ids)} in a vocabulary of {self.vocab_size}: need some codes, "
+                             "and every id inside the vocabulary.")
+
+    def __call__(self, position):
+        def only(ids):
+            return jnp.zeros((self.vocab_size,), bool).at[jnp.asarray(ids, jnp.int32)].set(True)
+
+        return jnp.where(position == 0, only([self.begin_id]),
+                         jnp.where(position <= self.num_codes, only(self.code_ids), only([self.eos_id])))
+
+
+def _masked(logits, token_mask: Optional[TokenMask], position):
+    """`logits` [N, V] with the ids `token_mask` disallows at `position` set to NEG_INF."""
+    if token_mask is None:
+        return logits
+    allowed = token_mask(position)
+    if allowed.shape[-1] != logits.shape[-1]:
+        raise UsageError(f"token_mask covers {allowed.shape[-1]} ids; the network's logits have {logits.shape[-1]}.")
+    return jnp.where(allowed, logits, NEG_INF)
+
+
 def generate(model, params, batch: dict, *, max_decode_length: int, method: str = "greedy",
              eos_id: Optional[int] = 1, temperature: float = 1.0, top_k: int = 0, rng=None,
              num_beams: int = 4, length_penalty: float = 0.6, use_cache: bool = True,
-             guidance_scale: Optional[float] = None, unconditional: Optional[dict] = None):
+             guidance_scale: Optional[float] = None, unconditional: Optional[dict] = None,
+             token_mask: Optional[TokenMask] = None):
     """Decodes `batch`: the network's PREDICT_INPUTS (Pali: encoder_images,
     encoder_image_mask, encoder_input_tokens; PaliGemma: encoder_images,
     encoder_image_mask, decoder_input_tokens, decoder_causal_attention).
@@ -104,6 +153,7 @@ def generate(model, params, batch: dict, *, max_decode_length: int, method: str 
       slow, a reference for tests and benchmarks.
     guidance_scale, unconditional: classifier-free guidance (module docstring): both
       or neither; `unconditional` has `batch`'s features and shapes.
+    token_mask: position -> the ids allowed there (module docstring; e.g. ImageCodeMask).
     """
     _check_method(method, rng)
     _check_guidance(method, guidance_scale, unconditional)
@@ -114,7 +164,8 @@ def generate(model, params, batch: dict, *, max_decode_length: int, method: str 
     prepared = prepare(model, params, batch, max_decode_length=max_decode_length,
                        num_beams=num_beams if method == "beam" else 1, use_cache=use_cache)
     return generate_from(model, params, prepared, method=method, eos_id=eos_id, temperature=temperature,
-                         top_k=top_k, rng=rng, length_penalty=length_penalty, guidance_scale=guidance_scale)
+                         top_k=top_k, rng=rng, length_penalty=length_penalty, guidance_scale=guidance_scale,
+                         token_mask=token_mask)
 
 
 def prepare(model, params, batch: dict, *, max_decode_length: int, num_beams: int = 1,
@@ -157,7 +208,8 @@ def _prefill(model: paligemma.PaliGemma, params, batch, max_decode_length, num_b
 
 def generate_from(model, params, prepared, *, method: str = "greedy",
                   eos_id: Optional[int] = 1, temperature: float = 1.0, top_k: int = 0, rng=None,
-                  length_penalty: float = 0.6, guidance_scale: Optional[float] = None):
+                  length_penalty: float = 0.6, guidance_scale: Optional[float] = None,
+                  token_mask: Optional[TokenMask] = None):
     """Decodes a `prepare`d batch; the arguments mean what they mean for `generate`.
     guidance_scale: the batch was prepared from `guidance_batch` (rows [conditional;
     unconditional]); returns one row per conditional example."""
@@ -181,11 +233,12 @@ def generate_from(model, params, prepared, *, method: str = "greedy",
     if method == "beam":
         k = prepared.num_beams
         return _beam_search(step, prepared.cache, prepared.batch_size // k, k, max_len, eos_id, length_penalty,
-                            first_logits=first_logits)
+                            first_logits=first_logits, token_mask=token_mask)
     greedy = method == "greedy"
     return _sample(step, prepared.cache, batch_size, max_len, eos_id,
                    temperature=None if greedy else temperature, top_k=top_k,
-                   rng=jax.random.PRNGKey(0) if rng is None else rng, first_logits=first_logits)
+                   rng=jax.random.PRNGKey(0) if rng is None else rng, first_logits=first_logits,
+                   token_mask=token_mask)
 
 
 def _check_method(method, rng):
@@ -332,7 +385,8 @@ def _top_k_mask(logits, k):
     return jnp.where(logits < kth, NEG_INF, logits)
 
 
-def _sample(step, cache, batch_size, max_len, eos_id, *, temperature, top_k, rng, first_logits=None):
+def _sample(step, cache, batch_size, max_len, eos_id, *, temperature, top_k, rng, first_logits=None,
+            token_mask=None):
     """Greedy (temperature None) or ancestral sampling, stopping when all sequences end.
     first_logits: token 0's logits, known before the loop (a prefill's)."""
 
@@ -347,7 +401,7 @@ def _sample(step, cache, batch_size, max_len, eos_id, *, temperature, top_k, rng
     def choose(state, logits, cache):
         """Token i from its logits."""
         i, tokens, last, done, scores, _, rng = state
-        log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
+        log_probs = jax.nn.log_softmax(_masked(logits.astype(jnp.float32), token_mask, i))
         if temperature is None:
             next_token = jnp.argmax(log_probs, axis=-1)
         else:
@@ -390,7 +444,7 @@ def _gather_beams(tree, beam_indices, batch_size, num_beams):
     return jax.tree_util.tree_map(gather, tree)
 
 
-def _beam_search(step, cache, batch_size, k, max_len, eos_id, alpha, first_logits=None):
+def _beam_search(step, cache, batch_size, k, max_len, eos_id, alpha, first_logits=None, token_mask=None):
     """Beam search over `k` beams; returns the best finished beam per example.
     first_logits: step 0's logits, known before the loop (a prefill's)."""
     eos = -1 if eos_id is None else eos_id
@@ -412,7 +466,7 @@ def _beam_search(step, cache, batch_size, k, max_len, eos_id, alpha, first_logit
         """Every beam extended by step i's logits."""
         i, alive_seq, alive_logp, finished_seq, finished_scores, finished, _ = state
         vocab = logits.shape[-1]
-        log_probs = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch_size, k, vocab)
+        log_probs = jax.nn.log_softmax(_masked(logits.astype(jnp.float32), token_mask, i)).reshape(batch_size, k, vocab)
         candidates = (alive_logp[:, :, None] + log_probs).reshape(batch_size, k * vocab)
         top_logp, top_idx = jax.lax.top_k(candidates, 2 * k)
         beam, token = top_idx // vocab, (top_idx % vocab).astype(jnp.int32)

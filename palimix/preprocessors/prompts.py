@@ -123,18 +123,13 @@ class _PromptTable:
     def builder(self):
         """fn(example, {field: tensor}, english: bool tensor) -> the prompt tensor."""
         literals = [tf.constant(column) for column in self.literals]
-        codes, offsets, counts = tf.constant(self.codes), tf.constant(self.offsets, tf.int64), tf.constant(self.counts, tf.int64)
+        offsets, counts = tf.constant(self.offsets, tf.int64), tf.constant(self.counts, tf.int64)
         several = max(self.counts) > 1  # Else no hash per example (one template per language).
 
+        choose = _template_choice(self.codes, counts, several)
+
         def build(example, values, english):
-            if len(self.codes) == 1:  # A one-language task: its records may name any language.
-                index, code = tf.constant(0), codes[0]
-            else:
-                index = tf.argmax(tf.cast(tf.equal(codes, example["language"]), tf.int32), output_type=tf.int32)
-                code = example["language"]
-            count = counts[index]
-            variant = (tf.strings.to_hash_bucket_fast(prompts.choice_key(_id_string(example), code),
-                                                      prompts.HASH_BUCKETS) % count) if several else tf.constant(0, tf.int64)
+            index, count, variant = choose(example)
             row = offsets[index] + tf.cast(english, tf.int64) * count + variant
             parts = [tf.gather(literals[0], row)]
             for i, field in enumerate(self.fields):
@@ -142,6 +137,57 @@ class _PromptTable:
             return tf.strings.join(parts)
 
         return build
+
+
+def _template_choice(codes: Sequence[str], counts: tf.Tensor, several: bool):
+    """fn(example) -> (its language's index in `codes`, that language's template count,
+    the example's template variant: prompts.variant_for's hash, 0 with one template each)."""
+    codes_tensor = tf.constant(list(codes))
+
+    def choose(example):
+        if len(codes) == 1:  # A one-language task: its records may name any language.
+            index, code = tf.constant(0), codes_tensor[0]
+        else:
+            index = tf.argmax(tf.cast(tf.equal(codes_tensor, example["language"]), tf.int32), output_type=tf.int32)
+            code = example["language"]
+        count = counts[index]
+        if not several:
+            return index, count, tf.constant(0, tf.int64)
+        key = prompts.choice_key(_id_string(example), code)
+        return index, count, tf.strings.to_hash_bucket_fast(key, prompts.HASH_BUCKETS) % count
+
+    return choose
+
+
+def _unconditional_prompt_builder(kind: str, codes: Sequence[str], style: str):
+    """fn(example) -> the example's prompt without its fields, in its language and
+    template variant: `prompts.prompt_without_fields`, the very text classifier-free
+    guidance decodes against (palimix.runner.generate.prompts_for), so both are
+    tokenized from one string ("generate en", never "generate en " with the empty
+    description's space, which tokenizes differently)."""
+    counts = [len(prompts.variants(kind, code, style)) for code in codes]
+    texts = [prompts.prompt_without_fields(kind, code, style=style, variant=v)
+             for code, count in zip(codes, counts) for v in range(count)]
+    if len(texts) == 1:
+        return lambda example: tf.constant(texts[0])
+    table, offsets = tf.constant(texts), tf.constant(np.cumsum([0] + counts[:-1]), tf.int64)
+    choose = _template_choice(codes, tf.constant(counts, tf.int64), max(counts) > 1)
+
+    def build(example):
+        index, _, variant = choose(example)
+        return tf.gather(table, offsets[index] + variant)
+
+    return build
+
+
+def unconditional_picked(example_id, share: float):
+    """Whether an example is shown the unconditional prompt (condition dropout, for
+    classifier-free guidance): Fingerprint64("unconditional/<id>") lands in the lowest
+    `share` of the hash range (a pure function of the example, the same on every run
+    and epoch, as `english_answer_picked`)."""
+    key = tf.strings.join(["unconditional/", example_id])
+    bucket = tf.strings.to_hash_bucket_fast(key, prompts.HASH_BUCKETS)
+    return bucket < tf.constant(int(round(share * prompts.HASH_BUCKETS)), tf.int64)
 
 
 def _prompt_builder(kind: str, codes: Sequence[str], style: str, static_fields, dynamic_fields: Sequence[str],
@@ -271,13 +317,16 @@ def build_example(
       task_name: named in drop counts and in errors about an example.
       **options: the kind's options (`palimix.kinds`: classification `classes`, a
         list or {language: list}; translation `source_language`; span corruption
-        `noise_density`, `mean_noise_span_length`; prefix LM `max_target_units`).
+        `noise_density`, `mean_noise_span_length`; prefix LM `max_target_units`;
+        text_to_image `unconditional_share`: the share (0..1) of examples shown the
+        prompt without its description, `prompts.prompt_without_fields`, picked by
+        `unconditional_picked`, for classifier-free guidance).
     """
     entry = kinds_lib.get(kind)
     codes = [language] if isinstance(language, str) else list(language)
     options = _prepared_options(entry, task_name or kind, options, codes)
     check_english_answer_share(english_answer_share, task_name or kind)
-    _check_answer_options(answer_language, english_answer_share, task_name or kind)
+    _check_answer_options(answer_language, english_answer_share, task_name or kind, options)
     if (decode_images or blank_image) and not image_size:
         raise UsageError("build_example(decode_images=/blank_image=True) needs image_size.")
     if tokenize and output_features is None:
@@ -313,15 +362,22 @@ def check_prompts(kind: str, language, style: str, options, english_answer_share
     codes = [language] if isinstance(language, str) else list(language)
     options = _prepared_options(entry, task_name or kind, options, codes)
     template = entry.template_kind(options)
-    _check_answer_options(answer_language, english_answer_share, task_name or kind)
+    _check_answer_options(answer_language, english_answer_share, task_name or kind, options)
     _PromptTable(template, codes, style, _static_fields(entry, template, options), tuple(entry.prompt_fields),
                  with_english=english_answer_share > 0, answer_language=answer_language)
+    if options.get(kinds_lib.UNCONDITIONAL_SHARE):
+        _unconditional_prompt_builder(template, codes, style)
 
 
-def _check_answer_options(answer_language, english_answer_share: float, name: str) -> None:
+def _check_answer_options(answer_language, english_answer_share: float, name: str, options) -> None:
     if answer_language is not None and english_answer_share > 0:
         raise UsageError(f"{name}: answer_language= fixes the answer language of every example; "
                          f"english_answer_share= cannot ask some for English then.")
+    if options.get(kinds_lib.UNCONDITIONAL_SHARE) and (answer_language is not None or english_answer_share > 0):
+        # The unconditional prompt names the prompt's own language: it has no other answer language.
+        raise UsageError(f"{name}: unconditional_share= shows some examples the prompt without its fields, in "
+                         "the prompt's own language; it does not combine with answer_language= or "
+                         "english_answer_share=.")
 
 
 def check_english_answer_share(share, name: str) -> float:
@@ -359,6 +415,7 @@ def _example_builder(entry: kinds_lib.Kind, codes, style: str, options, *, task_
                                  answer_language=answer_language)
     pick_target = _PICK_TARGET[entry.target]
     multilingual = len(codes) > 1
+    unconditional = _unconditional_prompts(entry, template, codes, style, options)
 
     @seqio.map_over_dataset(num_seeds=1)
     @_no_autograph
@@ -371,7 +428,7 @@ def _example_builder(entry: kinds_lib.Kind, codes, style: str, options, *, task_
                                                    entry.references: references})
         with tf.control_dependencies(checks + counted):
             out = {
-                "inputs": tf.identity(prompt_for(example, values, english)),
+                "inputs": tf.identity(unconditional(example, prompt_for(example, values, english))),
                 "targets": tf.identity(pick_target(references, seed)),
                 "references": references,
                 "language": example["language"] if multilingual else tf.constant(codes[0]),
@@ -388,6 +445,22 @@ def _example_builder(entry: kinds_lib.Kind, codes, style: str, options, *, task_
         return finish(out) if finish else out
 
     return build
+
+
+def _unconditional_prompts(entry: kinds_lib.Kind, template: str, codes, style: str, options):
+    """fn(example, its prompt) -> the prompt, or for the examples `unconditional_picked`
+    with the kind's `unconditional_share` option (text_to_image) the prompt without its
+    fields: condition dropout, so that a run learns the unconditional distribution that
+    classifier-free guidance contrasts with (Parti, Muse: ~10%)."""
+    share = options.get(kinds_lib.UNCONDITIONAL_SHARE, 0.0)
+    if not share:
+        return lambda example, prompt: prompt
+    without_fields = _unconditional_prompt_builder(template, codes, style)
+
+    def choose(example, prompt):
+        return tf.where(unconditional_picked(_id_string(example), share), without_fields(example), prompt)
+
+    return choose
 
 
 def _english_answer(task_name: str, example, own: tf.Tensor, share: float, kept: tf.Tensor):

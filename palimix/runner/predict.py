@@ -18,11 +18,12 @@ class Predictor:
     `batch_size` (and the padding rows dropped), so eval and infer compile once.
     guidance_scale: classifier-free guidance (palimix.models.decoding); `predict` and
     `predict_all` then take the unconditional twin of each batch or example.
+    token_mask: the ids each step may choose (decoding.ImageCodeMask: whole images).
     """
 
     def __init__(self, run, *, batch_size: int, max_decode_length: int, method: str = "greedy",
                  num_beams: int = 4, temperature: float = 1.0, top_k: int = 0, seed: int = 0,
-                 eos_id: int | None = 1, guidance_scale: float | None = None):
+                 eos_id: int | None = 1, guidance_scale: float | None = None, token_mask=None):
         import jax
 
         from palimix.models import decoding
@@ -36,7 +37,7 @@ class Predictor:
         self._rng = jax.random.key(seed)
         generate = functools.partial(
             decoding.generate, trainer.network, max_decode_length=self.max_decode_length, method=method,
-            eos_id=eos_id, num_beams=num_beams, temperature=temperature, top_k=top_k)
+            eos_id=eos_id, num_beams=num_beams, temperature=temperature, top_k=top_k, token_mask=token_mask)
         self.guided = guidance_scale is not None
         if self.guided:
             generate = functools.partial(generate, guidance_scale=guidance_scale)

@@ -9,7 +9,8 @@ The files are JSON Lines with `captions`, `image` and `codes` (what `palimix enc
 writes; palimix.sources.JsonLines). Registered: the task groups `<name>_caption`,
 `<name>_text_to_image` and `<name>_prefix_image` (each `<group>_<language>` tasks and a
 mixture over its languages, palimix.tasks.add_task) and the mixture `<name>` over the three
-groups at rate 1 each. `runs/davinci.gin` calls it through gin (`davinci.register`), so
+groups at rate 1 each (text_to_image with `unconditional_share`: condition dropout, which
+DaVinci itself does not use, for `palimix infer --guidance_scale`). `runs/davinci.gin` calls it through gin (`davinci.register`), so
 `palimix train` and `t5x.train` read the same mixture.
 """
 
@@ -27,9 +28,12 @@ _REGISTERED: dict[str, tuple] = {}
 
 
 def register(name: str, files: Mapping[str, str], *, image_dir: str = "", languages: Sequence[str] = ("en",),
-             image_size: int = features.DEFAULT_IMAGE_SIZE, prompt_style: str = "pali", vocabulary=None) -> str:
+             image_size: int = features.DEFAULT_IMAGE_SIZE, prompt_style: str = "pali", vocabulary=None,
+             unconditional_share: float = 0.0) -> str:
     """Registers the DaVinci mixture `name` (module docstring) and returns its name;
-    registering the same definition again is a no-op, a changed one replaces it."""
+    registering the same definition again is a no-op, a changed one replaces it.
+    unconditional_share: text_to_image's share of examples prompted without their
+    description (palimix.kinds; condition dropout for classifier-free guidance)."""
     import seqio
 
     from palimix.mixtures import add_mixture
@@ -39,15 +43,17 @@ def register(name: str, files: Mapping[str, str], *, image_dir: str = "", langua
     if not files:
         raise UsageError("the DaVinci mixture needs its JSON Lines files: {split: path}, e.g. {'train': ...}.")
     languages = [languages] if isinstance(languages, str) else list(languages)
-    spec = (tuple(sorted(files.items())), image_dir, tuple(languages), image_size, prompt_style, id(vocabulary))
+    spec = (tuple(sorted(files.items())), image_dir, tuple(languages), image_size, prompt_style, id(vocabulary),
+            unconditional_share)
     if _REGISTERED.get(name) == spec and name in seqio.MixtureRegistry.names():
         return name
     ours = name in _REGISTERED  # (another definition of ours is replaced; anyone else's is an error)
     source = Splits({split: JsonLines(path, image_dir, split=split) for split, path in files.items()})
     groups = [f"{name}_{kind}" for kind in KINDS]
+    kind_options = {"text_to_image": {"unconditional_share": unconditional_share}}
     for group, kind in zip(groups, KINDS):
         add_task(group, kind=kind, source=source, languages=languages, image_size=image_size,
-                 prompt_style=prompt_style, vocabulary=vocabulary, overwrite=ours)
+                 prompt_style=prompt_style, vocabulary=vocabulary, overwrite=ours, **kind_options.get(kind, {}))
     add_mixture(name, groups, rate=1.0, overwrite=ours)
     _REGISTERED[name] = spec
     return name
