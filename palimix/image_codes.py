@@ -68,9 +68,14 @@ def code_values(value) -> list[int]:
     return list(value)
 
 
+def code_token(code: int) -> str:
+    """The token of one code: `<img0012>`."""
+    return f"<img{code:04d}>"
+
+
 def to_code_text(codes: Sequence[int]) -> str:
     """`<img>` then one `<imgNNNN>` per code (a whole grid, or prefix_image's last rows)."""
-    return IMAGE_BEGIN + "".join(f"<img{c:04d}>" for c in code_values([int(c) for c in codes]))
+    return IMAGE_BEGIN + "".join(code_token(c) for c in code_values([int(c) for c in codes]))
 
 
 def parse_code_text(text) -> list[int]:

@@ -104,6 +104,12 @@ def test_the_davinci_mixture_holds_the_three_kinds_at_equal_rates(trained):
     line = json.loads(open(root / "validation.jsonl").readline())
     assert example["inputs_pretokenized"] == f"generate en {line['captions'][0]}".encode()
     assert example["targets_pretokenized"].decode() == image_codes.to_code_text(line["codes"])
+    # DAVINCI_UNCONDITIONAL_SHARE = 0.1: the train examples whose id hashes below 0.1 (train11 of these
+    # 12) are prompted without their description, for guidance.
+    train = seqio.get_mixture_or_task("davinci_text_to_image_en").get_dataset(
+        {"inputs": 16, "targets": TARGETS, "image": 32}, split="train", shuffle=False).as_numpy_iterator()
+    dropped = sorted(ex["id"].decode() for ex in train if ex["inputs_pretokenized"] == b"generate en")
+    assert dropped == ["train11"]
 
 
 def test_generate_writes_the_tokenizers_image_of_the_sampled_codes(trained, tmp_path, capsys):
@@ -191,7 +197,7 @@ def test_training_prompts_without_the_description_are_the_guidance_twins(trained
 
 
 def test_prefix_completion_keeps_the_images_top_rows(trained, tmp_path):
-    from palimix.runner import infer
+    from palimix.commands.encode_images import tokenizer_pixels
 
     root, files, run_dir = trained
     image, out, record = root / "images" / "validation1.png", tmp_path / "done.png", tmp_path / "done.jsonl"
@@ -201,7 +207,9 @@ def test_prefix_completion_keeps_the_images_top_rows(trained, tmp_path):
     assert written["prompt"] == "complete image en a green square" and written["complete"]
     assert len(image_codes.parse_code_text(written["text"])) == 12  # rows 1..3 of the 4x4 grid
     tokenizer = image_tokenizer.load(str(root / "tokenizer"))
-    kept = tokenizer.encode(infer.load_image(str(image), TOKENIZER_SIZE)[None])[0, :1].reshape(-1)
+    kept = tokenizer.encode(tokenizer_pixels(str(image), "test", TOKENIZER_SIZE)[None])[0, :1].reshape(-1)
+    line = json.loads(open(files["validation"]).readlines()[1])
+    assert list(kept) == line["codes"][:4]  # the codes encode-images wrote for the image's top row
     expected = tokenizer.decode_texts([image_codes.to_code_text(kept) + written["text"]]).pixels[0]
     np.testing.assert_array_equal(np.asarray(Image.open(out)), expected)
 

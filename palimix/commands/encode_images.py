@@ -62,7 +62,7 @@ def _read_lines(path: str) -> list[dict]:
     return lines
 
 
-def _pixels(path: str, where: str, size: int):
+def tokenizer_pixels(path: str, where: str, size: int):
     """[size, size, 3] float32 in [-1, 1] (the tokenizer's input), as the task pipeline scales."""
     import numpy as np
 
@@ -91,8 +91,8 @@ def encode_jsonl(path: str, tokenizer: str, out: str, *, image_dir: str | None =
     with_image = [i for i, line in enumerate(lines) if line.get(image_key)]
     for start in range(0, len(with_image), batch_size):
         chunk = with_image[start:start + batch_size]
-        images = np.stack([_pixels(join(folder, str(lines[i][image_key])), f"{path}: line with id "
-                                   f"{lines[i].get('id', i + 1)}", size) for i in chunk])
+        images = np.stack([tokenizer_pixels(join(folder, str(lines[i][image_key])), f"{path}: line with id "
+                                            f"{lines[i].get('id', i + 1)}", size) for i in chunk])
         padded = np.concatenate([images, np.zeros((batch_size - len(chunk),) + images.shape[1:], images.dtype)])
         codes = tokenizer_.encode(padded)[:len(chunk)]  # One compiled shape: the last batch padded.
         for i, grid in zip(chunk, codes):

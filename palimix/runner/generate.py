@@ -107,8 +107,7 @@ def code_mask(run, tokenizer, keep_rows: int = 0):
         (token_id,) = vocabulary.encode(token)  # check_run_for: each <img> token is one id
         return token_id
 
-    codes = tuple(single_id(image_codes.to_code_text([c])[len(image_codes.IMAGE_BEGIN):])
-                  for c in range(tokenizer.config.codebook_size))
+    codes = tuple(single_id(image_codes.code_token(c)) for c in range(tokenizer.config.codebook_size))
     grid = tokenizer.grid_size
     return decoding.ImageCodeMask(int(run.trainer.definition.config.vocab_size), single_id(image_codes.IMAGE_BEGIN),
                                   codes, num_codes=(grid - keep_rows) * grid, eos_id=vocabulary.eos_id)
@@ -172,12 +171,14 @@ class _Prefix:
 
 def _prefix_of(request: ImageRequest, run, tokenizer) -> _Prefix | None:
     from palimix import image_codes
+    from palimix.commands.encode_images import tokenizer_pixels
     from palimix.runner import infer
 
     if not request.image:
         return None
     grid = tokenizer.grid_size
-    pixels = infer.load_image(request.image, tokenizer.config.image_size)
+    # The kept rows' codes as `palimix encode-images` computed the training records' codes.
+    pixels = tokenizer_pixels(request.image, f"request {request.id}", tokenizer.config.image_size)
     kept = tokenizer.encode(pixels[None])[0, :request.keep_rows].reshape(-1)
     model_image = infer.load_image(request.image, int(run.task_feature_lengths["image"]))
     masked = np.asarray(image_codes.keep_top_rows(model_image, request.keep_rows / grid))

@@ -10,8 +10,8 @@ writes; palimix.sources.JsonLines). Registered: the task groups `<name>_caption`
 `<name>_text_to_image` and `<name>_prefix_image` (each `<group>_<language>` tasks and a
 mixture over its languages, palimix.tasks.add_task) and the mixture `<name>` over the three
 groups at rate 1 each (text_to_image with `unconditional_share`: condition dropout, which
-DaVinci itself does not use, for `palimix infer --guidance_scale`). `runs/davinci.gin` calls it through gin (`davinci.register`), so
-`palimix train` and `t5x.train` read the same mixture.
+DaVinci itself does not use, for `palimix infer --guidance_scale`). `runs/davinci.gin` calls
+it through gin (`davinci.register`), so `palimix train` and `t5x.train` read the same mixture.
 """
 
 from __future__ import annotations
