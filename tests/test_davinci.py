@@ -179,8 +179,9 @@ def test_training_prompts_without_the_description_are_the_guidance_twins(trained
     root, files, run_dir = trained
     run = loading.load_run(str(run_dir), batch_size=2)
     vocabulary = seqio.get_mixture_or_task("davinci").output_features["inputs"].vocabulary
-    add_task("uncond_t2i", kind="text_to_image", source=JsonLines(files["validation"], str(root / "images")),
-             languages=["en"], image_size=32, vocabulary=vocabulary, unconditional_share=1.0)
+    source = JsonLines(files["validation"], str(root / "images"), split="validation")
+    add_task("uncond_t2i", kind="text_to_image", source=source, languages=["en"], image_size=32,
+             vocabulary=vocabulary, unconditional_share=1.0)
     try:
         example = next(iter(seqio.get_mixture_or_task("uncond_t2i_en").get_dataset(
             run.task_feature_lengths, split="validation", shuffle=False).as_numpy_iterator()))

@@ -170,7 +170,7 @@ def test_unconditional_prompts_follow_the_examples_language_and_template(tmp_pat
     source = JsonLines(str(_write_jsonl(tmp_path, lines)), str(tmp_path / "img"))
     add_task("tk_uncond", kind="text_to_image", source=source, languages=["en", "de"], image_size=16,
              vocabulary=with_img, prompt_style="instruct", per_language=False, unconditional_share=0.5)
-    examples = _examples("tk_uncond")
+    examples = _examples("tk_uncond_mul")  # the one multilingual task
     variants_seen = set()
     assert len(examples) == 24
     for ex in examples:
