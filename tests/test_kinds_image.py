@@ -188,7 +188,7 @@ def test_unconditional_prompts_follow_the_examples_language_and_template(tmp_pat
 
 @pytest.mark.parametrize("options,message", [
     ({"unconditional_share": 1.5}, "unconditional_share must be a number from 0 to 1, got 1.5"),
-    ({"unconditional_share": 0.1, "english_answer_share": 0.5}, "does not combine with answer_language"),
+    ({"unconditional_share": 0.1, "answer_language": "de"}, "does not combine with answer_language"),
 ])
 def test_bad_unconditional_shares_are_refused(codes_file, with_img, options, message):
     source = JsonLines(str(codes_file), str(codes_file.parent / "img"))
