@@ -220,10 +220,16 @@ def test_generate_from_json_lines_requests(trained, tmp_path):
     requests = tmp_path / "requests.jsonl"
     requests.write_text(json.dumps({"generate": "a red square", "out": "r.png"}) + "\n"
                         + json.dumps({"generate": "ein blaues Quadrat", "language": "de", "out": "b.png", "id": 7})
-                        + "\n")
+                        + "\n" + json.dumps({"generate": "a green square", "out": "g.png", "keep_rows": 2,
+                                             "image": str(root / "images" / "validation1.png")}) + "\n")
+    record = tmp_path / "images.jsonl"
     assert _infer(root, files, run_dir, "--jsonl", str(requests), "--tokenizer", str(root / "tokenizer"),
-                  "--guidance_scale", "2", "--temperature", "0") == 0
-    assert (tmp_path / "r.png").exists() and (tmp_path / "b.png").exists()
+                  "--guidance_scale", "2", "--temperature", "0", "--output", str(record)) == 0
+    assert all((tmp_path / name).exists() for name in ("r.png", "b.png", "g.png"))
+    written = [json.loads(line) for line in record.read_text().splitlines()]
+    # In request order; the completion samples the 8 codes below its 2 kept rows.
+    assert [len(image_codes.parse_code_text(w["text"])) for w in written] == [16, 16, 8]
+    assert all(w["complete"] for w in written)
 
 
 def test_a_grid_longer_than_the_runs_targets_is_refused(trained, tmp_path):
