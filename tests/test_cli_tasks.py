@@ -19,7 +19,7 @@ def test_list_mixtures_and_tasks(capsys):
     rows = {r["name"]: r for r in json.loads(out)}
     demo = rows["palimix_demo"]
     assert demo["kinds"] == sorted(["caption", "vqa", "ocr", "classification", "detection", "translation",
-                                    "span_corruption", "prefix_lm"])
+                                    "span_corruption", "prefix_lm", "text_to_image"])
     assert len(demo["languages"]) >= 100 and demo["image_size"] == [64]
     code, out, _ = _run(capsys, "list", "--tasks", "--kind", "ocr", "--language", "th")
     assert code == 0 and "palimix_demo_ocr_mul" in out and "1 tasks" in out
