@@ -119,7 +119,7 @@ RECIPES = {
     # with BLIP-2's 0.02 init and one cross-attention layer 3 of 5 stayed below (the
     # Q-Former hardly passed the image on); with the fan-in init and cross-attention in
     # both layers, 1000 + 100 + 900 steps beat 4 (classification 38.0 vs 45.3) and these
-    # 1500 + 100 + 1400 steps all 5 (at 9.2 / 12.4 / 8.0 steps/s, ~390 s).
+    # 1500 + 100 + 1400 steps all 5 (372 s on quiet cores).
     "mblip": Recipe((
         _mblip_stage("pretrain", None, steps=1500, batch_size=32, learning_rate=0.01, warmup_steps=150,
                      kinds=IMAGE_KINDS + TEXT_KINDS),
